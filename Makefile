@@ -1,0 +1,45 @@
+# lit_compclip: `make help` lists the targets. Everything installs itself on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+EXP ?= experiments/default.yaml
+ARGS ?=
+
+# Use the active virtualenv if there is one, else .venv/ inside the repo.
+ifdef VIRTUAL_ENV
+  VENV := $(VIRTUAL_ENV)
+else
+  VENV := .venv
+endif
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lit_compclip-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install train synth test test-all config clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## install the package and its dependencies (into .venv/ unless a virtualenv is active)
+
+train: $(STAMP)  ## train EXP (default experiments/default.yaml) with overrides ARGS="key=value ..."; builds the data first
+	$(PY) -m lit_compclip.cli train $(EXP) $(ARGS)
+
+synth: $(STAMP)  ## build the synthetic world (training shards + probe sets) in data/synth
+	$(PY) -m lit_compclip.cli synth $(ARGS)
+
+config: $(STAMP)  ## print the resolved config of EXP with ARGS, checked
+	$(PY) -m lit_compclip.cli config $(EXP) $(ARGS)
+
+test: $(STAMP)  ## run the test suite (the slow tests excluded)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)  ## run every test, the slow ones included
+	$(PY) -m pytest -q -m "slow or not slow"
+
+clean:  ## remove generated data and runs (keeps .venv/)
+	rm -rf data/synth runs
