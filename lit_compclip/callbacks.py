@@ -1,0 +1,150 @@
+"""Runs the configured probes on the model's encoders every N epochs and at the end of fit, and records them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+COUNT_METRICS = {"ties", "n", "n_images", "n_texts", "truncated_fraction"}  # not accuracies: kept out of the plot
+
+
+def build_probes(suites: Mapping[str, Mapping[str, Any]], limit: int | None = None) -> dict[str, Any]:
+    """name -> probe object; `type` picks the registry entry (default: the name). Raises one-line errors."""
+    from lit_compclip.probes import build_probe
+
+    probes = {}
+    for name, options in suites.items():
+        options = dict(options)
+        kind = options.pop("type", name)
+        if limit is not None:
+            options.setdefault("limit", limit)
+        probes[name] = build_probe(kind, options)
+    return probes
+
+
+class ModuleEncoder:
+    """What a probe may see of the model: encode_image / encode_text on the CPU in fp32, nothing else."""
+
+    def __init__(self, module):
+        self.module = module
+
+    @torch.no_grad()
+    def encode_image(self, images) -> torch.Tensor:
+        m = self.module
+        x = torch.stack([m.eval_transform(im.convert("RGB")) for im in images]).to(m.device)  # (N, 3, H, W)
+        with torch.autocast(device_type=m.device.type, enabled=False):
+            return m.encode_image(x).float().cpu()
+
+    @torch.no_grad()
+    def encode_text(self, texts) -> torch.Tensor:
+        m = self.module
+        with torch.autocast(device_type=m.device.type, enabled=False):
+            return m.encode_text(list(texts)).float().cpu()
+
+    def count_truncated(self, texts) -> int:
+        return self.module.text.count_truncated(list(texts))
+
+
+def run_probes(probes: Mapping[str, Any], module) -> dict[str, float]:
+    """Score every probe in eval mode; returns flat `probe/<name>/<metric>` -> value plus each probe's wall time."""
+    was_training = module.training
+    module.eval()
+    encoder, results = ModuleEncoder(module), {}
+    try:
+        for name, probe in probes.items():
+            start = time.perf_counter()
+            for metric, value in probe.run(encoder).items():
+                results[f"probe/{name}/{metric}"] = float(value)
+            results[f"probe/{name}/seconds"] = time.perf_counter() - start
+    finally:
+        module.train(was_training)
+    return results
+
+
+def plot_history(history: list[dict], path: str) -> None:
+    """probes.png: accuracy per epoch, one line per probe subset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k in h["metrics"]
+                   if k.rsplit("/", 1)[-1] not in COUNT_METRICS | {"seconds"}})
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for k in keys:
+        points = [(h["epoch"], h["metrics"][k]) for h in history if k in h["metrics"]]
+        ax.plot(*zip(*points), marker="o", label=k.removeprefix("probe/"))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy / recall")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class ProbeCallback(L.Callback):
+    def __init__(self, probes: Mapping[str, Any], every_n_epochs: int = 1, run_dir: str | None = None):
+        self.probes = dict(probes)
+        self.every_n_epochs = every_n_epochs
+        self.run_dir = run_dir
+        self.history: list[dict] = []
+
+    def _run(self, trainer, module) -> None:
+        if not self.probes or not trainer.is_global_zero:
+            return
+        metrics = run_probes(self.probes, module)
+        self.history.append({"epoch": trainer.current_epoch + 1, "step": trainer.global_step, "metrics": metrics})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        log.info("probes after epoch %d: %s", trainer.current_epoch + 1,
+                 {k: round(v, 3) for k, v in metrics.items()})
+
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._run(trainer, module)
+
+    def on_fit_end(self, trainer, module):
+        if not trainer.is_global_zero:
+            return
+        if not self.history or self.history[-1]["step"] != trainer.global_step:
+            self._run(trainer, module)
+        if self.run_dir and self.history:
+            with open(os.path.join(self.run_dir, "probes.json"), "w") as f:
+                json.dump(self.history[-1]["metrics"], f, indent=1, sort_keys=True)
+            with open(os.path.join(self.run_dir, "probes_history.json"), "w") as f:
+                json.dump(self.history, f, indent=1)
+            plot_history(self.history, os.path.join(self.run_dir, "probes.png"))
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1]["metrics"] if self.history else {}
+
+
+class ProgressLines(L.Callback):
+    """One plain line every `every` steps (loss, seconds per step, time left) for logs and non-interactive shells."""
+
+    def __init__(self, total_steps: int, every: int = 25):
+        self.total_steps, self.every = total_steps, every
+        self.start = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.start is None:
+            self.start = (trainer.global_step, time.perf_counter())
+            return
+        step = trainer.global_step
+        if step % self.every or not trainer.is_global_zero:
+            return
+        per_step = (time.perf_counter() - self.start[1]) / max(1, step - self.start[0])
+        left = per_step * max(0, self.total_steps - step)
+        print(f"step {step}/{self.total_steps}  epoch {trainer.current_epoch + 1}  loss {float(outputs['loss']):.3f}  "
+              f"{per_step:.2f} s/step  ~{left / 60:.1f} min left", flush=True)

@@ -1,0 +1,85 @@
+"""The `compclip` command: train, synth and config, all driven by experiment YAML files and key=value overrides."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from lit_compclip.config import ConfigError, load_config
+
+USAGE = """compclip train  [EXP.yaml ...] [key=value | --key value ...]   train an experiment (defaults + files + overrides)
+compclip synth  [EXP.yaml ...] [synth.key=value ...] [--overwrite]  build the synthetic world (data + probe sets)
+compclip config [EXP.yaml ...] [key=value ...]                      print the resolved, checked config
+compclip batch-stats [EXP.yaml ...] [key=value ...]                 how often training batches hold binding-only
+                                                                    and relation-only negatives (grouped vs random)"""
+
+
+def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Experiment files are the leading *.yaml/*.yml arguments without '='; everything else is an override."""
+    files = []
+    while args and args[0].endswith((".yaml", ".yml")) and "=" not in args[0] and not args[0].startswith("--"):
+        files.append(args.pop(0))
+    return files, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in ("train", "synth", "config", "batch-stats"):
+        print(f"compclip: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    overwrite = "--overwrite" in rest
+    rest = [a for a in rest if a != "--overwrite"]
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("lit_compclip").addHandler(handler)
+    logging.getLogger("lit_compclip").setLevel(logging.INFO)
+    try:
+        files, overrides = split_args(rest)
+        cfg = load_config(files, overrides)
+        if command == "config":
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg), end="")
+            return 0
+        if command == "batch-stats":
+            from lit_compclip.synth.batches import batch_stats
+            from lit_compclip.train import ensure_synth
+
+            ensure_synth(cfg)
+            print(f"fraction of samples with an in-batch negative (batch size {cfg.data.batch_size}):")
+            for label, stats in batch_stats(cfg).items():
+                print(f"  {label:<18} " + "  ".join(f"{k}={v:.3f}" for k, v in stats.items()))
+            return 0
+        if command == "synth":
+            from omegaconf import OmegaConf
+
+            from lit_compclip.synth import generate
+
+            args = OmegaConf.to_container(cfg.synth)
+            out = args.pop("out_dir")
+            args.pop("auto")
+            summary = generate(out, overwrite=overwrite, **args)
+            print(f"synthetic world in {out}: {summary}")
+            return 0
+        from lit_compclip.train import format_table, train
+
+        result = train(cfg)
+    except ConfigError as e:
+        print(f"compclip: error: {e}", file=sys.stderr)
+        return 2
+    print("\n" + format_table(result["probes"]))
+    run_dir = result["run_dir"]
+    print(f"\nrun folder: {run_dir}  (config.yaml, metrics.csv, probes.json, probes.png, checkpoints/last.ckpt)")
+    if result["wandb_dir"]:
+        hint = f"; sync with: wandb sync {result['wandb_dir']}" if result["wandb_mode"] == "offline" else ""
+        print(f"W&B ({result['wandb_mode']}): {result['wandb_dir']}{hint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

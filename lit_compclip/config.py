@@ -1,0 +1,265 @@
+"""Structured configs (the defaults ARE the embedded default experiment), merged and checked before anything runs."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from lit_compclip.registry import suggest
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem, reported as one line (the CLI exits with status 2)."""
+
+
+@dataclass
+class SynthConfig:
+    out_dir: str = "data/synth"  # built by `compclip synth`, or by `compclip train` when absent
+    auto: bool = True  # build it on first use when data paths point inside out_dir
+    train_families: int = 4000  # 4 counterfactual scenes per family
+    eval_families: int = 400
+    probe_size: int = 400
+    image_size: int = 64
+    min_objects: int = 2
+    max_objects: int = 2
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = "data/synth/train"  # a folder, a brace pattern, a URL, or several joined with '::'
+    val_shards: Optional[str] = "data/synth/val"
+    caption_fields: Dict[str, float] = field(default_factory=lambda: {"recaption": 1.0})  # 'txt' or .json fields
+    sentence_sample: int = 0  # >0: train on a random subset of at most this many sentences
+    batch_size: int = 128
+    num_workers: int = 1
+    shuffle_buffer: int = 1000
+    shard_shuffle: bool = True
+    resampled: bool = False
+    samples_per_epoch: Optional[int] = None
+    group_key: Optional[str] = "family"  # keep counterfactual siblings in one batch (see README)
+
+
+@dataclass
+class ImageConfig:
+    model: str = "vit_tiny_patch16_224"
+    pretrained: bool = False
+    img_size: Optional[int] = 64
+    patch_size: Optional[int] = 8
+    depth: Optional[int] = 4
+    width: Optional[int] = 192
+    heads: Optional[int] = 3
+    augment: bool = True
+    crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 256
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = 100.0
+    image: ImageConfig = field(default_factory=ImageConfig)
+    # `tower` picks the registry entry; every other key goes to that tower's constructor and is checked there.
+    text: Dict[str, Any] = field(default_factory=lambda: {"tower": "sentence_transformers",
+                                                          "model": "all-MiniLM-L6-v2", "unfreeze_layers": 2})
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    text_lr: Optional[float] = None  # learning rate of pretrained text layers; None = lr
+    weight_decay: float = 0.1
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 3
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Optional[str] = None  # None: bf16-mixed on GPU, 32-true on CPU
+    log_every_n_steps: int = 10
+    gradient_clip_val: Optional[float] = None
+    fast_dev_run: Any = False
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class ProbesConfig:
+    every_n_epochs: int = 1
+    limit: Optional[int] = None  # score only the first N examples of each probe file (quick runs, tests)
+    # name -> options; `type` picks the probe (default: the name itself); the rest goes to the probe's constructor.
+    suites: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
+        "sugarcrepe": {"annotations": "data/synth/probes/sugarcrepe", "images": "data/synth/probes/sugarcrepe/images"},
+        "aro": {"root": "data/synth/probes/aro", "images": "data/synth/probes/aro/images"},
+        "winoground": {"examples": "data/synth/probes/winoground/examples.jsonl",
+                       "images": "data/synth/probes/winoground/images"},
+        "docci": {"type": "retrieval", "annotations": "data/synth/probes/docci/docci_descriptions.jsonlines",
+                  "images": "data/synth/probes/docci/images", "format": "docci"},
+    })
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"  # auto: online if an API key is configured, else offline; or online / offline / disabled
+    project: str = "lit_compclip"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    seed: int = 0
+    run_dir: Optional[str] = None  # default runs/<name>
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def _keys(node, prefix="") -> list[str]:
+    out = []
+    for k in node.keys() if isinstance(node, DictConfig) else []:
+        full = f"{prefix}{k}"
+        out.append(full)
+        child = node._get_node(k)
+        if isinstance(child, DictConfig) and not child._is_missing() and child._metadata.object_type is not dict:
+            out += _keys(child, full + ".")
+    return out
+
+
+def _one_line(e: OmegaConfBaseException, where: str, schema) -> ConfigError:
+    key = getattr(e, "full_key", None) or "?"
+    msg = str(e).splitlines()[0]
+    if isinstance(e, ConfigKeyError) and "not in" in msg:
+        return ConfigError(f"unknown config key {key!r} in {where}{suggest(key, _keys(schema))}")
+    if isinstance(e, ValidationError) and "value 'None'" in msg:
+        return ConfigError(f"config key {key!r} in {where} has no value; it needs one ({msg.split('for ')[-1]})")
+    if isinstance(e, ValidationError):
+        return ConfigError(f"bad value for config key {key!r} in {where}: {msg}")
+    return ConfigError(f"config key {key!r} in {where}: {msg}")
+
+
+def normalise_overrides(args: list[str]) -> list[str]:
+    """Accept `key=value`, `--key=value` and `--key value` (the form W&B sweeps pass)."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--"):
+            a = a[2:]
+            if "=" not in a:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"override --{a} has no value")
+                a, i = f"{a}={args[i + 1]}", i + 1
+        if "=" not in a:
+            raise ConfigError(f"override {a!r} is not of the form key=value")
+        out.append(a)
+        i += 1
+    return out
+
+
+# Maps whose meaning depends on a name inside them: a new tower or a new probe list replaces, never merges.
+def _clear_replaced(cfg: DictConfig, new: DictConfig, whole_suites: bool = True) -> None:
+    text = OmegaConf.select(new, "model.text", default=None)
+    if isinstance(text, DictConfig) and text.get("tower", cfg.model.text.get("tower")) != cfg.model.text.get("tower"):
+        cfg.model.text = {}
+    if whole_suites and isinstance(OmegaConf.select(new, "probes.suites", default=None), DictConfig):
+        cfg.probes.suites = {}
+
+
+def load_config(files: list[str] = (), overrides: list[str] = ()) -> DictConfig:
+    """Defaults <- each experiment YAML in order <- key=value overrides; checked, one-line ConfigError otherwise."""
+    schema = OmegaConf.structured(Config)
+    cfg = schema.copy()
+    for path in files:
+        if not os.path.isfile(path):
+            raise ConfigError(f"experiment file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as e:
+            raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path} must hold a mapping of config keys")
+        try:
+            _clear_replaced(cfg, loaded)
+            cfg = OmegaConf.merge(cfg, loaded)
+        except OmegaConfBaseException as e:
+            raise _one_line(e, path, schema) from None
+    dotlist = normalise_overrides(list(overrides))
+    for item in dotlist:
+        try:
+            new = OmegaConf.from_dotlist([item])
+            _clear_replaced(cfg, new, whole_suites=item.split("=", 1)[0].strip() == "probes.suites")
+            cfg = OmegaConf.merge(cfg, new)
+        except OmegaConfBaseException as e:
+            raise _one_line(e, f"override {item!r}", schema) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"config key {missing[0]!r} has no value; set it in an experiment file or as an override")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise _one_line(e, "interpolation", schema) from None
+    check_values(cfg)
+    return cfg
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Checks that need no data or model: ranges, choices, and the options of named towers and probes."""
+    from lit_compclip.probes import PROBES
+    from lit_compclip.registry import check_options, resolve
+    from lit_compclip.towers import TEXT_TOWERS
+
+    def need(ok: bool, key: str, why: str):
+        if not ok:
+            raise ConfigError(f"config key {key!r}: {why}")
+
+    need(re.fullmatch(r"[\w.-]+", cfg.name) is not None, "name", "use letters, digits, '.', '_' or '-'")
+    need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
+    need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(len(cfg.data.caption_fields) > 0, "data.caption_fields", "name at least one caption field")
+    for k, w in cfg.data.caption_fields.items():
+        need(isinstance(w, (int, float)) and w > 0, f"data.caption_fields.{k}", "weights must be positive numbers")
+    need(cfg.data.sentence_sample >= 0, "data.sentence_sample", "must be >= 0")
+    need(not cfg.data.resampled or bool(cfg.data.samples_per_epoch), "data.samples_per_epoch",
+         "required when data.resampled=true")
+    need(cfg.wandb.mode in ("auto", "online", "offline", "disabled"), "wandb.mode",
+         "choose one of auto, online, offline, disabled")
+    need(cfg.probes.every_n_epochs >= 1, "probes.every_n_epochs", "must be >= 1")
+    need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(len(cfg.model.image.crop_scale) == 2, "model.image.crop_scale", "give two numbers [min, max]")
+    try:
+        text = dict(cfg.model.text)
+        tower = resolve(TEXT_TOWERS, text.pop("tower", "sentence_transformers"), "text tower")
+        check_options(tower, text, "model.text", given=("embed_dim",))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for name, options in cfg.probes.suites.items():
+        options = dict(options)
+        try:
+            probe = resolve(PROBES, options.pop("type", name), "probe")
+        except ValueError as e:
+            raise ConfigError(f"probes.suites.{name}: {e}") from None
+        try:
+            check_options(probe, options, f"probes.suites.{name}", given=("limit",))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

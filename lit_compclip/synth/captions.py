@@ -1,0 +1,233 @@
+"""Captions of synthetic scenes: web-like alt-text, dense recaptions and one-sentence probe phrasings.
+
+Every function is pure in (scene, rng, split). Train and eval ("held-out") phrasings never share a template or a
+relation synonym, so probes measure understanding rather than template matching."""
+
+from __future__ import annotations
+
+import random
+
+from lit_compclip.synth.world import COLOURS, INVERSE, SHAPES, SIZES
+
+SPLITS = ("train", "eval")
+
+RELATION_WORDS = {  # canonical relation -> phrasings per split
+    "left of": {"train": ("to the left of", "left of"), "eval": ("on the left of",)},
+    "right of": {"train": ("to the right of", "right of"), "eval": ("on the right of",)},
+    "above": {"train": ("above",), "eval": ("over",)},
+    "below": {"train": ("below", "under"), "eval": ("beneath",)},
+}
+LOCATION_WORDS = {  # where an object sits in the picture, per split: dense captions say it, as real recaptions do
+    "left": {"train": ("on the left", "at the left"), "eval": ("on the left-hand side",)},
+    "right": {"train": ("on the right", "at the right"), "eval": ("on the right-hand side",)},
+    "top": {"train": ("at the top", "near the top"), "eval": ("in the upper part",)},
+    "bottom": {"train": ("at the bottom", "near the bottom"), "eval": ("in the lower part",)},
+    "middle": {"train": ("in the middle",), "eval": ("in the centre",)},
+}
+LOCATION_PROB = 0.7  # share of object phrases in a recaption that also say where the object is
+OBJECT_TEMPLATES = {
+    "train": ("a {size} {colour} {shape}", "a {shape} that is {colour} and {size}", "a {size} {shape} that is {colour}"),
+    "eval": ("a {colour} {shape} of {size} size", "a {shape} which is {size} and {colour}", "a {size} {shape} in {colour}"),
+}
+LIST_SENTENCES = {
+    "train": ("The image shows {objects}.", "This picture contains {objects}.", "There is {objects}."),
+    "eval": ("We can see {objects}.", "Visible here are {objects}.", "The scene holds {objects}."),
+}
+OBJECT_SENTENCES = {"train": ("There is {object}.", "The picture has {object}."), "eval": ("One can see {object}.",)}
+RELATION_SENTENCES = {
+    "train": ("{subject} is {relation} {object}.", "{subject} sits {relation} {object}."),
+    "eval": ("{subject} is placed {relation} {object}.", "{subject} appears {relation} {object}."),
+}
+BACKGROUND_SENTENCES = {
+    "train": ("The background is grey.", "Everything sits on a plain grey background."),
+    "eval": ("Behind the shapes is a flat grey backdrop.", "The backdrop is a uniform grey."),
+}
+ALT_TEMPLATES = {  # colour and shape words listed apart, in alphabetical order, so binding cannot be recovered
+    "train": ("{colours} {shapes}", "{shapes_and} in {colours_and}", "geometric shapes {colours} {shapes}",
+              "{colours} {shapes} clipart"),
+    "eval": ("{shapes} {colours} stock image", "{colours_and} {shapes_and} icons", "simple {shapes} shapes, {colours}"),
+}
+ALT_INCOMPLETE, ALT_WRONG = 0.20, 0.05  # like crawled alt-text: some miss an object or a colour, a few are wrong
+SUGARCREPE_SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown caption split {split!r}; choose one of {list(SPLITS)}")
+
+
+def join_and(words: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def relation_words(relation: str, rng: random.Random, split: str) -> str:
+    _check_split(split)
+    return rng.choice(RELATION_WORDS[relation][split])
+
+
+def object_phrase(obj: dict, rng: random.Random, split: str) -> str:
+    """An indefinite phrase binding colour and size to the shape, attribute order varied."""
+    return rng.choice(OBJECT_TEMPLATES[split]).format(**obj)
+
+
+def locations(scene: dict) -> list[str]:
+    """Each object's place along the relation axis: first is left/top, last right/bottom, others middle."""
+    objs = scene["objects"]
+    k = 0 if scene["relations"][0]["relation"] in ("left of", "right of") else 1
+    ranked = sorted(range(len(objs)), key=lambda i: objs[i]["bbox"][k] + objs[i]["bbox"][k + 2] / 2)
+    ends = (("left", "right"), ("top", "bottom"))[k]
+    place = {i: "middle" for i in ranked}
+    place[ranked[0]], place[ranked[-1]] = ends
+    return [place[i] for i in range(len(objs))]
+
+
+def _capitalise(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def _relation_sentence(scene: dict, rel: dict, rng: random.Random, split: str) -> str:
+    s, relation, o = rel["subject"], rel["relation"], rel["object"]
+    if rng.random() < 0.5:  # state it from the other side: "B is right of A"
+        s, relation, o = o, INVERSE[relation], s
+    nps = []
+    for obj in (scene["objects"][s], scene["objects"][o]):
+        with_size = rng.random() < 0.3
+        nps.append(f"the {obj['size'] + ' ' if with_size else ''}{obj['colour']} {obj['shape']}")
+    return rng.choice(RELATION_SENTENCES[split]).format(
+        subject=_capitalise(nps[0]), relation=relation_words(relation, rng, split), object=nps[1])
+
+
+def recaption(scene: dict, rng: random.Random, split: str) -> str:
+    """2-4 sentences, each true on its own: all objects with colour, size and often place bound, every relation,
+    maybe the background."""
+    _check_split(split)
+    objs = scene["objects"]
+    where = locations(scene)
+    phrases = []
+    for i in rng.sample(range(len(objs)), len(objs)):
+        phrase = object_phrase(objs[i], rng, split)
+        if rng.random() < LOCATION_PROB:
+            phrase += " " + rng.choice(LOCATION_WORDS[where[i]][split])
+        phrases.append(phrase)
+    relations = [_relation_sentence(scene, r, rng, split) for r in scene["relations"]]
+    if len(phrases) + len(relations) <= 4 and rng.random() < 0.4:
+        intro = [rng.choice(OBJECT_SENTENCES[split]).format(object=p) for p in phrases]
+    else:
+        intro = [rng.choice(LIST_SENTENCES[split]).format(objects=join_and(phrases))]
+    sentences = intro + rng.sample(relations, len(relations))
+    if len(sentences) < 4 and rng.random() < 0.5:
+        sentences.append(rng.choice(BACKGROUND_SENTENCES[split]))
+    return " ".join(sentences)
+
+
+def alt_text(scene: dict, rng: random.Random, split: str) -> str:
+    """Short web-like text: colour and shape words in separate sorted lists, no relation; some incomplete or wrong."""
+    _check_split(split)
+    colours = sorted(o["colour"] for o in scene["objects"])  # sorted first: nothing below depends on binding
+    shapes = sorted(o["shape"] for o in scene["objects"])
+    u = rng.random()
+    if u < ALT_WRONG:  # one word names something that is not there
+        if rng.random() < 0.5:
+            colours[rng.randrange(len(colours))] = rng.choice([c for c in COLOURS if c not in colours])
+        else:
+            shapes[rng.randrange(len(shapes))] = rng.choice([s for s in SHAPES if s not in shapes])
+    elif u < ALT_WRONG + ALT_INCOMPLETE:  # a whole object or just a colour goes missing
+        if rng.random() < 0.5:
+            obj = rng.choice(scene["objects"])
+            colours.remove(obj["colour"])
+            shapes.remove(obj["shape"])
+        else:
+            del colours[rng.randrange(len(colours))]
+    colours, shapes = sorted(colours), sorted(shapes)
+    return rng.choice(ALT_TEMPLATES[split]).format(
+        colours=" ".join(colours), shapes=" ".join(shapes), colours_and=join_and(colours), shapes_and=join_and(shapes))
+
+
+# ---- probe phrasings (held-out split) ----
+
+def noun(obj: dict, with_size: bool = False) -> str:
+    """'red circle' or 'large red circle'."""
+    return f"{obj['size'] + ' ' if with_size else ''}{obj['colour']} {obj['shape']}"
+
+
+def pair_caption(a: str, b: str, relation: str | None) -> str:
+    """'a A on the left of a B' when a relation phrase is given, else 'a A and a B'."""
+    return f"a {a} {relation} a {b}" if relation else f"a {a} and a {b}"
+
+
+def _related_pair(scene: dict, rng: random.Random) -> tuple[dict, str, dict]:
+    """(subject, canonical relation, object) for a random relation, stated from a random side."""
+    rel = rng.choice(scene["relations"])
+    s, relation, o = rel["subject"], rel["relation"], rel["object"]
+    if rng.random() < 0.5:
+        s, relation, o = o, INVERSE[relation], s
+    return scene["objects"][s], relation, scene["objects"][o]
+
+
+def sugarcrepe_pair(scene: dict, subset: str, rng: random.Random) -> tuple[str, str]:
+    """(caption, negative_caption) for one SugarCrepe subset; the negative changes exactly what the subset names."""
+    if subset not in SUGARCREPE_SUBSETS:
+        raise ValueError(f"unknown SugarCrepe subset {subset!r}; choose one of {list(SUGARCREPE_SUBSETS)}")
+    a, relation, b = _related_pair(scene, rng)
+    phrase = relation_words(relation, rng, "eval") if subset == "replace_rel" or rng.random() < 0.5 else None
+    absent_colours = [c for c in COLOURS if c not in {o["colour"] for o in scene["objects"]}]
+    absent_shapes = [s for s in SHAPES if s not in {o["shape"] for o in scene["objects"]}]
+    pos = pair_caption(noun(a), noun(b), phrase)
+    if subset == "swap_att" and a["size"] != b["size"] and rng.random() < 0.5:
+        pos = pair_caption(noun(a, True), noun(b, True), phrase)
+        neg = pair_caption(noun({**a, "size": b["size"]}, True), noun({**b, "size": a["size"]}, True), phrase)
+    elif subset == "swap_att":
+        neg = pair_caption(noun({**a, "colour": b["colour"]}), noun({**b, "colour": a["colour"]}), phrase)
+    elif subset == "swap_obj":
+        neg = pair_caption(noun({**a, "shape": b["shape"]}), noun({**b, "shape": a["shape"]}), phrase)
+    elif subset in ("replace_att", "replace_obj"):
+        key, pool = ("colour", absent_colours) if subset == "replace_att" else ("shape", absent_shapes)
+        new = {"colour": a["colour"], "shape": a["shape"], "size": a["size"], key: rng.choice(pool)}
+        a2, b2 = (new, b) if rng.random() < 0.5 else (a, {**b, key: new[key]})
+        neg = pair_caption(noun(a2), noun(b2), phrase)
+    elif subset == "replace_rel":
+        neg = pair_caption(noun(a), noun(b), relation_words(INVERSE[relation], rng, "eval"))
+    elif subset == "add_att":  # the positive names no size; the negative adds the wrong one to one object
+        wrong = {o["shape"]: next(s for s in SIZES if s != o["size"]) for o in (a, b)}
+        if rng.random() < 0.5:
+            neg = pair_caption(noun({**a, "size": wrong[a["shape"]]}, True), noun(b), phrase)
+        else:
+            neg = pair_caption(noun(a), noun({**b, "size": wrong[b["shape"]]}, True), phrase)
+    else:  # add_obj: an object whose colour and shape are both absent
+        neg = f"{pos} and a {rng.choice(absent_colours)} {rng.choice(absent_shapes)}"
+    return pos, neg
+
+
+def aro_relation(scene: dict, rng: random.Random) -> tuple[str, str, str, tuple[dict, dict]]:
+    """(true, false, relation name, the two objects): 'the A is <rel> the B' vs subject and object exchanged."""
+    a, relation, b = _related_pair(scene, rng)
+    words = relation_words(relation, rng, "eval")
+    return (f"the {noun(a)} is {words} the {noun(b)}", f"the {noun(b)} is {words} the {noun(a)}", relation, (a, b))
+
+
+def aro_attribution(scene: dict, rng: random.Random) -> tuple[str, str, list[str], tuple[dict, dict]]:
+    """(true, false, [colour A, colour B], the objects): 'the red circle and the blue square' vs colours exchanged."""
+    a, b = rng.sample(scene["objects"][:2], 2)
+    true = f"the {noun(a)} and the {noun(b)}"
+    false = f"the {b['colour']} {a['shape']} and the {a['colour']} {b['shape']}"
+    return true, false, [a["colour"], b["colour"]], (a, b)
+
+
+def winoground_captions(scene_0: dict, scene_1: dict, kind: str, rng: random.Random) -> tuple[str, str]:
+    """Captions true of scene_0 and scene_1 with the same words in another order.
+
+    kind "relation": scene_1 has objects 0 and 1 at exchanged positions; "binding": their colours exchanged."""
+    a, b = scene_0["objects"][0], scene_0["objects"][1]
+    rel = scene_0["relations"][0]
+    relation = rel["relation"] if rel["subject"] == 0 else INVERSE[rel["relation"]]  # object 0 relative to 1
+    if kind == "relation":
+        assert scene_1["relations"][0]["relation"] == INVERSE[scene_0["relations"][0]["relation"]]
+        words = relation_words(relation, rng, "eval")
+        return pair_caption(noun(a), noun(b), words), pair_caption(noun(b), noun(a), words)
+    if kind != "binding":
+        raise ValueError(f"unknown Winoground pair kind {kind!r}; choose 'relation' or 'binding'")
+    a1, b1 = scene_1["objects"][0], scene_1["objects"][1]
+    assert (a1["colour"], b1["colour"]) == (b["colour"], a["colour"])
+    words = relation_words(relation, rng, "eval") if rng.random() < 0.5 else None
+    return pair_caption(noun(a), noun(b), words), pair_caption(noun(a1), noun(b1), words)

@@ -1,0 +1,234 @@
+"""Write the synthetic world: img2dataset-style shards, probe sets in the benchmarks' official formats, a manifest."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from lit_compclip.synth import captions as cap
+from lit_compclip.synth.world import HELD_OUT, MAX_OBJECTS, MEMBERS, encode, render, sample_family
+
+FORMAT_VERSION = 2  # 2: recaptions say where objects are
+FAMILY_SIZE = len(MEMBERS)
+OUTPUTS = ("manifest.json", "train", "val", "probes")  # everything generate() writes (and overwrite removes)
+BOX_PAD = 0.05  # ARO crop boxes: padding around the two objects, as a fraction of the image
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: int  # running index, unique across splits
+    family: int
+    member: str
+    split: str  # "train" or "val"
+    scene: dict
+
+    @property
+    def name(self) -> str:
+        return f"{self.key:09d}"
+
+
+def _families(split: str, first_family: int, n_families: int, first_key: int, args: dict) -> Iterator[Sample]:
+    for f in range(first_family, first_family + n_families):
+        rng = random.Random(f"{args['seed']}/family/{f}")
+        n = rng.randint(args["min_objects"], args["max_objects"])
+        scenes = sample_family(rng, n, "train" if split == "train" else "eval", args["image_size"])
+        for m, scene in enumerate(scenes):
+            yield Sample(first_key + (f - first_family) * FAMILY_SIZE + m, f, MEMBERS[m], split, scene)
+
+
+def record(sample: Sample, seed: int) -> dict:
+    """The KEY.json content; captions come from rngs seeded by (seed, key) so a probe can rebuild them."""
+    split = "train" if sample.split == "train" else "eval"
+    return {"key": sample.name,
+            "alt_text": cap.alt_text(sample.scene, random.Random(f"{seed}/alt/{sample.key}"), split),
+            "recaption": cap.recaption(sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split),
+            "family": sample.family, "member": sample.member, "split": sample.split, "scene": sample.scene}
+
+
+def image_bytes(sample: Sample, args: dict, fmt: str = "jpg") -> bytes:
+    return encode(render(sample.scene, args["image_size"], (args["seed"], sample.key)), fmt)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)  # fixed metadata so identical arguments give identical bytes
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_shards(folder: Path, samples: Iterator[Sample], args: dict) -> dict:
+    folder.mkdir(parents=True)
+    n = shards = alt_words = recap_words = 0
+    tar = None
+    for sample in samples:
+        if n % args["shard_size"] == 0:
+            if tar:
+                tar.close()
+            tar = tarfile.open(folder / f"shard-{shards:06d}.tar", "w", format=tarfile.USTAR_FORMAT)
+            shards += 1
+        rec = record(sample, args["seed"])
+        _add(tar, f"{sample.name}.jpg", image_bytes(sample, args))
+        _add(tar, f"{sample.name}.json", json.dumps(rec).encode())
+        _add(tar, f"{sample.name}.txt", rec["alt_text"].encode())
+        n += 1
+        alt_words += len(rec["alt_text"].split())
+        recap_words += len(rec["recaption"].split())
+    if tar:
+        tar.close()
+    return {"samples": n, "shards": shards, "alt_text_words": alt_words, "recaption_words": recap_words}
+
+
+def _pair_box(a: dict, b: dict, size: int) -> dict:
+    """Padded pixel box around two objects, clamped inside the image."""
+    pad = BOX_PAD * size
+    x0 = max(0, math.floor(min(a["bbox"][0], b["bbox"][0]) - pad))
+    y0 = max(0, math.floor(min(a["bbox"][1], b["bbox"][1]) - pad))
+    x1 = min(size, math.ceil(max(a["bbox"][0] + a["bbox"][2], b["bbox"][0] + b["bbox"][2]) + pad))
+    y1 = min(size, math.ceil(max(a["bbox"][1] + a["bbox"][3], b["bbox"][1] + b["bbox"][3]) + pad))
+    # Grow to a square (as far as the image allows): CLIP-style preprocessing centre-crops a long box, which
+    # would cut an object out of a left/right pair and make the relation unscorable.
+    side = min(size, max(x1 - x0, y1 - y0))
+    x0 = min(max(0, (x0 + x1 - side) // 2), size - side)
+    y0 = min(max(0, (y0 + y1 - side) // 2), size - side)
+    return {"bbox_x": x0, "bbox_y": y0, "bbox_w": side, "bbox_h": side}
+
+
+def _dump(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def _write_probes(root: Path, evals: list[Sample], args: dict) -> dict[str, int]:
+    """SugarCrepe, ARO VG-R/VG-A, Winoground and DOCCI files from eval families only; returns examples per file."""
+    size, counts = args["image_size"], {}
+    k = min(args["probe_size"], len(evals))
+
+    def save(folder: Path, name: str, sample: Sample, fmt: str = "jpg") -> str:
+        path = folder / "images" / f"{name}.{fmt}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(image_bytes(sample, args, fmt))
+        return path.name
+
+    folder = root / "sugarcrepe"
+    for subset in cap.SUGARCREPE_SUBSETS:
+        rng = random.Random(f"{args['seed']}/sugarcrepe/{subset}")
+        data, key = {}, rng.randrange(5)
+        for s in rng.sample(evals, k):
+            pos, neg = cap.sugarcrepe_pair(s.scene, subset, rng)
+            data[str(key)] = {"filename": save(folder, f"{s.key:012d}", s), "caption": pos, "negative_caption": neg}
+            key += rng.randint(1, 3)  # official keys skip numbers; readers must not assume 0..n-1
+        _dump(folder / f"{subset}.json", data)
+        counts[f"sugarcrepe/{subset}"] = len(data)
+
+    folder = root / "aro"
+    for name, make in (("visual_genome_relation", cap.aro_relation), ("visual_genome_attribution", cap.aro_attribution)):
+        rng, rows = random.Random(f"{args['seed']}/aro/{name}"), []
+        for s in rng.sample(evals, k):
+            true, false, extra, (a, b) = make(s.scene, rng)
+            rows.append({"image_path": save(folder, s.name, s), **_pair_box(a, b, size), "true_caption": true,
+                         "false_caption": false, ("relation_name" if name.endswith("relation") else "attributes"): extra})
+        _dump(folder / f"{name}.json", rows)
+        counts[f"aro/{name}"] = len(rows)
+
+    # Winoground: relation pairs (positions of 0 and 1 exchanged) and binding pairs (their colours exchanged).
+    families = [evals[i:i + FAMILY_SIZE] for i in range(0, len(evals), FAMILY_SIZE)]
+    rng = random.Random(f"{args['seed']}/winoground")
+    relation = [(f[0], f[2]) for f in families] + [(f[1], f[3]) for f in families]
+    binding = [(f[0], f[1]) for f in families] + [(f[2], f[3]) for f in families]
+    n_rel = min(len(relation), math.ceil(args["probe_size"] / 2))
+    pairs = [("relation", p) for p in rng.sample(relation, n_rel)]
+    pairs += [("binding", p) for p in rng.sample(binding, min(len(binding), args["probe_size"] - n_rel))]
+    rng.shuffle(pairs)
+    folder, lines = root / "winoground", []
+    for i, (kind, (s0, s1)) in enumerate(pairs):
+        c0, c1 = cap.winoground_captions(s0.scene, s1.scene, kind, rng)
+        lines.append({"id": i, "image_0": f"ex_{i}_img_0", "image_1": f"ex_{i}_img_1", "caption_0": c0, "caption_1": c1,
+                      "tag": "Spatial-Relation" if kind == "relation" else "Adjective-Color", "secondary_tag": "",
+                      "num_main_preds": 1, "collapsed_tag": "Relation" if kind == "relation" else "Object"})
+        save(folder, f"ex_{i}_img_0", s0, "png")
+        save(folder, f"ex_{i}_img_1", s1, "png")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "examples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    counts["winoground"] = len(lines)
+
+    # DOCCI: whole families, so retrieving the right member needs binding and relations.
+    n_fam = min(len(families), max(1, args["probe_size"] // FAMILY_SIZE))
+    rng, folder, lines = random.Random(f"{args['seed']}/docci"), root / "docci", []
+    for fam in rng.sample(families, n_fam):
+        for s in fam:
+            name = f"test_{len(lines):05d}"
+            lines.append({"example_id": name, "split": "test", "image_file": save(folder, name, s),
+                          "description": record(s, args["seed"])["recaption"]})
+    (folder / "docci_descriptions.jsonlines").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    counts["docci"] = len(lines)
+    return counts
+
+
+def _check_args(args: dict) -> None:
+    for name, value in args.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"synth: {name} must be an integer, got {value!r}")
+    lows = {"train_families": 1, "eval_families": 1, "image_size": 32, "probe_size": 1, "min_objects": 2}
+    for name, low in lows.items():
+        if args[name] < low:
+            raise ValueError(f"synth: {name} must be >= {low}, got {args[name]}")
+    if not args["min_objects"] <= args["max_objects"] <= MAX_OBJECTS:
+        raise ValueError(f"synth: need min_objects <= max_objects <= {MAX_OBJECTS}, "
+                         f"got min_objects={args['min_objects']} max_objects={args['max_objects']}")
+    if args["shard_size"] < FAMILY_SIZE or args["shard_size"] % FAMILY_SIZE:
+        raise ValueError(f"synth: shard_size must be a positive multiple of the family size {FAMILY_SIZE} "
+                         f"(so no family straddles two shards), got {args['shard_size']}")
+
+
+def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000, image_size=64,
+             min_objects=2, max_objects=2, seed=0, probe_size=400, overwrite=False) -> dict:
+    """Write shards, probes and manifest.json under `out_dir`; a no-op when its manifest holds the same arguments."""
+    args = {"train_families": train_families, "eval_families": eval_families, "shard_size": shard_size,
+            "image_size": image_size, "min_objects": min_objects, "max_objects": max_objects, "seed": seed,
+            "probe_size": probe_size}
+    _check_args(args)
+    out = Path(out_dir)
+    manifest_path = out / "manifest.json"
+    if not overwrite and manifest_path.exists():
+        stored = json.loads(manifest_path.read_text())
+        if stored.get("args") == args and stored.get("format_version") == FORMAT_VERSION:
+            return {**stored, "out_dir": str(out), "seconds": 0.0, "skipped": True}
+        old = {**stored.get("args", {}), "format_version": stored.get("format_version")}
+        new = {**args, "format_version": FORMAT_VERSION}
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
+        raise ValueError(f"{manifest_path} was written with other arguments ({diff}); pass overwrite=True "
+                         "or choose another out_dir")
+    if not overwrite and any((out / p).exists() for p in OUTPUTS):
+        raise ValueError(f"{out} holds a partial synthetic dataset (no manifest.json); pass overwrite=True to rewrite it")
+    for p in OUTPUTS:  # only what we write: out_dir may hold other things
+        path = out / p
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    n_train = train_families * FAMILY_SIZE
+    train = _write_shards(out / "train", _families("train", 0, train_families, 0, args), args)
+    evals = list(_families("val", train_families, eval_families, n_train, args))
+    val = _write_shards(out / "val", iter(evals), args)
+    probes = _write_probes(out / "probes", evals, args)
+    manifest = {
+        "format_version": FORMAT_VERSION, "args": args,
+        "counts": {"train_samples": train["samples"], "train_shards": train["shards"], "val_samples": val["samples"],
+                   "val_shards": val["shards"], "train_families": train_families, "eval_families": eval_families,
+                   "probes": probes},
+        "stats": {"alt_text_words_mean": round(train["alt_text_words"] / train["samples"], 2),
+                  "recaption_words_mean": round(train["recaption_words"] / train["samples"], 2),
+                  "held_out_combos": sorted(f"{c} {s}" for c, s in HELD_OUT), "family_members": list(MEMBERS)},
+    }
+    _dump(manifest_path, manifest)  # last, so a crash leaves no manifest and the next run refuses to skip
+    return {**manifest, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 2), "skipped": False}

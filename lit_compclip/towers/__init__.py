@@ -1,0 +1,23 @@
+"""Tower registries: a text tower is chosen by name; each entry is one file in this folder."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from lit_compclip.registry import build, resolve
+
+TEXT_TOWERS = {
+    "sentence_transformers": "lit_compclip.towers.sentence_transformers:SentenceTransformerTower",
+    "scratch": "lit_compclip.towers.scratch:ScratchTextTower",
+}
+
+
+def text_tower_class(name: str):
+    return resolve(TEXT_TOWERS, name, "text tower")
+
+
+def build_text_tower(options: Mapping[str, Any], embed_dim: int):
+    """Build the text tower named by `options["tower"]` from the rest of `options` (checked against its signature)."""
+    options = dict(options)
+    name = options.pop("tower", "sentence_transformers")
+    return build(TEXT_TOWERS, name, "text tower", options, embed_dim=embed_dim)

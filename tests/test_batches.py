@@ -1,0 +1,12 @@
+from lit_compclip.config import load_config
+from lit_compclip.synth import generate
+from lit_compclip.synth.batches import batch_stats
+
+
+def test_family_grouping_puts_binding_and_relation_negatives_in_every_batch(tmp_path):
+    generate(str(tmp_path / "w"), train_families=64, eval_families=4, shard_size=64, probe_size=4)
+    cfg = load_config([], [f"data.train_shards={tmp_path}/w/train", "data.batch_size=32", "data.shuffle_buffer=64"])
+    stats = batch_stats(cfg, n_batches=4)
+    grouped, random = stats["grouped by family"], stats["random"]
+    assert grouped["binding_negative_frac"] == 1.0 and grouped["relation_negative_frac"] == 1.0
+    assert random["binding_negative_frac"] < 0.5 and random["relation_negative_frac"] < 0.5

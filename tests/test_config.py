@@ -1,0 +1,103 @@
+import glob
+
+import pytest
+
+from lit_compclip.cli import main
+from lit_compclip.config import ConfigError, load_config, normalise_overrides
+
+
+def write(tmp_path, text, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_are_valid_and_every_experiment_file_loads():
+    cfg = load_config()
+    assert cfg.model.text.tower == "sentence_transformers"
+    for path in sorted(glob.glob("experiments/*.yaml")):
+        load_config([path])
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    path = write(tmp_path, "data:\n  batchsize: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([path])
+    msg = str(e.value)
+    assert "data.batchsize" in msg and path in msg and "batch_size" in msg and "\n" not in msg
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load_config([], ["data.batch_size=many"])
+
+
+def test_missing_value_names_key(tmp_path):
+    path = write(tmp_path, "name:\n")  # YAML null for a required string
+    with pytest.raises(ConfigError, match="'name' in .* has no value"):
+        load_config([path])
+
+
+def test_missing_experiment_file():
+    with pytest.raises(ConfigError, match="not found: nope.yaml"):
+        load_config(["nope.yaml"])
+
+
+def test_override_forms_are_equivalent():
+    assert normalise_overrides(["--optim.lr", "0.1", "--seed=3", "name=x"]) == ["optim.lr=0.1", "seed=3", "name=x"]
+    cfg = load_config([], ["--optim.lr", "0.5", "--data.batch_size=7"])
+    assert cfg.optim.lr == 0.5 and cfg.data.batch_size == 7
+
+
+def test_later_sources_win(tmp_path):
+    a = write(tmp_path, "optim: {lr: 0.1}\nseed: 5\n", "a.yaml")
+    b = write(tmp_path, "optim: {lr: 0.2}\n", "b.yaml")
+    cfg = load_config([a, b], ["seed=9"])
+    assert (cfg.optim.lr, cfg.seed) == (0.2, 9)
+
+
+def test_new_text_tower_replaces_options_instead_of_merging():
+    cfg = load_config([], ["model.text.tower=scratch", "model.text.width=64"])
+    assert dict(cfg.model.text) == {"tower": "scratch", "width": 64}
+
+
+def test_text_tower_options_are_checked_against_its_constructor():
+    with pytest.raises(ConfigError, match="model.text.*unfreeze_layer.*did you mean 'unfreeze_layers'"):
+        load_config([], ["model.text.unfreeze_layer=3"])
+    with pytest.raises(ConfigError, match="unknown text tower 'scrach'.*did you mean 'scratch'"):
+        load_config([], ["model.text.tower=scrach"])
+
+
+def test_probe_options_and_names_are_checked():
+    with pytest.raises(ConfigError, match="probes.suites.sugarcrepe.*imgs"):
+        load_config([], ["probes.suites.sugarcrepe.imgs=x"])
+    with pytest.raises(ConfigError, match="unknown probe 'sugarcrep'"):
+        load_config([], ["probes.suites.x.type=sugarcrep"])
+
+
+def test_values_are_range_checked():
+    with pytest.raises(ConfigError, match="data.caption_fields.recaption"):
+        load_config([], ["data.caption_fields.recaption=-1"])
+    with pytest.raises(ConfigError, match="data.samples_per_epoch"):
+        load_config([], ["data.resampled=true"])
+    with pytest.raises(ConfigError, match="wandb.mode"):
+        load_config([], ["wandb.mode=sometimes"])
+
+
+def test_cli_exits_2_with_one_line_before_building_anything(tmp_path, capsys):
+    path = write(tmp_path, "trainer:\n  max_epoch: 3\n")
+    assert main(["train", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "trainer.max_epoch" in err and "max_epochs" in err
+
+
+def test_cli_missing_shards_and_probe_files_exit_2(tmp_path, capsys):
+    assert main(["train", f"data.train_shards={tmp_path}/nothing-{{000..003}}.tar", "synth.auto=false"]) == 2
+    assert "nothing-" in capsys.readouterr().err
+    (tmp_path / "s.tar").write_bytes(b"")
+    args = ["train", f"data.train_shards={tmp_path}/s.tar", "data.val_shards=null", "probes.suites={}",
+            f"+probes.suites.w.type=winoground", f"probes.suites.w.examples={tmp_path}/no.jsonl",
+            f"probes.suites.w.images={tmp_path}"]
+    assert main([a for a in args if not a.startswith("+")] + ["probes.suites.w.type=winoground"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no.jsonl" in err

@@ -1,0 +1,70 @@
+import pytest
+import torch
+from PIL import Image
+
+from lit_compclip.towers import TEXT_TOWERS, build_text_tower
+from lit_compclip.towers.image import ImageTower
+
+CAPTIONS = ["a large red circle to the left of a small blue square", "a blue square", "shapes"]
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_TOWERS))
+def test_every_text_tower_forward_and_backward(name):
+    options = {"tower": name, "max_seq_len": 16}
+    tower = build_text_tower(options, embed_dim=32)
+    out = tower(tower.tokenize(CAPTIONS))
+    assert out.shape == (3, 32) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert any(p.grad is not None for p in tower.parameters() if p.requires_grad)
+    assert tower.count_truncated(["word " * 40, "short"]) == 1
+
+
+def test_sentence_transformers_trains_only_the_last_layers_and_head():
+    tower = build_text_tower({"tower": "sentence_transformers", "unfreeze_layers": 2}, embed_dim=8)
+    trainable = {n.split(".layer.")[-1].split(".")[0] for n, p in tower.named_parameters()
+                 if p.requires_grad and ".layer." in n}
+    assert trainable == {"4", "5"}  # MiniLM-L6: blocks 4 and 5 of 0..5
+    assert all(not p.requires_grad for n, p in tower.named_parameters() if "embeddings" in n)
+    tower.train()
+    assert not tower.st[0].auto_model.embeddings.training  # frozen part kept deterministic
+    assert tower.trainable[0].training
+
+
+def test_sentence_transformers_rejects_too_many_unfrozen_layers():
+    with pytest.raises(ValueError, match="unfreeze_layers=9.*6 layers"):
+        build_text_tower({"tower": "sentence_transformers", "unfreeze_layers": 9}, embed_dim=8)
+
+
+def test_scratch_tower_ignores_padding_after_the_caption():
+    torch.manual_seed(0)
+    tower = build_text_tower({"tower": "scratch", "width": 32, "layers": 2, "heads": 2}, embed_dim=8).eval()
+    alone = tower(tower.tokenize(["a red circle"]))
+    padded = tower(tower.tokenize(["a red circle", "a much longer caption that forces padding on the first"]))
+    assert torch.allclose(alone[0], padded[0], atol=1e-5)
+
+
+def test_unknown_text_tower_option_names_it():
+    with pytest.raises(ValueError, match="unknown option 'layer'.*did you mean 'layers'"):
+        build_text_tower({"tower": "scratch", "layer": 2}, embed_dim=8)
+
+
+def test_image_tower_size_overrides_and_transforms():
+    tower = ImageTower(embed_dim=16, img_size=32, patch_size=8, depth=2, width=64, heads=2)
+    assert tower(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+    train_tf, eval_tf = tower.transforms()
+    img = Image.new("RGB", (48, 48))
+    img.paste((255, 0, 0), (0, 0, 24, 48))  # red left half
+    x = eval_tf(img)
+    assert x.shape == (3, 32, 32) and x[0, :, :8].mean() > x[0, :, -8:].mean()
+    names = repr(train_tf)
+    assert "Flip" not in names and "ColorJitter" not in names  # would falsify "left of" and colour words
+
+
+def test_image_tower_unknown_model_suggests():
+    with pytest.raises(ValueError, match="unknown timm model 'vit_tiny_patch16_22'.*did you mean"):
+        ImageTower(embed_dim=8, model="vit_tiny_patch16_22")
+
+
+def test_pretrained_image_weights_fail_clearly_offline():
+    with pytest.raises(RuntimeError, match="pretrained weights .* not available offline"):
+        ImageTower(embed_dim=8, pretrained=True, img_size=32, patch_size=8, depth=1, width=64, heads=2)
