@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 class SynthConfig:
     out_dir: str = "data/synth"  # built by `compclip synth`, or by `compclip train` when absent
     auto: bool = True  # build it on first use when data paths point inside out_dir
-    train_families: int = 4000  # 4 counterfactual scenes per family
+    train_families: int = 3000  # 4 counterfactual scenes per family
     eval_families: int = 400
     probe_size: int = 400
     image_size: int = 64
@@ -36,8 +36,8 @@ class DataConfig:
     train_shards: str = "data/synth/train"  # a folder, a brace pattern, a URL, or several joined with '::'
     val_shards: Optional[str] = "data/synth/val"
     caption_fields: Dict[str, float] = field(default_factory=lambda: {"recaption": 1.0})  # 'txt' or .json fields
-    sentence_sample: int = 0  # >0: train on a random subset of at most this many sentences
-    batch_size: int = 128
+    sentence_sample: int = 2  # >0: train on a random subset of at most this many sentences (the paper's refinement)
+    batch_size: int = 64  # 16 families of 4 counterfactuals
     num_workers: int = 1
     shuffle_buffer: int = 1000
     shard_shuffle: bool = True
@@ -53,8 +53,10 @@ class ImageConfig:
     img_size: Optional[int] = 64
     patch_size: Optional[int] = 8
     depth: Optional[int] = 4
-    width: Optional[int] = 192
-    heads: Optional[int] = 3
+    width: Optional[int] = 128
+    heads: Optional[int] = 4
+    pos_embed: str = "learn"  # or "sincos": fixed 2-D sin-cos (ViTs only)
+    pool: str = "model"  # the trunk's own pooling, or "flatten": project all patch tokens (ViTs only)
     augment: bool = True
     crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
 
@@ -83,7 +85,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 3
+    max_epochs: int = 2
     max_steps: int = -1
     accelerator: str = "auto"
     devices: Any = 1

@@ -384,3 +384,18 @@ def test_hard_negative_stats_on_hand_built_batches():
                                               "duplicate_frac": 0.0}
     with pytest.raises(ValueError, match="at least one scene"):
         hard_negative_stats([])
+
+
+@pytest.mark.parametrize("n_objects", [2, 3])
+def test_recaption_locations_agree_with_positions(n_objects):
+    for f in range(30):
+        for scene in sample_family(random.Random(f), n_objects, "train", 64):
+            where = cap.locations(scene)
+            axis = 0 if scene["relations"][0]["relation"] in ("left of", "right of") else 1
+            centre = [o["bbox"][axis] + o["bbox"][axis + 2] / 2 for o in scene["objects"]]
+            first, last = ("left", "right") if axis == 0 else ("top", "bottom")
+            assert where[centre.index(min(centre))] == first and where[centre.index(max(centre))] == last
+            assert where.count("middle") == n_objects - 2
+            text = cap.recaption(scene, random.Random(f), "train")
+            wrong = {p for w in set(cap.LOCATION_WORDS) - set(where) for p in cap.LOCATION_WORDS[w]["train"]}
+            assert not any(p in text for p in wrong), text  # never a place no object occupies

@@ -68,3 +68,28 @@ def test_image_tower_unknown_model_suggests():
 def test_pretrained_image_weights_fail_clearly_offline():
     with pytest.raises(RuntimeError, match="pretrained weights .* not available offline"):
         ImageTower(embed_dim=8, pretrained=True, img_size=32, patch_size=8, depth=1, width=64, heads=2)
+
+
+def test_sincos_position_embedding_is_fixed_and_distinct_per_patch():
+    tower = ImageTower(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2, pos_embed="sincos")
+    pos = tower.trunk.pos_embed
+    assert not pos.requires_grad and not pos[0, 0].any()  # class token gets no position
+    patches = pos[0, 1:]  # (16, 32)
+    assert torch.cdist(patches, patches).add(torch.eye(16) * 1e3).min() > 0.1
+
+
+def test_flatten_pool_makes_the_embedding_depend_on_where_things_are():
+    torch.manual_seed(0)
+    tower = ImageTower(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2, pool="flatten").eval()
+    img = torch.zeros(1, 3, 32, 32)
+    left, right = img.clone(), img.clone()
+    left[..., 8:16, 0:8], right[..., 8:16, 24:32] = 1.0, 1.0  # one bright patch, left or right
+    assert not torch.allclose(tower(left), tower(right), atol=1e-4)
+    assert tower.proj.in_features == 16 * 32
+
+
+def test_image_tower_rejects_unknown_pool_and_pos_embed():
+    with pytest.raises(ValueError, match="pool='max'.*'model' or 'flatten'"):
+        ImageTower(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2, pool="max")
+    with pytest.raises(ValueError, match="pos_embed='rope'"):
+        ImageTower(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2, pos_embed="rope")

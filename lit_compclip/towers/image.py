@@ -6,12 +6,42 @@ import torch
 from torch import nn
 
 
+def fix_sincos_pos_embed(trunk: nn.Module) -> None:
+    """Replace a ViT's learned position embedding by a fixed 2-D sin-cos one (as big_vision and MoCo v3 do).
+
+    Trained from scratch on little data, a learned embedding starts as noise and positions ("left of", "above")
+    are learned late; the fixed one gives every patch its place from the first step."""
+    from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+
+    pos = getattr(trunk, "pos_embed", None)
+    grid = getattr(getattr(trunk, "patch_embed", None), "grid_size", None)
+    if not isinstance(pos, nn.Parameter) or grid is None:
+        raise ValueError(f"model.image.pos_embed='sincos' needs a ViT with a learned pos_embed, "
+                         f"not {type(trunk).__name__}")
+    n_prefix = pos.shape[1] - grid[0] * grid[1]  # class token(s) that get position embeddings
+    table = build_sincos2d_pos_embed(list(grid), dim=pos.shape[-1])  # (H*W, C)
+    with torch.no_grad():
+        pos.zero_()
+        pos[0, n_prefix:] = table
+    pos.requires_grad_(False)
+
+
+def flat_tokens(trunk: nn.Module) -> int:
+    """Patch tokens of a ViT, for pool='flatten': a projection with weights per place, so that where an object
+    sits changes the embedding from the first step (pooled tokens must first learn to carry it)."""
+    grid = getattr(getattr(trunk, "patch_embed", None), "grid_size", None)
+    if grid is None or not hasattr(trunk, "num_prefix_tokens"):
+        raise ValueError(f"model.image.pool='flatten' needs a ViT, not {type(trunk).__name__}")
+    return grid[0] * grid[1]
+
+
 class ImageTower(nn.Module):
     """A timm trunk with its classifier removed, followed by a bias-free projection to `embed_dim`."""
 
     def __init__(self, embed_dim: int, model: str = "vit_tiny_patch16_224", pretrained: bool = False,
                  img_size: int | None = 64, patch_size: int | None = 8, depth: int | None = 4,
-                 width: int | None = 192, heads: int | None = 3, augment: bool = True,
+                 width: int | None = 128, heads: int | None = 4, pos_embed: str = "learn", pool: str = "model",
+                 augment: bool = True,
                  crop_scale: tuple[float, float] = (0.9, 1.0)):
         super().__init__()
         import timm
@@ -33,11 +63,25 @@ class ImageTower(nn.Module):
             raise RuntimeError(f"pretrained weights for timm model {model!r} are not available offline "
                                f"({type(e).__name__}); set model.image.pretrained=false or put the weights in the "
                                f"Hugging Face cache first") from None
-        self.proj = nn.Linear(self.trunk.num_features, embed_dim, bias=False)
+        if pos_embed == "sincos":
+            fix_sincos_pos_embed(self.trunk)
+        elif pos_embed != "learn":
+            raise ValueError(f"model.image.pos_embed={pos_embed!r}: choose 'learn' or 'sincos'")
+        if pool == "model":  # the trunk's own pooling (a ViT's class token, a CNN's average)
+            features = self.trunk.num_features
+        elif pool == "flatten":
+            features = self.trunk.num_features * flat_tokens(self.trunk)
+        else:
+            raise ValueError(f"model.image.pool={pool!r}: choose 'model' or 'flatten'")
+        self.pool = pool
+        self.proj = nn.Linear(features, embed_dim, bias=False)
         self.augment = augment
         self.crop_scale = tuple(crop_scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pool == "flatten":
+            tokens = self.trunk.forward_features(images)  # (B, prefix + N, C)
+            return self.proj(tokens[:, self.trunk.num_prefix_tokens:].flatten(1))  # (B, embed_dim)
         return self.proj(self.trunk(images))  # (B, embed_dim), not normalised
 
     def transforms(self):
