@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"compclip: error: {e}", file=sys.stderr)
         return 2
+    if not result["is_global_zero"]:
+        return 0  # rank 0 reports
     print("\n" + format_table(result["probes"]))
     run_dir = result["run_dir"]
     print(f"\nrun folder: {run_dir}  (config.yaml, metrics.csv, probes.json, probes.png, checkpoints/last.ckpt)")

@@ -17,9 +17,22 @@ from lit_compclip.config import ConfigError
 log = logging.getLogger(__name__)
 
 
+RUN_DIR_ENV = "LIT_COMPCLIP_RUN_DIR"  # rank 0's choice, inherited by the processes Lightning launches
+
+
+def _launched_rank() -> bool:
+    """True in a process started as a non-zero rank (Lightning's launcher, torchrun or SLURM)."""
+    return any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
 def unique_run_dir(cfg: DictConfig) -> str:
-    """runs/<name>, or runs/<name>-2, -3, ... so that an earlier run's files are never overwritten."""
+    """runs/<name>, or runs/<name>-2, -3, ... so that an earlier run's files are never overwritten.
+
+    Other ranks take rank 0's folder (handed down in the environment), or the plain name when launched apart
+    (torchrun, SLURM: set run_dir explicitly there)."""
     base = cfg.run_dir or os.path.join("runs", cfg.name)
+    if _launched_rank():
+        return os.environ.get(RUN_DIR_ENV, base)
     path, n = base, 1
     while os.path.isdir(path) and os.listdir(path):
         n += 1
@@ -126,8 +139,10 @@ def train(cfg: DictConfig) -> dict:
     probes = check_inputs(cfg)
     steps = total_steps(cfg)
     run_dir = unique_run_dir(cfg)
-    os.makedirs(run_dir, exist_ok=True)
-    OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+    if not _launched_rank():
+        os.makedirs(run_dir, exist_ok=True)
+        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+        os.environ[RUN_DIR_ENV] = run_dir
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # Expected here, and alarming to a newcomer: frozen text layers are in eval mode on purpose, config.yaml is
     # written into the run folder before the CSV logger starts, and one loader worker is the CPU default.
@@ -151,7 +166,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = L.Trainer(**t, logger=loggers, callbacks=callbacks, default_root_dir=run_dir,
                         num_sanity_val_steps=0)
     trainer.fit(model, data)
-    return {"run_dir": run_dir, "probes": probe_cb.final, "wandb_mode": mode,
+    return {"run_dir": run_dir, "is_global_zero": trainer.is_global_zero, "probes": probe_cb.final, "wandb_mode": mode,
             "wandb_dir": next(iter(glob.glob(os.path.join(run_dir, "wandb", "*run-*"))), None)}
 
 

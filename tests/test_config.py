@@ -101,3 +101,16 @@ def test_cli_missing_shards_and_probe_files_exit_2(tmp_path, capsys):
     assert main([a for a in args if not a.startswith("+")] + ["probes.suites.w.type=winoground"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no.jsonl" in err
+
+
+def test_launched_ranks_reuse_rank_zeros_run_folder(tmp_path, monkeypatch):
+    from lit_compclip.train import RUN_DIR_ENV, unique_run_dir
+
+    cfg = load_config([], [f"run_dir={tmp_path}/r"])
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("x")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert unique_run_dir(cfg) == f"{tmp_path}/r-2"  # rank 0 never overwrites
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv(RUN_DIR_ENV, f"{tmp_path}/r-2")
+    assert unique_run_dir(cfg) == f"{tmp_path}/r-2"  # rank 1 joins rank 0's folder
