@@ -17,12 +17,11 @@ COUNT_METRICS = {"ties", "n", "n_images", "n_texts", "truncated_fraction"}  # no
 
 def build_probes(suites: Mapping[str, Mapping[str, Any]], limit: int | None = None) -> dict[str, Any]:
     """name -> probe object; `type` picks the registry entry (default: the name). Raises one-line errors."""
-    from lit_compclip.probes import build_probe
+    from lit_compclip.probes import build_probe, split_suite
 
     probes = {}
-    for name, options in suites.items():
-        options = dict(options)
-        kind = options.pop("type", name)
+    for name, suite in suites.items():
+        kind, options = split_suite(name, suite)
         if limit is not None:
             options.setdefault("limit", limit)
         probes[name] = build_probe(kind, options)

@@ -56,15 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {label:<18} " + "  ".join(f"{k}={v:.3f}" for k, v in stats.items()))
             return 0
         if command == "synth":
-            from omegaconf import OmegaConf
+            from lit_compclip.train import build_synth
 
-            from lit_compclip.synth import generate
-
-            args = OmegaConf.to_container(cfg.synth)
-            out = args.pop("out_dir")
-            args.pop("auto")
-            summary = generate(out, overwrite=overwrite, **args)
-            print(f"synthetic world in {out}: {summary}")
+            summary = build_synth(cfg, overwrite=overwrite)
+            print(f"synthetic world in {cfg.synth.out_dir}: {summary}")
             return 0
         from lit_compclip.train import format_table, train
 

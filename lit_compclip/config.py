@@ -227,9 +227,9 @@ def load_config(files: list[str] = (), overrides: list[str] = ()) -> DictConfig:
 
 def check_values(cfg: DictConfig) -> None:
     """Checks that need no data or model: ranges, choices, and the options of named towers and probes."""
-    from lit_compclip.probes import PROBES
+    from lit_compclip.probes import PROBES, split_suite
     from lit_compclip.registry import check_options, resolve
-    from lit_compclip.towers import TEXT_TOWERS
+    from lit_compclip.towers import TEXT_TOWERS, split_tower_options
 
     def need(ok: bool, key: str, why: str):
         if not ok:
@@ -250,15 +250,15 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     need(len(cfg.model.image.crop_scale) == 2, "model.image.crop_scale", "give two numbers [min, max]")
     try:
-        text = dict(cfg.model.text)
-        tower = resolve(TEXT_TOWERS, text.pop("tower", "sentence_transformers"), "text tower")
+        name, text = split_tower_options(cfg.model.text)
+        tower = resolve(TEXT_TOWERS, name, "text tower")
         check_options(tower, text, "model.text", given=("embed_dim",))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for name, options in cfg.probes.suites.items():
-        options = dict(options)
+    for name, suite in cfg.probes.suites.items():
+        kind, options = split_suite(name, suite)
         try:
-            probe = resolve(PROBES, options.pop("type", name), "probe")
+            probe = resolve(PROBES, kind, "probe")
         except ValueError as e:
             raise ConfigError(f"probes.suites.{name}: {e}") from None
         try:

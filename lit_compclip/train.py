@@ -47,12 +47,18 @@ def ensure_synth(cfg: DictConfig) -> None:
     paths += [str(v) for suite in cfg.probes.suites.values() for v in suite.values()]
     uses_synth = any(os.path.normpath(p).startswith(out + os.sep) for p in paths if p)
     if cfg.synth.auto and uses_synth and not os.path.exists(os.path.join(out, "manifest.json")):
-        from lit_compclip.synth import generate
-
         print(f"building the synthetic world in {out} (once) ...", flush=True)
-        args = OmegaConf.to_container(cfg.synth)
-        args.pop("out_dir"), args.pop("auto")
-        generate(out, **args)
+        build_synth(cfg)
+
+
+def build_synth(cfg: DictConfig, overwrite: bool = False) -> dict:
+    """Generate the synthetic world described by `cfg.synth`; returns the generator's summary."""
+    from lit_compclip.synth import generate
+
+    args = OmegaConf.to_container(cfg.synth)
+    out = args.pop("out_dir")
+    args.pop("auto")
+    return generate(out, overwrite=overwrite, **args)
 
 
 def count_samples(urls: list[str]) -> int | None:

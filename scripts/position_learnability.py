@@ -1,7 +1,7 @@
 """Can the default towers learn *where* one object is? The simplest position task, away from composition.
 
 Usage: python scripts/position_learnability.py [STEPS] [key=value ...]   (config overrides for the model/optim)
-Trains the default towers with the module's own loss on random batches of 64 one-object images captioned
+Trains the default towers with the module's own loss, optimizer and schedule on random batches of 64 one-object images captioned
 "There is a red circle at the top." (top/bottom/left/right), and every 50 steps prints the share of 200 held-out
 images whose true caption beats the same caption with the opposite place (chance 0.5)."""
 
@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lit_compclip.config import load_config
-from lit_compclip.model import CompClip, cosine_schedule
+from lit_compclip.model import CompClip
 from lit_compclip.synth.world import COLOURS, SHAPES, render
 
 PLACES = {"top": (24, 8), "bottom": (24, 40), "left": (8, 24), "right": (40, 24)}  # bbox corner at 64 px
@@ -48,10 +48,8 @@ def main(steps: int = 150, *overrides: str) -> None:
     torch.manual_seed(0)
     cfg = load_config([], list(overrides))
     model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=steps)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
-                                  weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_schedule(s, cfg.optim.warmup_steps, steps, cfg.optim.min_lr_ratio))
+    setup = model.configure_optimizers()  # the training run's own parameter groups and schedule
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
     rng = random.Random(0)
     test = [sample(rng) for _ in range(200)]
     print(f"step 0  place accuracy {place_accuracy(model, test):.3f}", flush=True)

@@ -18,3 +18,9 @@ PROBES = {
 def build_probe(name: str, options: Mapping[str, Any] | None = None):
     """Construct probe `name` with `options`; an unknown name or option is a one-line ValueError."""
     return build(PROBES, name, "probe", options)
+
+
+def split_suite(name: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A `probes.suites.<name>` entry -> (probe type, constructor options); the type defaults to the name."""
+    options = dict(options)
+    return options.pop("type", name), options

@@ -16,8 +16,13 @@ def text_tower_class(name: str):
     return resolve(TEXT_TOWERS, name, "text tower")
 
 
+def split_tower_options(options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`model.text` -> (tower name, the options for its constructor)."""
+    options = dict(options)
+    return options.pop("tower", "sentence_transformers"), options
+
+
 def build_text_tower(options: Mapping[str, Any], embed_dim: int):
     """Build the text tower named by `options["tower"]` from the rest of `options` (checked against its signature)."""
-    options = dict(options)
-    name = options.pop("tower", "sentence_transformers")
+    name, options = split_tower_options(options)
     return build(TEXT_TOWERS, name, "text tower", options, embed_dim=embed_dim)
