@@ -408,3 +408,42 @@ def test_bad_batch_size_or_limit_is_rejected(sugar, options):
     with pytest.raises(ValueError) as e:
         SugarCrepe(str(sugar / "ann"), str(sugar / "img"), **options)
     one_line_error(e, repr(next(iter(options))))
+
+
+# ---- Per-example records (failure analysis) ----------------------------------------------------------------------
+def test_sugarcrepe_records_carry_keys_both_scores_and_the_strict_verdict(sugar):
+    records = {}
+    out = SugarCrepe(str(sugar / "ann"), str(sugar / "img")).run(sugar_encoder(), records=records)
+    assert out["swap_att"] == pytest.approx(1 / 3)  # records change nothing
+    swap = records["swap_att"]
+    assert [r["id"] for r in swap] == ["0", "7", "12"]
+    assert [r["correct"] for r in swap] == [True, False, False]  # the tie (key 12) is wrong
+    assert swap[2]["scores"] == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert swap[1]["captions"] == ["red cube", "blue cube"] and swap[1]["image"].endswith("blue.png")
+    assert [r["id"] for r in records["add_obj"]] == ["3", "40"]
+    json.dumps(records)  # JSON-serialisable as dumped
+
+
+def test_winoground_records_hold_the_two_by_two_scores_and_each_verdict(wino):
+    records = {}
+    Winoground(str(wino / "examples.jsonl"), str(wino / "images")).run(wino_encoder(), records=records)
+    rows = records["group"]
+    assert [r["id"] for r in rows] == ["0", "1", "2"]
+    assert [(r["text"], r["image_score"], r["correct"]) for r in rows] == [
+        (True, True, True), (True, False, False), (False, False, False)]
+    assert rows[1]["matrix"] == [[pytest.approx(0.5), pytest.approx(0.6)], [pytest.approx(0.1), pytest.approx(0.9)]]
+    assert rows[1]["group_tag"] == "relation" and rows[1]["images"][1].endswith("ex_1_img_1.png")
+
+
+def test_retrieval_records_rank_each_caption_with_ties_against_it(docci):
+    enc = Truncating({RED: E1, GREEN: E2, BLUE: E3},
+                     {"a red card": E1, "a long green card on a table": E1, "blue card": E3})
+    records = {}
+    Retrieval(str(docci / "docci_descriptions.jsonlines"), str(docci / "images"), format="docci").run(
+        enc, records=records)
+    rows = {r["id"]: r for r in records["t2i"]}
+    assert set(rows) == {"test_1", "test_2", "test_3"}
+    green = rows["test_2"]  # scores red 1, own green 0, blue 0: the tie with blue ranks against it
+    assert (green["rank"], green["correct"]) == (3, False)
+    assert green["rival_images"][0].endswith("test_1.png") and green["rival_scores"][0] == pytest.approx(1.0)
+    assert rows["test_3"]["correct"] and rows["test_3"]["rank"] == 1

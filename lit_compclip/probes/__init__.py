@@ -1,4 +1,10 @@
-"""Compositional and retrieval probes, built by name from a plain registry and run on any encoder."""
+"""Compositional and retrieval probes, built by name from a plain registry and run on any encoder.
+
+A probe is a class whose constructor takes its data paths and options (checked at once, one-line errors) and whose
+`run(encoder, records=None) -> {metric: value}` sees only `encode_image` / `encode_text`. Given a dict as
+`records`, it also appends one record per scored example under records[<subset>]: `id`, `image`, `captions`
+(the true one first), `scores` (same order) and `correct` (strict rule), which probes/report.py turns into the
+per-example dump and the failure pages."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ PROBES = {
     "aro": "lit_compclip.probes.aro:ARO",
     "winoground": "lit_compclip.probes.winoground:Winoground",
     "retrieval": "lit_compclip.probes.retrieval:Retrieval",
+    "zeroshot": "lit_compclip.probes.zeroshot:ZeroShot",
 }
 
 

@@ -160,3 +160,12 @@ def encode_images(encoder: Encoder, refs: Sequence[ImageRef], batch_size: int) -
 def pair_scores(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise dot products of two (N, D) embedding tensors -> (N,)."""
     return (a * b).sum(dim=-1)
+
+
+def choice_record(key: str, ref: ImageRef, captions: Sequence[str], scores: Sequence, correct, **extra) -> dict:
+    """One per-example record (see `run(..., records=)`): the true caption first, then its rivals."""
+    record = {"id": str(key), "image": str(ref.path)}
+    if ref.box is not None:
+        record["box"] = [float(v) for v in ref.box]
+    record.update(captions=list(captions), scores=[float(s) for s in scores], correct=bool(correct), **extra)
+    return record

@@ -16,7 +16,10 @@ FORMATS = ("docci", "karpathy", "jsonl")
 
 class Retrieval:
     """`t2i_r1/5/10`, `i2t_r1/5/10` (CLIP_benchmark rules, see metrics.recall_at_k), `n_images`, `n_texts`,
-    and `truncated_fraction` when the encoder has `count_truncated(texts) -> int`.
+    `truncated_fraction` when the encoder has `count_truncated(texts) -> int`, and `max_tokens` (the truncation
+    policy: a caption keeps its first max_tokens tokens) when it has that attribute.
+
+    With `records`, one record per caption under "t2i": its image's score, the best rival images, its rank.
 
     docci: lines {example_id, split, image_file, description}, keeping `split` (default "test");
     karpathy: a JSON list [{"image", "caption": [..]}]; jsonl: lines {"image", "caption": str | list}.
@@ -48,8 +51,9 @@ class Retrieval:
         self.image_refs: list[ImageRef] = []  # distinct images, first-appearance order
         self.texts: list[str] = []
         self.text_to_image: list[int] = []
+        self.text_ids: list[str] = []
         index: dict[Path, int] = {}
-        for where, record in records[:limit]:
+        for n, (where, record) in enumerate(records[:limit]):
             image_key, text_key = ("image_file", "description") if format == "docci" else ("image", "caption")
             image_path = image_dir / field(record, image_key, str, where)
             captions = field(record, text_key, (str, list), where)
@@ -60,6 +64,8 @@ class Retrieval:
                 index[image_path] = len(self.image_refs)
                 self.image_refs.append(ImageRef(image_path, None, where))
             self.texts += captions
+            key = str(record.get("example_id", n)) if format == "docci" else str(n)  # the record's id or index
+            self.text_ids += [key if len(captions) == 1 else f"{key}/{j}" for j in range(len(captions))]
             self.text_to_image += [index[image_path]] * len(captions)
         check_images_exist(self.image_refs, "retrieval")
 
@@ -78,10 +84,13 @@ class Retrieval:
                              f"{sorted(seen)}")
         return kept
 
-    def run(self, encoder: Encoder) -> dict[str, float]:
+    def run(self, encoder: Encoder, records: dict[str, list[dict]] | None = None) -> dict[str, float]:
         img = encode_images(encoder, self.image_refs, self.batch_size)  # (n_images, D)
         txt = encode_texts(encoder, self.texts, self.batch_size)  # (n_texts, D)
-        out = recall_at_k(txt @ img.T, torch.tensor(self.text_to_image))  # sim: (n_texts, n_images)
+        sim = txt @ img.T  # (n_texts, n_images)
+        out = recall_at_k(sim, torch.tensor(self.text_to_image))
+        if records is not None:
+            records.setdefault("t2i", []).extend(self._t2i_records(sim))
         out["n_images"] = float(len(self.image_refs))
         out["n_texts"] = float(len(self.texts))
         count_truncated = getattr(encoder, "count_truncated", None)
@@ -89,4 +98,22 @@ class Retrieval:
             truncated = sum(int(count_truncated(self.texts[i:i + self.batch_size]))
                             for i in range(0, len(self.texts), self.batch_size))
             out["truncated_fraction"] = truncated / len(self.texts)
+        max_tokens = getattr(encoder, "max_tokens", None)
+        if max_tokens is not None:  # the policy behind that fraction: each caption keeps its first max_tokens
+            out["max_tokens"] = float(max_tokens)
         return out
+
+    def _t2i_records(self, sim: torch.Tensor, rivals: int = 3) -> list[dict]:
+        """Per caption: its image's score, the best other images' scores, and its strict rank (ties count against)."""
+        rows = []
+        for t, target in enumerate(self.text_to_image):
+            true = sim[t, target]
+            others = torch.cat([sim[t, :target], sim[t, target + 1:]])  # (n_images - 1,)
+            best = others.topk(min(rivals, len(others)))
+            other_index = [i if i < target else i + 1 for i in best.indices.tolist()]
+            rows.append({"id": self.text_ids[t], "image": str(self.image_refs[target].path),
+                         "captions": [self.texts[t]], "scores": [float(true)],
+                         "correct": bool((others >= true).sum() == 0), "rank": int((others >= true).sum()) + 1,
+                         "rival_images": [str(self.image_refs[i].path) for i in other_index],
+                         "rival_scores": [float(v) for v in best.values]})
+        return rows

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Sequence
 
 from lit_compclip.metrics import choice_correct
-from lit_compclip.probes.base import (Encoder, ImageRef, check_common, check_images_exist, check_path, choose_subsets,
-                                      encode_images, encode_texts, field, natural_key, pair_scores, read_json)
+from lit_compclip.probes.base import (Encoder, ImageRef, check_common, check_images_exist, check_path, choice_record,
+                                      choose_subsets, encode_images, encode_texts, field, natural_key, pair_scores,
+                                      read_json)
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
@@ -22,12 +23,12 @@ class SugarCrepe:
         root = check_path(annotations, "annotations", "sugarcrepe", is_dir=True)
         image_dir = check_path(images, "images", "sugarcrepe", is_dir=True)
         files = choose_subsets("sugarcrepe", subsets, {s: root / f"{s}.json" for s in SUBSETS}, "annotations")
-        # subset -> list of (image, caption, negative caption)
+        # subset -> list of (image, caption, negative caption, key)
         self.examples = {s: self._read(path, image_dir, limit) for s, path in files.items()}
-        check_images_exist([ref for rows in self.examples.values() for ref, _, _ in rows], "sugarcrepe")
+        check_images_exist([row[0] for rows in self.examples.values() for row in rows], "sugarcrepe")
 
     @staticmethod
-    def _read(path: Path, image_dir: Path, limit: int | None) -> list[tuple[ImageRef, str, str]]:
+    def _read(path: Path, image_dir: Path, limit: int | None) -> list[tuple[ImageRef, str, str, str]]:
         data = read_json(path)
         if not isinstance(data, dict) or not data:
             raise ValueError(f"{path}: expected a non-empty JSON object mapping keys to records")
@@ -37,18 +38,23 @@ class SugarCrepe:
             where = f"{path} record {key!r}"
             filename = field(data[key], "filename", str, where)
             rows.append((ImageRef(image_dir / filename, None, where), field(data[key], "caption", str, where),
-                         field(data[key], "negative_caption", str, where)))
+                         field(data[key], "negative_caption", str, where), key))
         return rows
 
-    def run(self, encoder: Encoder) -> dict[str, float]:
+    def run(self, encoder: Encoder, records: dict[str, list[dict]] | None = None) -> dict[str, float]:
         rows = [row for subset in self.examples.values() for row in subset]
         # One pass over all subsets so a shared image or caption is encoded once.
-        img = encode_images(encoder, [ref for ref, _, _ in rows], self.batch_size)  # (N, D)
-        txt = encode_texts(encoder, [c for _, c, _ in rows] + [n for _, _, n in rows], self.batch_size)  # (2N, D)
-        correct, tied = choice_correct(pair_scores(img, txt[:len(rows)]), pair_scores(img, txt[len(rows):]))
+        img = encode_images(encoder, [row[0] for row in rows], self.batch_size)  # (N, D)
+        txt = encode_texts(encoder, [row[1] for row in rows] + [row[2] for row in rows], self.batch_size)  # (2N, D)
+        pos, neg = pair_scores(img, txt[:len(rows)]), pair_scores(img, txt[len(rows):])
+        correct, tied = choice_correct(pos, neg)
         out, start = {}, 0
         for subset, examples in self.examples.items():
             out[subset] = correct[start:start + len(examples)].float().mean().item()
+            if records is not None:
+                records.setdefault(subset, []).extend(
+                    choice_record(key, ref, [caption, negative], [pos[i], neg[i]], correct[i])
+                    for i, (ref, caption, negative, key) in enumerate(examples, start=start))
             start += len(examples)
         out["mean"] = sum(out.values()) / len(out)
         out["ties"] = float(tied.sum())

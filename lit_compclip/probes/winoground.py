@@ -23,7 +23,7 @@ class Winoground:
         lines = read_jsonl(path)
         if not lines:
             raise ValueError(f"{path}: holds no examples")
-        # list of ((image 0, image 1), (caption 0, caption 1), tag)
+        # list of ((image 0, image 1), (caption 0, caption 1), tag, id)
         self.examples = []
         for lineno, record in lines[:limit]:
             where = f"{path} line {lineno}"
@@ -33,18 +33,27 @@ class Winoground:
             tag = field(record, "collapsed_tag", str, where).strip().lower().replace(" ", "_")
             if not tag:
                 raise ValueError(f"{where} field 'collapsed_tag' is empty")
-            self.examples.append((refs, captions, tag))
-        check_images_exist([ref for refs, _, _ in self.examples for ref in refs], "winoground")
+            self.examples.append((refs, captions, tag, str(record.get("id", lineno))))
+        check_images_exist([ref for ex in self.examples for ref in ex[0]], "winoground")
 
-    def run(self, encoder: Encoder) -> dict[str, float]:
+    def run(self, encoder: Encoder, records: dict[str, list[dict]] | None = None) -> dict[str, float]:
         n = len(self.examples)
-        img = encode_images(encoder, [ref for refs, _, _ in self.examples for ref in refs], self.batch_size)
-        txt = encode_texts(encoder, [c for _, caps, _ in self.examples for c in caps], self.batch_size)
+        img = encode_images(encoder, [ref for ex in self.examples for ref in ex[0]], self.batch_size)
+        txt = encode_texts(encoder, [c for ex in self.examples for c in ex[1]], self.batch_size)
         img, txt = img.view(n, 2, -1), txt.view(n, 2, -1)  # (N, 2, D): [:, 0] is image/caption 0
         s = (txt[:, :, None, :] * img[:, None, :, :]).sum(-1)  # (N, 2, 2): s[n, c, i] = sim(caption c, image i)
         scores = winoground_scores(s)
         out = {k: scores[k].float().mean().item() for k in ("text", "image", "group")}
-        tags = [tag for _, _, tag in self.examples]
+        if records is not None:
+            # One record per example, under "group": image 0 with its caption first, plus
+            # matrix[c][i] = sim(caption c, image i).
+            records.setdefault("group", []).extend(
+                {"id": key, "image": str(refs[0].path), "images": [str(r.path) for r in refs],
+                 "captions": list(caps), "scores": [float(s[i, 0, 0]), float(s[i, 1, 0])],
+                 "matrix": s[i].tolist(), "correct": bool(scores["group"][i]), "text": bool(scores["text"][i]),
+                 "image_score": bool(scores["image"][i]), "group_tag": tag}
+                for i, (refs, caps, tag, key) in enumerate(self.examples))
+        tags = [ex[2] for ex in self.examples]
         for tag in dict.fromkeys(tags):
             rows = torch.tensor([t == tag for t in tags])
             for k in ("text", "image", "group"):
