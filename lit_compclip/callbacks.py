@@ -12,7 +12,8 @@ import lightning as L
 import torch
 
 log = logging.getLogger(__name__)
-COUNT_METRICS = {"ties", "n", "n_images", "n_texts", "truncated_fraction"}  # not accuracies: kept out of the plot
+# Not accuracies: kept out of the plot.
+COUNT_METRICS = {"ties", "n", "n_images", "n_texts", "truncated_fraction", "max_tokens"}
 
 
 def build_probes(suites: Mapping[str, Mapping[str, Any]], limit: int | None = None) -> dict[str, Any]:
@@ -50,16 +51,24 @@ class ModuleEncoder:
     def count_truncated(self, texts) -> int:
         return self.module.text.count_truncated(list(texts))
 
+    @property
+    def max_tokens(self) -> int:
+        """The truncation policy: captions keep their first `max_tokens` tokens (special tokens included)."""
+        return self.module.text.max_seq_len
 
-def run_probes(probes: Mapping[str, Any], module) -> dict[str, float]:
-    """Score every probe in eval mode; returns flat `probe/<name>/<metric>` -> value plus each probe's wall time."""
+
+def run_probes(probes: Mapping[str, Any], module, records: dict | None = None) -> dict[str, float]:
+    """Score every probe in eval mode; returns flat `probe/<name>/<metric>` -> value plus each probe's wall time.
+
+    With `records` (a dict), also fills records[<name>][<subset>] with per-example results (see probes/report)."""
     was_training = module.training
     module.eval()
     encoder, results = ModuleEncoder(module), {}
     try:
         for name, probe in probes.items():
             start = time.perf_counter()
-            for metric, value in probe.run(encoder).items():
+            found = probe.run(encoder) if records is None else probe.run(encoder, records=records.setdefault(name, {}))
+            for metric, value in found.items():
                 results[f"probe/{name}/{metric}"] = float(value)
             results[f"probe/{name}/seconds"] = time.perf_counter() - start
     finally:
@@ -90,17 +99,37 @@ def plot_history(history: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def write_results(metrics: Mapping[str, float], records: Mapping | None, out_dir: str, failures: int = 8,
+                  records_dir: str | None = None, title: str = "Probe failures") -> None:
+    """probes.json (flat metric -> value) and failures.md (worst failures per subset) in `out_dir`, and with
+    `records_dir` the per-example records as <records_dir>/<probe>/<subset>.jsonl. Shared by training and
+    `compclip probe`."""
+    from lit_compclip.probes.report import failure_page, write_records
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "probes.json"), "w") as f:
+        json.dump(dict(metrics), f, indent=1, sort_keys=True)
+    if records:
+        failure_page(records, os.path.join(out_dir, "failures.md"), failures, title)
+        if records_dir:
+            write_records(records, records_dir)
+
+
 class ProbeCallback(L.Callback):
-    def __init__(self, probes: Mapping[str, Any], every_n_epochs: int = 1, run_dir: str | None = None):
+    def __init__(self, probes: Mapping[str, Any], every_n_epochs: int = 1, run_dir: str | None = None,
+                 dump: bool = True, failures: int = 8):
         self.probes = dict(probes)
         self.every_n_epochs = every_n_epochs
         self.run_dir = run_dir
+        self.dump, self.failures = dump, failures
         self.history: list[dict] = []
+        self.records: dict = {}  # per-example results of the latest probe run
 
     def _run(self, trainer, module) -> None:
         if not self.probes or not trainer.is_global_zero:
             return
-        metrics = run_probes(self.probes, module)
+        self.records = {}
+        metrics = run_probes(self.probes, module, self.records)
         self.history.append({"epoch": trainer.current_epoch + 1, "step": trainer.global_step, "metrics": metrics})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
@@ -118,8 +147,13 @@ class ProbeCallback(L.Callback):
         if not self.history or self.history[-1]["step"] != trainer.global_step:
             self._run(trainer, module)
         if self.run_dir and self.history:
-            with open(os.path.join(self.run_dir, "probes.json"), "w") as f:
-                json.dump(self.history[-1]["metrics"], f, indent=1, sort_keys=True)
+            records_dir = os.path.join(self.run_dir, "probe_records") if self.dump else None
+            write_results(self.history[-1]["metrics"], self.records, self.run_dir, self.failures, records_dir,
+                          f"Probe failures of {os.path.basename(self.run_dir)} at step {trainer.global_step}")
+            if self.failures:
+                from lit_compclip.probes.report import log_wandb_tables
+
+                log_wandb_tables(self.records, trainer.loggers, self.failures)
             with open(os.path.join(self.run_dir, "probes_history.json"), "w") as f:
                 json.dump(self.history, f, indent=1)
             plot_history(self.history, os.path.join(self.run_dir, "probes.png"))

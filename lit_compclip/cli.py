@@ -12,7 +12,10 @@ USAGE = """compclip train  [EXP.yaml ...] [key=value | --key value ...]   train 
 compclip synth  [EXP.yaml ...] [synth.key=value ...] [--overwrite]  build the synthetic world (data + probe sets)
 compclip config [EXP.yaml ...] [key=value ...]                      print the resolved, checked config
 compclip batch-stats [EXP.yaml ...] [key=value ...]                 how often training batches hold binding-only
-                                                                    and relation-only negatives (grouped vs random)"""
+                                                                    and relation-only negatives (grouped vs random)
+compclip probe  --ckpt PATH [EXP.yaml ...] [key=value ...] [--probe NAME option=value ...] [--dump DIR] [--out DIR]
+                score a checkpoint: prints the table, writes probes.json and failures.md (and with --dump
+                one JSON-lines file of per-example results per probe subset)"""
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in ("train", "synth", "config", "batch-stats"):
+    if command not in ("train", "synth", "config", "batch-stats", "probe"):
         print(f"compclip: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
     overwrite = "--overwrite" in rest
@@ -39,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lit_compclip").addHandler(handler)
     logging.getLogger("lit_compclip").setLevel(logging.INFO)
     try:
+        if command == "probe":
+            from lit_compclip.evaluate import probe_checkpoint
+            from lit_compclip.train import format_table
+
+            result = probe_checkpoint(rest)
+            print("\n" + format_table(result["probes"]))
+            dump = f"; per-example results in {result['dump']}" if result["dump"] else ""
+            print(f"\nprobes.json and failures.md in {result['out']}{dump}  ({result['seconds']:.0f} s)")
+            return 0
         files, overrides = split_args(rest)
         cfg = load_config(files, overrides)
         if command == "config":
@@ -71,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # rank 0 reports
     print("\n" + format_table(result["probes"]))
     run_dir = result["run_dir"]
-    print(f"\nrun folder: {run_dir}  (config.yaml, metrics.csv, probes.json, probes.png, checkpoints/last.ckpt)")
+    print(f"\nrun folder: {run_dir}  (config.yaml, metrics.csv, probes.json, probes.png, failures.md, "
+          f"checkpoints/last.ckpt)")
     if result["wandb_dir"]:
         hint = f"; sync with: wandb sync {result['wandb_dir']}" if result["wandb_mode"] == "offline" else ""
         print(f"W&B ({result['wandb_mode']}): {result['wandb_dir']}{hint}")

@@ -105,6 +105,8 @@ class TrainerConfig:
 class ProbesConfig:
     every_n_epochs: int = 1
     limit: Optional[int] = None  # score only the first N examples of each probe file (quick runs, tests)
+    dump: bool = True  # at the end of fit, per-example results to <run>/probe_records/<probe>/<subset>.jsonl
+    failures: int = 8  # worst failures per subset shown in <run>/failures.md and the W&B tables
     # name -> options; `type` picks the probe (default: the name itself); the rest goes to the probe's constructor.
     suites: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
         "sugarcrepe": {"annotations": "data/synth/probes/sugarcrepe", "images": "data/synth/probes/sugarcrepe/images"},
@@ -247,6 +249,7 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.wandb.mode in ("auto", "online", "offline", "disabled"), "wandb.mode",
          "choose one of auto, online, offline, disabled")
     need(cfg.probes.every_n_epochs >= 1, "probes.every_n_epochs", "must be >= 1")
+    need(cfg.probes.failures >= 0, "probes.failures", "must be >= 0")
     need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     need(len(cfg.model.image.crop_scale) == 2, "model.image.crop_scale", "give two numbers [min, max]")
     try:

@@ -160,7 +160,7 @@ def train(cfg: DictConfig) -> dict:
     data = WebDataModule(**OmegaConf.to_container(cfg.data), seed=cfg.seed,
                          train_transform=model.train_transform, eval_transform=model.eval_transform)
     loggers, mode = build_loggers(cfg, run_dir)
-    probe_cb = ProbeCallback(probes, cfg.probes.every_n_epochs, run_dir)
+    probe_cb = ProbeCallback(probes, cfg.probes.every_n_epochs, run_dir, cfg.probes.dump, cfg.probes.failures)
     callbacks = [probe_cb, ModelCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), save_last=True,
                                            save_top_k=0), LearningRateMonitor("step")]
     if not (sys.stdout.isatty() and cfg.trainer.enable_progress_bar):
@@ -183,7 +183,7 @@ def format_table(results: dict[str, float]) -> str:
         _, probe, metric = key.split("/", 2)
         if metric == "seconds":
             continue
-        shown = f"{value:g}" if metric.rsplit("/", 1)[-1] in ("ties", "n", "n_images", "n_texts") else f"{value:.3f}"
+        shown = f"{value:g}" if metric.rsplit("/", 1)[-1] in ("ties", "n", "n_images", "n_texts", "max_tokens") else f"{value:.3f}"
         rows.setdefault(probe, []).append(f"{metric}={shown}")
     width = max((len(p) for p in rows), default=5)
     lines = [f"{'probe':<{width}}  results", f"{'-' * width}  {'-' * 60}"]

@@ -1,6 +1,8 @@
 """End to end: every experiment file runs (fast_dev_run), and a short real run leaves every promised output."""
 
+import contextlib
 import glob
+import io
 import json
 import os
 
@@ -44,14 +46,28 @@ def test_every_experiment_file_runs_fast_dev_run(experiment, world, tmp_path):
     assert result["probes"]["probe/sugarcrepe/n"] == 8 * 7
 
 
-def test_short_run_writes_every_output(world, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def short_run(world, tmp_path_factory):
+    """A 2-epoch tiny run through the CLI: (run folder, what it printed)."""
+    run = tmp_path_factory.mktemp("short") / "run"
     args = ["train", *world_overrides(world), *TINY_MODEL, "trainer.max_epochs=2", "wandb.mode=offline",
-            f"run_dir={tmp_path}/run", "name=tiny"]
-    assert main(args) == 0
-    run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.csv", "probes.json", "probes.png", "checkpoints/last.ckpt"):
+            f"run_dir={run}", "name=tiny"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    return run, printed.getvalue()
+
+
+def test_short_run_writes_every_output(short_run):
+    run, out = short_run
+    for name in ("config.yaml", "metrics.csv", "probes.json", "probes.png", "checkpoints/last.ckpt", "failures.md",
+                 "probe_records/sugarcrepe/swap_att.jsonl", "probe_records/aro/vg_relation.jsonl",
+                 "probe_records/winoground/group.jsonl", "probe_records/docci/t2i.jsonl"):
         assert (run / name).is_file(), name
     assert glob.glob(str(run / "wandb" / "offline-run-*"))
+    tables = glob.glob(str(run / "wandb" / "offline-run-*" / "files" / "media" / "table" / "failures" / "**" /
+                            "*.table.json"), recursive=True)
+    assert tables, "the worst failures were not logged to W&B"
     probes = json.loads((run / "probes.json").read_text())
     for key in ("probe/sugarcrepe/swap_att", "probe/aro/vg_relation", "probe/winoground/group", "probe/docci/t2i_r1"):
         assert 0.0 <= probes[key] <= 1.0
@@ -59,7 +75,6 @@ def test_short_run_writes_every_output(world, tmp_path, capsys):
     assert [h["epoch"] for h in history] == [1, 2]  # every epoch, and no repeat at the end of fit
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "val/loss", "probe/sugarcrepe/swap_att", "data/skipped"} <= set(header)
-    out = capsys.readouterr().out
     assert "swap_att=" in out and str(run) in out
     ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] > 0 and "log_logit_scale" in ckpt["state_dict"]
@@ -70,3 +85,45 @@ def test_a_second_run_never_overwrites_the_first(world, tmp_path):
     first = train(load_config([], common))["run_dir"]
     second = train(load_config([], common))["run_dir"]
     assert first != second and os.path.isfile(os.path.join(first, "config.yaml"))
+
+
+def test_probe_command_reproduces_the_final_probes_of_training(short_run, world, tmp_path, capsys):
+    run, _ = short_run
+    args = ["probe", "--ckpt", str(run / "checkpoints/last.ckpt"), *world_overrides(world), "--dump", str(tmp_path)]
+    assert main(args) == 0
+    trained = json.loads((run / "probes.json").read_text())
+    probed = json.loads((tmp_path / "probes.json").read_text())
+    scores = {k: v for k, v in trained.items() if not k.endswith("/seconds")}
+    assert scores == {k: v for k, v in probed.items() if not k.endswith("/seconds")}  # one code path, same model
+    rows = [json.loads(line) for line in (tmp_path / "sugarcrepe/swap_att.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and sum(r["correct"] for r in rows) / 8 == pytest.approx(trained["probe/sugarcrepe/swap_att"])
+    assert all(r["correct"] == (r["scores"][0] > r["scores"][1]) for r in rows)
+    assert "swap_att=" in capsys.readouterr().out and (tmp_path / "failures.md").is_file()
+
+
+def test_probe_command_runs_only_the_named_probe_with_its_options(short_run, world, tmp_path, capsys):
+    run, _ = short_run
+    args = ["probe", "--ckpt", str(run / "checkpoints/last.ckpt"), "--probe", "sugarcrepe",
+            f"annotations={world}/probes/sugarcrepe", f"images={world}/probes/sugarcrepe/images",
+            "subsets=[swap_att,replace_rel]", "limit=3", "--out", str(tmp_path)]
+    assert main(args) == 0
+    probed = json.loads((tmp_path / "probes.json").read_text())
+    assert probed["probe/sugarcrepe/n"] == 6 and "probe/sugarcrepe/swap_obj" not in probed
+    assert not (tmp_path / "sugarcrepe").exists()  # no --dump, no per-example files
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--ckpt", "nowhere.ckpt"], "checkpoint 'nowhere.ckpt' not found"),
+    (["--ckpt", "{corrupt}"], "cannot be read"),
+    (["--ckpt", "{run}/checkpoints/last.ckpt", "--probe", "sugarcrepe", "annotations=/no/such"], "/no/such"),
+    (["--ckpt", "{run}/checkpoints/last.ckpt", "--probe", "sugarcrep"], "sugarcrepe"),
+    (["--probe", "aro"], "--ckpt PATH is required"),
+])
+def test_probe_command_bad_input_is_one_line_exit_2(short_run, tmp_path, capsys, bad, message):
+    run, _ = short_run
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
+    args = [a.format(run=run, corrupt=corrupt) for a in bad]
+    assert main(["probe", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
