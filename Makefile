@@ -14,7 +14,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lit_compclip-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train synth test test-all config clean
+CKPT ?= runs/default/checkpoints/last.ckpt
+.PHONY: help install train probe synth test test-all config clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +29,9 @@ install: $(STAMP)  ## install the package and its dependencies (into .venv/ unle
 
 train: $(STAMP)  ## train EXP (default experiments/default.yaml) with overrides ARGS="key=value ..."; builds the data first
 	$(PY) -m lit_compclip.cli train $(EXP) $(ARGS)
+
+probe: $(STAMP)  ## score checkpoint CKPT (default runs/default/checkpoints/last.ckpt) with EXP's probes; ARGS="--dump DIR ..."
+	$(PY) -m lit_compclip.cli probe --ckpt $(CKPT) $(EXP) $(ARGS)
 
 synth: $(STAMP)  ## build the synthetic world (training shards + probe sets) in data/synth
 	$(PY) -m lit_compclip.cli synth $(ARGS)
