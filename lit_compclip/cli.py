@@ -13,6 +13,8 @@ compclip synth  [EXP.yaml ...] [synth.key=value ...] [--overwrite]  build the sy
 compclip config [EXP.yaml ...] [key=value ...]                      print the resolved, checked config
 compclip batch-stats [EXP.yaml ...] [key=value ...]                 how often training batches hold binding-only
                                                                     and relation-only negatives (grouped vs random)
+compclip recaption INPUT_SHARDS OUTPUT_DIR --backend scene|openai|transformers [options]   (--help for options)
+                write new shards whose KEY.json carries a `recaption` from a multimodal model, resumably
 compclip probe  --ckpt PATH [EXP.yaml ...] [key=value ...] [--probe NAME option=value ...] [--dump DIR] [--out DIR]
                 score a checkpoint: prints the table, writes probes.json and failures.md (and with --dump
                 one JSON-lines file of per-example results per probe subset)"""
@@ -32,9 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in ("train", "synth", "config", "batch-stats", "probe"):
+    if command not in ("train", "synth", "config", "batch-stats", "probe", "recaption"):
         print(f"compclip: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
+    if command == "recaption":  # its own argparse: shard paths and backend options, no experiment config
+        from lit_compclip.recaption.command import main as recaption
+
+        return recaption(rest)
     overwrite = "--overwrite" in rest
     rest = [a for a in rest if a != "--overwrite"]
     handler = logging.StreamHandler()

@@ -1,0 +1,257 @@
+"""compclip recaption: originals kept byte for byte, recaptions and provenance added, resumable, failures recorded."""
+
+import io
+import json
+import os
+import random
+import tarfile
+
+import pytest
+
+from lit_compclip.recaption import BACKENDS
+from lit_compclip.recaption.base import Outcome
+from lit_compclip.recaption.command import main
+from lit_compclip.recaption.pipeline import PARTIAL, worker_shards
+from lit_compclip.recaption.prompt import DEFAULT_TEMPLATE, load_template, prompt_version
+from lit_compclip.recaption.scene import SceneBackend
+from lit_compclip.synth import captions, generate
+
+TIME = "2026-01-01T00:00:00+00:00"
+
+
+class DyingBackend(SceneBackend):
+    """The scene backend that is killed (KeyboardInterrupt) once `budget` samples have been captioned."""
+
+    budget = 0
+    batch_size = 3  # small calls, so the kill lands inside a shard after some samples were written
+
+    def caption(self, requests):
+        if DyingBackend.budget < len(requests):
+            raise KeyboardInterrupt
+        DyingBackend.budget -= len(requests)
+        return super().caption(requests)
+
+
+class FlakyBackend:
+    """Fails samples whose key is a multiple of 4 (an HTTP error) and answers blank for key 1."""
+
+    name, model = "flaky", "stub"
+
+    def __init__(self):
+        pass
+
+    def caption(self, requests):
+        def one(r):
+            k = int(r.key)
+            return Outcome(None, "HTTP 503 after 3 tries") if k % 4 == 0 else Outcome("  " if k == 1 else f"cap {k}")
+        return [one(r) for r in requests]
+
+    def close(self):
+        pass
+
+
+class EchoBackend:
+    """Answers with the filled prompt, so tests can see what the model was asked."""
+
+    name, model = "echo", "stub"
+
+    def __init__(self):
+        pass
+
+    def caption(self, requests):
+        return [Outcome(f"{r.prompt} [{r.image_ext} {len(r.image)}]") for r in requests]
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def stubs(monkeypatch):
+    for name, cls in (("dying", DyingBackend), ("flaky", FlakyBackend), ("echo", EchoBackend)):
+        monkeypatch.setitem(BACKENDS, name, f"{__name__}:{cls.__name__}")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "world"
+    generate(str(out), train_families=6, eval_families=2, shard_size=8, probe_size=2)  # 3 train shards of 8
+    return out
+
+
+def members(path):
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+
+def headers(path):
+    """Member metadata apart from the size (a rewritten KEY.json changes only its size)."""
+    with tarfile.open(path) as tar:
+        return [(m.name, m.mtime, m.mode, m.uid, m.gid, m.uname, m.gname, m.type) for m in tar.getmembers()]
+
+
+def tree_bytes(folder):
+    return {p: (folder / p).read_bytes() for p in sorted(os.listdir(folder))}
+
+
+def recaption(*args, capsys):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_scene_backend_keeps_every_original_file_and_adds_a_recaption(world, tmp_path, capsys):
+    rc, out, _ = recaption(world / "train", tmp_path, "--backend", "scene", "--seed", 3, "--provenance-time", TIME,
+                           capsys=capsys)
+    assert rc == 0 and "24 samples, 24 recaptioned, 0 failed" in out
+    assert sorted(os.listdir(tmp_path)) == sorted(os.listdir(world / "train"))
+    for shard in os.listdir(world / "train"):
+        before, after = members(world / "train" / shard), members(tmp_path / shard)
+        assert [n for n, _ in before] == [n for n, _ in after]  # same samples, same files, same order
+        assert headers(world / "train" / shard) == headers(tmp_path / shard)  # reruns give the same tar bytes
+        for (name, old), (_, new) in zip(before, after):
+            if not name.endswith(".json"):
+                assert new == old
+                continue
+            old, new = json.loads(old), json.loads(new)
+            assert {k: v for k, v in new.items() if not k.startswith("recaption")} == \
+                   {k: v for k, v in old.items() if k != "recaption"}
+            assert new["recaption_previous"] == old["recaption"]  # the input's own recaption is not lost
+            split = "eval" if old["split"] == "val" else "train"
+            rng = random.Random(f"3/recaption/{old['key']}")
+            assert new["recaption"] == captions.recaption(old["scene"], rng, split)
+            assert new["recaption_provenance"] == {
+                "backend": "scene", "model": "synth.captions.recaption", "prompt_version": prompt_version(DEFAULT_TEMPLATE),
+                "fields": ["txt", "title"], "time": TIME, "options": {"seed": 3}}
+
+
+def test_killed_run_resumes_to_the_same_bytes_as_an_uninterrupted_run(world, tmp_path, capsys):
+    common = ["--seed", 1, "--provenance-time", TIME]
+    assert recaption(world / "train", tmp_path / "whole", "--backend", "scene", *common, capsys=capsys)[0] == 0
+    DyingBackend.budget = 12  # shard 0 (8 samples) completes; shard 1 dies after 3 of its samples were written
+    rc, _, err = recaption(world / "train", tmp_path / "resumed", "--backend", "dying", *common, capsys=capsys)
+    assert rc == 130 and "run the same command again to resume" in err
+    assert sorted(os.listdir(tmp_path / "resumed")) == ["shard-000000.tar", "shard-000001.tar" + PARTIAL]
+    assert (tmp_path / "resumed" / ("shard-000001.tar" + PARTIAL)).stat().st_size > 0
+    rc, out, _ = recaption(world / "train", tmp_path / "resumed", "--backend", "scene", *common, capsys=capsys)
+    assert rc == 0 and "16 samples" in out and "1 already finished" in out
+    assert tree_bytes(tmp_path / "resumed") == tree_bytes(tmp_path / "whole")
+
+
+def test_finished_shard_with_the_wrong_sample_count_is_redone(world, tmp_path, capsys, caplog):
+    args = [world / "train", tmp_path, "--backend", "scene", "--provenance-time", TIME]
+    assert recaption(*args, capsys=capsys)[0] == 0
+    reference = tree_bytes(tmp_path)
+    short = tmp_path / "shard-000002.tar"
+    kept = members(short)[:6]  # two samples of three files
+    with tarfile.open(short, "w") as tar:
+        for name, data in kept:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    rc, out, _ = recaption(*args, capsys=capsys)
+    assert rc == 0 and "8 samples" in out and "2 already finished" in out and "1 redone" in out
+    assert "output has 2 samples" in caplog.text
+    assert tree_bytes(tmp_path) == reference
+
+
+def test_failing_samples_keep_their_fields_get_the_reason_and_set_the_exit_code(world, tmp_path, capsys):
+    rc, out, err = recaption(world / "train", tmp_path / "a", "--backend", "flaky", "--max-failure-rate", 0.2,
+                             capsys=capsys)
+    # keys 0, 4, ..., 20 fail with HTTP 503 (6), key 1 answers blank (1): 7 of 24 = 29%
+    assert rc == 1 and "24 samples, 17 recaptioned, 7 failed" in out and "failure rate 0.292" in err
+    assert "6 x HTTP 503 after 3 tries" in out and "1 x empty answer" in out
+    metas = {n: json.loads(d) for n, d in members(tmp_path / "a" / "shard-000000.tar") if n.endswith(".json")}
+    failed = metas["000000004.json"]
+    assert failed["recaption_error"] == "HTTP 503 after 3 tries" and "recaption" not in failed
+    assert failed["alt_text"] and failed["scene"]  # original fields kept
+    assert metas["000000002.json"]["recaption"] == "cap 2" and "recaption_error" not in metas["000000002.json"]
+    rc, _, _ = recaption(world / "train", tmp_path / "b", "--backend", "flaky", "--max-failure-rate", 0.3,
+                         capsys=capsys)
+    assert rc == 0
+
+
+def test_shard_index_split_covers_every_shard_exactly_once(world, tmp_path, capsys):
+    paths = [f"s{i}.tar" for i in range(7)]
+    parts = [worker_shards(paths, i, 3) for i in range(3)]
+    assert sorted(sum(parts, [])) == sorted(paths) and parts[1] == ["s1.tar", "s4.tar"]
+    outs = []
+    for i in range(2):
+        rc, out, _ = recaption(world / "train", tmp_path / f"w{i}", "--backend", "scene", "--shard-index", i,
+                               "--num-shards", 2, capsys=capsys)
+        assert rc == 0
+        outs.append(set(os.listdir(tmp_path / f"w{i}")))
+    assert outs[0] == {"shard-000000.tar", "shard-000002.tar"} and outs[1] == {"shard-000001.tar"}
+
+
+def _file(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = len(data), 123
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_odd_samples_are_copied_as_they_are_and_counted(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    with tarfile.open(src / "odd.tar", "w") as tar:
+        _file(tar, "a.jpg", b"JPEGBYTES")  # no json: gets one
+        _file(tar, "a.txt", b"red cube")
+        _file(tar, "b.txt", b"no picture")  # no image: copied, recaption_error
+        _file(tar, "b.json", b'{"title": "t"}')
+        _file(tar, "c.png", b"PNG")  # unreadable json: copied byte for byte, counted
+        _file(tar, "c.json", b"{not json")
+    rc, out, _ = recaption(src, tmp_path / "out", "--backend", "echo", "--max-failure-rate", 1, capsys=capsys)
+    assert rc == 0 and "3 samples, 1 recaptioned, 2 failed" in out and "bad KEY.json" in out
+    got = dict(members(tmp_path / "out" / "odd.tar"))
+    assert list(got) == ["a.jpg", "a.txt", "a.json", "b.txt", "b.json", "c.png", "c.json"]
+    assert {h[1:] for h in headers(tmp_path / "out" / "odd.tar")} == {(123, 0o644, 0, 0, "", "", tarfile.REGTYPE)}
+    assert got["a.jpg"] == b"JPEGBYTES" and got["c.json"] == b"{not json" and got["c.png"] == b"PNG"
+    a = json.loads(got["a.json"])
+    assert "Alt-text: red cube\nTitle: \n" in a["recaption"] and a["recaption"].endswith("[jpg 9]")
+    b = json.loads(got["b.json"])
+    assert b["title"] == "t" and b["recaption_error"].startswith("no image file") and "recaption" not in b
+
+
+def test_custom_prompt_fills_the_chosen_fields(world, tmp_path, capsys):
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("alt={alt_text} member={member}")
+    rc, _, _ = recaption(world / "train/shard-000000.tar", tmp_path / "o", "--backend", "echo", "--prompt", prompt,
+                         "--fields", "txt,member", capsys=capsys)
+    assert rc == 0
+    meta = json.loads(dict(members(tmp_path / "o/shard-000000.tar"))["000000001.json"])
+    assert meta["recaption"].startswith(f"alt={meta['alt_text']} member={meta['member']} [jpg ")
+    assert meta["recaption_provenance"]["prompt_version"] == prompt_version(prompt.read_text())
+    with pytest.raises(ValueError, match=r"uses \{title\} but --fields txt fills only"):
+        load_template(None, ["txt"])
+
+
+def test_unreadable_input_shard_is_reported_and_the_others_are_done(world, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        (src / name).write_bytes((world / "train" / name).read_bytes())
+    data = (src / "shard-000001.tar").read_bytes()
+    (src / "shard-000001.tar").write_bytes(data[:len(data) // 2 + 100])  # cut inside a member
+    rc, out, err = recaption(src, tmp_path / "out", "--backend", "scene", capsys=capsys)
+    assert rc == 1 and "1 unreadable" in out and "unreadable input shard" in out and "shard-000001.tar" in out
+    assert os.listdir(tmp_path / "out") == ["shard-000000.tar"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}", "{out}", "--backend", "scene"], "nope.tar': 1 of 1 shard(s) missing"),
+    (["{input}", "{out}", "--backend", "scnee"], "unknown recaption backend 'scnee' (did you mean 'scene'?)"),
+    (["{input}", "{out}", "--backend", "scene", "--temperature", "0.5"], "backend 'scene' does not take --temperature"),
+    (["{input}", "{input}", "--backend", "scene"], "holds input shards"),
+    (["{input}", "{out}", "--backend", "scene", "--shard-index", "2", "--num-shards", "2"], "need 0 <= --shard-index"),
+])
+def test_bad_inputs_fail_with_one_line(world, tmp_path, capsys, args, message):
+    args = [a.format(input=world / "train", missing=tmp_path / "nope.tar", out=tmp_path / "out") for a in args]
+    rc, _, err = recaption(*args, capsys=capsys)
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_progress_bar_and_plain_lines_both_report_rates(world, tmp_path, capsys, caplog):
+    rc, _, err = recaption(world / "train", tmp_path / "bar", "--backend", "scene", "--progress", "bar", capsys=capsys)
+    assert rc == 0 and "24/24" in err and "sample/s" in err
+    rc, _, _ = recaption(world / "train", tmp_path / "lines", "--backend", "scene", "--progress", "lines",
+                         capsys=capsys)
+    assert rc == 0 and "3/3 shards" in caplog.text and "samples/s, ETA" in caplog.text

@@ -1,0 +1,235 @@
+"""The openai backend against a real loopback HTTP server: request shape, retries, failures, timeouts, concurrency, key."""
+
+import base64
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lit_compclip.recaption.base import Request
+from lit_compclip.recaption.openai_backend import OpenAIBackend, parse_answer
+
+KEY = "sk-test-0123456789abcdef-SECRET"
+IMAGE = b"\xff\xd8\xff\xe0fake-jpeg-bytes"
+
+
+class Handler(BaseHTTPRequestHandler):
+    """The prompt says how to answer: 'ok', 'flaky:N:CODE', 'always:CODE', 'sleep:S', 'refuse', 'sorry', 'empty'."""
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_POST(self):
+        srv = self.server
+        with srv.lock:
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        try:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][0]["content"][1]["text"]
+            with srv.lock:
+                srv.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                srv.hits[prompt] = srv.hits.get(prompt, 0) + 1
+                hits = srv.hits[prompt]
+            self.answer(prompt, hits)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test)
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1
+
+    def answer(self, prompt: str, hits: int):
+        kind, *args = prompt.split(":")
+        if kind == "flaky" and hits <= int(args[0]):
+            return self.send(int(args[1]), {"error": {"message": "busy"}}, {"Retry-After": args[2]} if args[2:] else {})
+        if kind == "always":
+            return self.send(int(args[0]), {"error": {"message": f"nope {KEY}", "code": args[1] if args[1:] else ""}})
+        if kind == "sleep":
+            time.sleep(float(args[0]))
+        text = {"empty": "  ", "sorry": "I'm sorry, but I can't help with that."}.get(kind, f"a caption for {prompt}")
+        finish = "content_filter" if kind == "refuse" else "stop"
+        self.send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": f" {text} "},
+                                     "finish_reason": finish}],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}})
+
+    def send(self, code: int, obj: dict, headers: dict | None = None):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+
+@pytest.fixture
+def server(monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    srv = Server(("127.0.0.1", 0), Handler)
+    srv.lock, srv.in_flight, srv.max_in_flight, srv.seen, srv.hits = threading.Lock(), 0, 0, [], {}
+    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    srv.base_url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def make(server, **options) -> OpenAIBackend:
+    backend = OpenAIBackend("test-vlm", base_url=server.base_url, **options)
+    backend.backoff_s = 0.01  # keep retries fast; the schedule's shape is what is tested
+    return backend
+
+
+def req(prompt: str, key: str = "000000001", ext: str = "jpg") -> Request:
+    return Request(key=key, image=IMAGE, image_ext=ext, prompt=prompt, fields={"alt_text": "x"})
+
+
+def test_request_is_a_chat_completion_with_model_prompt_and_image_data_url(server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = make(server, max_tokens=77, temperature=0.5, top_p=0.9, seed=3)
+    [out] = backend.caption([req("ok")])
+    backend.close()
+    assert out.text == "a caption for ok" and out.error is None and out.tokens == 7
+    [seen] = server.seen
+    assert seen["path"] == "/v1/chat/completions"
+    assert "Authorization" not in seen["headers"]  # no key set: fine for a local vLLM server
+    body = seen["body"]
+    assert body["model"] == "test-vlm" and body["max_tokens"] == 77 and body["seed"] == 3
+    assert body["temperature"] == 0.5 and body["top_p"] == 0.9
+    [message] = body["messages"]
+    assert message["role"] == "user"
+    image, text = message["content"]
+    assert text == {"type": "text", "text": "ok"}
+    prefix = "data:image/jpeg;base64,"
+    assert image["type"] == "image_url" and image["image_url"]["url"].startswith(prefix)
+    assert base64.b64decode(image["image_url"]["url"][len(prefix):]) == IMAGE
+
+
+def test_outcomes_keep_request_order(server):
+    backend = make(server, concurrency=4)
+    prompts = ["sleep:0.15", "ok", "sleep:0.05", "empty", "refuse"]
+    outs = backend.caption([req(p, key=str(i)) for i, p in enumerate(prompts)])
+    backend.close()
+    assert [o.text for o in outs] == ["a caption for sleep:0.15", "a caption for ok", "a caption for sleep:0.05",
+                                      None, None]
+    assert [o.error for o in outs[3:]] == ["empty answer", "refused"]
+
+
+def test_5xx_and_429_are_retried_until_success(server):
+    backend = make(server, retries=4)
+    outs = backend.caption([req("flaky:2:500"), req("flaky:3:429:0"), req("flaky:1:503")])
+    backend.close()
+    assert [o.text for o in outs] == ["a caption for flaky:2:500", "a caption for flaky:3:429:0",
+                                      "a caption for flaky:1:503"]
+    assert server.hits == {"flaky:2:500": 3, "flaky:3:429:0": 4, "flaky:1:503": 2}
+
+
+def test_persistent_5xx_becomes_a_failure_record_after_all_tries(server):
+    backend = make(server, retries=2)
+    [out] = backend.caption([req("always:503")])
+    backend.close()
+    assert out.text is None and out.error == "HTTP 503 after 3 tries"
+    assert server.hits["always:503"] == 3
+
+
+def test_non_retryable_4xx_fails_at_once_and_content_policy_is_a_refusal(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    backend = make(server, retries=4)
+    bad, policy = backend.caption([req("always:400"), req("always:400:content_policy_violation")])
+    backend.close()
+    assert server.hits == {"always:400": 1, "always:400:content_policy_violation": 1}
+    assert bad.text is None and bad.error.startswith("HTTP 400: nope") and KEY not in bad.error
+    assert policy.error == "refused"
+
+
+def test_rejected_key_or_unknown_model_stops_the_run(server):
+    backend = make(server)
+    with pytest.raises(ValueError, match="HTTP 401"):
+        backend.caption([req("always:401"), req("ok")])
+    with pytest.raises(ValueError, match="HTTP 404.*model"):
+        backend.caption([req("always:404")])
+    backend.close()
+
+
+def test_slow_answer_times_out_after_all_tries(server):
+    backend = make(server, timeout=0.2, retries=1)
+    start = time.perf_counter()
+    [out] = backend.caption([req("sleep:1.0")])
+    backend.close()
+    assert out.text is None and out.error == "timeout after 2 tries"
+    assert server.hits["sleep:1.0"] == 2 and time.perf_counter() - start < 0.9
+
+
+def test_retry_after_is_honoured_and_capped(server):
+    backend = make(server, retries=1)
+    start = time.perf_counter()
+    [out] = backend.caption([req("flaky:1:429:0.4")])
+    assert out.text is not None and time.perf_counter() - start >= 0.4
+    backend.max_wait_s = 0.05
+    start = time.perf_counter()
+    [out] = backend.caption([req("flaky:1:429:5")])
+    backend.close()
+    assert out.text is not None and time.perf_counter() - start < 1.0
+
+
+def test_refusals_and_empty_answers_are_failures():
+    def answer(content, finish="stop", **message):
+        return {"choices": [{"message": {"content": content, **message}, "finish_reason": finish}]}
+
+    assert parse_answer(answer("Sorry, I can't describe this image.")).error == "refused"
+    assert parse_answer(answer("A red circle.", refusal="policy")).error == "refused"
+    assert parse_answer(answer("A red circle.", finish="content_filter")).error == "refused"
+    assert parse_answer(answer(None)).error == "empty answer"
+    assert parse_answer({"choices": []}).error == "no choices in answer"
+    assert parse_answer(answer([{"type": "text", "text": "A sorry-looking dog."}])).text == "A sorry-looking dog."
+
+
+@pytest.mark.parametrize("concurrency, bound", [(2, lambda m: m == 2), (8, lambda m: m > 2)])
+def test_concurrency_limits_requests_in_flight(server, concurrency, bound):
+    backend = make(server, concurrency=concurrency)
+    outs = backend.caption([req("sleep:0.2", key=str(i)) for i in range(8)])
+    backend.close()
+    assert all(o.text for o in outs)
+    assert bound(server.max_in_flight), server.max_in_flight
+
+
+def test_api_key_is_sent_but_never_shown(server, monkeypatch, caplog):
+    monkeypatch.setenv("MY_KEY", KEY)
+    caplog.set_level(logging.DEBUG)
+    backend = make(server, api_key_env="MY_KEY", retries=1)
+    outs = backend.caption([req("ok"), req("flaky:1:500"), req("always:400"), req("always:503")])
+    assert {s["headers"]["Authorization"] for s in server.seen} == {f"Bearer {KEY}"}
+    with pytest.raises(ValueError) as fatal:
+        backend.caption([req("always:401")])
+    shown = [repr(backend), str(vars(backend)), caplog.text, str(fatal.value), *map(repr, outs)]
+    backend.close()
+    assert "retry 1/1" in caplog.text  # the retries were logged, so the check below looks at real log lines
+    assert not [s for s in shown if KEY in s]
+
+
+def test_bad_base_url_is_a_one_line_error():
+    with pytest.raises(ValueError, match="base_url must be an http"):
+        OpenAIBackend("m", base_url="localhost:8000/v1")
+    with pytest.raises(ValueError, match="concurrency"):
+        OpenAIBackend("m", concurrency=0)
+
+
+def test_unreachable_server_is_a_connection_error_after_all_tries():
+    with socket.socket() as s:  # a port nothing listens on once this socket is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", retries=2)
+    backend.backoff_s = 0.01
+    [out] = backend.caption([req("ok")])
+    backend.close()
+    assert out.text is None and out.error.startswith("connection error") and out.error.endswith("after 3 tries")
