@@ -15,7 +15,7 @@ STAMP := $(VENV)/.lit_compclip-installed
 
 .DEFAULT_GOAL := help
 CKPT ?= runs/default/checkpoints/last.ckpt
-.PHONY: help install train probe synth test test-all config clean
+.PHONY: help install train probe synth bench test test-all config clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ synth: $(STAMP)  ## build the synthetic world (training shards + probe sets) in 
 
 config: $(STAMP)  ## print the resolved config of EXP with ARGS, checked
 	$(PY) -m lit_compclip.cli config $(EXP) $(ARGS)
+
+bench: $(STAMP)  ## benchmarks, as ratios against a baseline run in the same process (recaption backends)
+	$(PY) scripts/bench_recaption.py
 
 test: $(STAMP)  ## run the test suite (the slow tests excluded)
 	$(PY) -m pytest -q
