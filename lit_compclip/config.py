@@ -80,6 +80,7 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup_steps: int = 50
+    text_frozen_steps: int = 0  # pretrained text layers untrained for the first N steps, then warmed up
     min_lr_ratio: float = 0.0
 
 

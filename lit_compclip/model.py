@@ -102,6 +102,15 @@ class CompClip(L.LightningModule):
         if not math.isfinite(total):
             raise ValueError("the learning-rate schedule needs a length: set trainer.max_steps or "
                              "data.samples_per_epoch")
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_schedule(step, o["warmup_steps"], int(total), o["min_lr_ratio"]))
+        frozen = int(o.get("text_frozen_steps", 0))
+
+        def rate(pretrained: bool):
+            # Pretrained text layers may wait `frozen` steps (rate 0) so the image tower first learns against
+            # their untouched features; then they warm up and decay like the rest.
+            if pretrained and frozen:
+                return lambda step: 0.0 if step < frozen else cosine_schedule(
+                    step - frozen, o["warmup_steps"], max(1, int(total) - frozen), o["min_lr_ratio"])
+            return lambda step: cosine_schedule(step, o["warmup_steps"], int(total), o["min_lr_ratio"])
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [rate(pretrained) for _, pretrained in groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

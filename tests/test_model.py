@@ -1,0 +1,56 @@
+"""The module's optimizer: parameter groups and the learning-rate schedule, text_frozen_steps included."""
+
+import pytest
+import torch
+
+from lit_compclip.model import CompClip, cosine_schedule
+
+MODEL = {"embed_dim": 16, "init_logit_scale": 2.0, "max_logit_scale": 100.0,
+         "image": {"img_size": 16, "patch_size": 8, "depth": 1, "width": 32, "heads": 2, "augment": False},
+         "text": {"tower": "sentence_transformers", "unfreeze_layers": 1}}
+OPTIM = {"lr": 1e-3, "text_lr": 1e-4, "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-6, "warmup_steps": 2,
+         "min_lr_ratio": 0.0}
+
+
+def group_rates(frozen: int, steps: int = 8):
+    model = CompClip(MODEL, {**OPTIM, "text_frozen_steps": frozen}, total_steps=steps)
+    setup = model.configure_optimizers()
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    pretrained = {id(p) for p in model.text.st.parameters()}
+    text = [i for i, g in enumerate(optimizer.param_groups) if any(id(p) in pretrained for p in g["params"])]
+    rates = []
+    for _ in range(steps):
+        rates.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        schedule.step()
+    return model, optimizer, text, rates
+
+
+def test_pretrained_text_layers_wait_then_warm_up_while_the_rest_trains_from_step_0():
+    _, optimizer, text, rates = group_rates(frozen=3)
+    assert text, "no parameter group holds the pretrained text layers"
+    others = [i for i in range(len(optimizer.param_groups)) if i not in text]
+    for step in range(3):
+        assert all(rates[step][i] == 0.0 for i in text)
+        assert all(rates[step][i] == pytest.approx(1e-3 * cosine_schedule(step, 2, 8)) for i in others)
+    for step in range(3, 8):  # then the text layers' own warm-up and decay over the remaining 5 steps
+        assert all(rates[step][i] == pytest.approx(1e-4 * cosine_schedule(step - 3, 2, 5)) for i in text)
+
+
+def test_frozen_text_layers_do_not_move_while_waiting():
+    model = CompClip(MODEL, {**OPTIM, "text_frozen_steps": 2}, total_steps=6)
+    setup = model.configure_optimizers()
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    layer = model.text.trainable[0]
+    before = [p.detach().clone() for p in layer.parameters()]
+    proj = model.text.proj.weight.detach().clone()
+    images = torch.randn(4, 3, 16, 16)
+    captions = ["a red circle on the left", "a blue square", "a green star at the top", "a white cross"]
+    for _ in range(2):
+        loss, _, _ = model._loss({"image": images, "caption": captions}, gather=False)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+    assert not torch.equal(proj, model.text.proj.weight)  # the new projection head trains from the start
