@@ -237,7 +237,7 @@ def test_unreadable_input_shard_is_reported_and_the_others_are_done(world, tmp_p
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{missing}", "{out}", "--backend", "scene"], "nope.tar': 1 of 1 shard(s) missing"),
+    (["{missing}", "{out}", "--backend", "scene"], "nope.tar' matches no file"),
     (["{input}", "{out}", "--backend", "scnee"], "unknown recaption backend 'scnee' (did you mean 'scene'?)"),
     (["{input}", "{out}", "--backend", "scene", "--temperature", "0.5"], "backend 'scene' does not take --temperature"),
     (["{input}", "{input}", "--backend", "scene"], "holds input shards"),

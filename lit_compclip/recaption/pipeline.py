@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import glob
 import io
 import json
 import logging
@@ -15,10 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import braceexpand
-
 from lit_compclip.recaption.base import Outcome, Request
 from lit_compclip.recaption.prompt import placeholder, render
+from lit_compclip.shards import expand_shards, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +30,18 @@ class InputError(Exception):
 
 
 def input_shards(spec: str) -> list[str]:
-    """Local shard paths of `spec`: folders (their *.tar, sorted), brace patterns or paths, joined with '::'.
-
-    The data module's expand_shards reads the same specs, but importing it loads torch (~9 s); remote URLs are refused
-    here because members are read and written with `tarfile`."""
+    """Local shard paths of `spec` (the specs training reads, see lit_compclip.shards), stricter: remote URLs are
+    refused (members are read and written with `tarfile`) and so is any missing shard."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"input shard spec {spec!r} is empty; give a folder, a brace pattern or paths joined with '::'")
-    paths = []
     for part in spec.split("::"):
-        part = os.path.expanduser(part.strip())
-        if "://" in part or part.startswith("pipe:"):
+        if is_remote(part.strip()):
             raise ValueError(f"input shard spec {part!r} is remote; recaption reads local shards (copy them first)")
-        if os.path.isdir(part):
-            found = sorted(glob.glob(os.path.join(glob.escape(part), "*.tar")))
-            if not found:
-                raise FileNotFoundError(f"input shard folder {part!r} holds no *.tar file")
-            paths.extend(found)
-            continue
-        expanded = list(braceexpand.braceexpand(part))
-        missing = [p for p in expanded if not os.path.isfile(p)]
-        if missing:
-            raise FileNotFoundError(f"input shard spec {part!r}: {len(missing)} of {len(expanded)} shard(s) missing, "
-                                    f"e.g. {missing[0]!r}")
-        paths.extend(expanded)
+    paths = expand_shards(spec)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:  # training tolerates (and counts) missing shards; a recaption run must not skip any
+        raise FileNotFoundError(f"input shard spec {spec!r}: {len(missing)} of {len(paths)} shard(s) missing, "
+                                f"e.g. {missing[0]!r}")
     names = Counter(os.path.basename(p) for p in paths)
     twice = [n for n, c in names.items() if c > 1]
     if twice:
