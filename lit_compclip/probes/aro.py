@@ -8,8 +8,8 @@ from typing import NamedTuple, Sequence
 import torch
 
 from lit_compclip.metrics import choice_correct, group_mean
-from lit_compclip.probes.base import (Encoder, ImageRef, check_common, check_images_exist, check_path, choose_subsets,
-                                      encode_images, encode_texts, field, pair_scores, read_json)
+from lit_compclip.probes.base import (Encoder, ImageRef, check_common, check_images_exist, check_path, choice_record,
+                                      choose_subsets, encode_images, encode_texts, field, pair_scores, read_json)
 from lit_compclip.probes.order import KINDS, frozen_negatives, frozen_path, read_karpathy
 
 # subset -> (annotation file, the field that names its macro-average group)
@@ -194,14 +194,14 @@ class ARO:
             row, start = row + n, start + n * k
             out[subset] = correct.float().mean().item()
             ties += int(tied.sum())
-            if subset not in SUBSETS:
-                # The official code takes an argmax with the true caption first, so a tie (often a perturbation
-                # identical to a short caption) counts as right there; reported beside the strict figure.
-                out[f"{subset}_official"] = (scores[:, 0] >= scores[:, 1:].max(dim=1).values).float().mean().item()
             if subset in SUBSETS:
                 kept = self.kept[subset]
                 per_group = group_mean(correct[kept], [rows[i].group for i in kept])
                 out[f"{subset}_macro"] = sum(per_group.values()) / len(per_group)
+            else:
+                # The official code takes an argmax with the true caption first, so a tie (often a perturbation
+                # identical to a short caption) counts as right there; reported beside the strict figure.
+                out[f"{subset}_official"] = (scores[:, 0] >= scores[:, 1:].max(dim=1).values).float().mean().item()
             if records is not None:
                 self._record(records.setdefault(subset, []), subset, rows, scores, correct, tied)
         out["ties"] = float(ties)
@@ -211,10 +211,7 @@ class ARO:
     def _record(self, into: list, subset: str, rows: list[Example], scores, correct, tied) -> None:
         kept = set(self.kept.get(subset, ()))
         for i, ex in enumerate(rows):
-            rec = {"id": ex.id, "image": str(ex.ref.path), "captions": list(ex.captions),
-                   "scores": scores[i].tolist(), "correct": bool(correct[i]), "tied": bool(tied[i])}
-            if subset in SUBSETS:
-                rec.update(box=list(ex.ref.box), group=ex.group, in_macro=i in kept)
-            else:
-                rec["negative_kinds"] = list(KINDS)
-            into.append(rec)
+            # VG refs carry their box, which choice_record adds; Order refs have none.
+            extra = dict(group=ex.group, in_macro=i in kept) if subset in SUBSETS else dict(negative_kinds=list(KINDS))
+            into.append(choice_record(ex.id, ex.ref, ex.captions, scores[i].tolist(), correct[i], tied=bool(tied[i]),
+                                      **extra))

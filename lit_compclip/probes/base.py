@@ -166,6 +166,6 @@ def choice_record(key: str, ref: ImageRef, captions: Sequence[str], scores: Sequ
     """One per-example record (see `run(..., records=)`): the true caption first, then its rivals."""
     record = {"id": str(key), "image": str(ref.path)}
     if ref.box is not None:
-        record["box"] = [float(v) for v in ref.box]
+        record["box"] = list(ref.box)
     record.update(captions=list(captions), scores=[float(s) for s in scores], correct=bool(correct), **extra)
     return record

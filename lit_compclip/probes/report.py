@@ -86,16 +86,16 @@ def log_wandb_tables(records: Records, loggers, k: int = 8) -> int:
     if not targets:
         return 0
     import wandb
-    from PIL import Image
+
+    from lit_compclip.probes.base import ImageRef, load_image
 
     tables = 0
     for probe, subsets in records.items():
         for subset, rows in subsets.items():
             data = []
             for r in worst_failures(rows, k):
-                with Image.open(r["image"]) as im:
-                    image = im.convert("RGB").crop(tuple(r["box"])) if "box" in r else im.convert("RGB")
-                data.append([wandb.Image(image), r["id"], r["captions"][0], _rival(r), margin(r)])
+                ref = ImageRef(Path(r["image"]), tuple(r["box"]) if "box" in r else None, f"{probe} record {r['id']}")
+                data.append([wandb.Image(load_image(ref)), r["id"], r["captions"][0], _rival(r), margin(r)])
             if data:
                 for lg in targets:
                     lg.log_table(key=f"failures/{probe}/{subset}",

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from lit_compclip.metrics import choice_correct
-from lit_compclip.probes.base import (Encoder, ImageRef, check_common, check_path, encode_images, encode_texts,
-                                      read_json)
+from lit_compclip.probes.base import (Encoder, ImageRef, check_common, check_path, choice_record, encode_images,
+                                      encode_texts, read_json)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 # A handful of CLIP-style prompts; pass `templates` for the full 80-prompt ImageNet ensemble.
@@ -120,7 +120,6 @@ class ZeroShot:
                 shown = [label] + order[i].tolist()
                 # Strict rule: a rival tying the truth for first place is the prediction.
                 predicted = label if correct[i] else shown[1]
-                rows.append({"id": key, "image": str(ref.path), "captions": [self.names[j] for j in shown],
-                             "scores": [float(logits[i, j]) for j in shown], "correct": bool(correct[i]),
-                             "label": self.folders[label], "predicted": self.folders[predicted]})
+                rows.append(choice_record(key, ref, [self.names[j] for j in shown], [logits[i, j] for j in shown],
+                                          correct[i], label=self.folders[label], predicted=self.folders[predicted]))
         return out
