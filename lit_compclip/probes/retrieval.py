@@ -104,16 +104,18 @@ class Retrieval:
         return out
 
     def _t2i_records(self, sim: torch.Tensor, rivals: int = 3) -> list[dict]:
-        """Per caption: its image's score, the best other images' scores, and its strict rank (ties count against)."""
-        rows = []
-        for t, target in enumerate(self.text_to_image):
-            true = sim[t, target]
-            others = torch.cat([sim[t, :target], sim[t, target + 1:]])  # (n_images - 1,)
-            best = others.topk(min(rivals, len(others)))
-            other_index = [i if i < target else i + 1 for i in best.indices.tolist()]
-            rows.append({"id": self.text_ids[t], "image": str(self.image_refs[target].path),
-                         "captions": [self.texts[t]], "scores": [float(true)],
-                         "correct": bool((others >= true).sum() == 0), "rank": int((others >= true).sum()) + 1,
-                         "rival_images": [str(self.image_refs[i].path) for i in other_index],
-                         "rival_scores": [float(v) for v in best.values]})
-        return rows
+        """Per caption: its image's score, the best other images' scores, and its strict rank (ties count against
+        it, a NaN score is last), the rule metrics.recall_at_k scores with."""
+        targets = torch.tensor(self.text_to_image)
+        idx = torch.arange(len(targets))
+        own = sim[idx, targets]  # (n_texts,)
+        rank = (sim >= own[:, None]).sum(dim=1)  # (n_texts,) 1-based: the own image counts itself
+        rank[own.isnan()] = sim.shape[1]
+        others = sim.clone()
+        others[idx, targets] = float("-inf")  # an image is not its own rival
+        best = others.topk(min(rivals, sim.shape[1] - 1), dim=1)  # (n_texts, <= rivals)
+        return [{"id": self.text_ids[t], "image": str(self.image_refs[target].path), "captions": [self.texts[t]],
+                 "scores": [float(own[t])], "correct": bool(rank[t] == 1), "rank": int(rank[t]),
+                 "rival_images": [str(self.image_refs[i].path) for i in best.indices[t].tolist()],
+                 "rival_scores": best.values[t].tolist()}
+                for t, target in enumerate(self.text_to_image)]
