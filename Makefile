@@ -15,7 +15,7 @@ STAMP := $(VENV)/.lit_compclip-installed
 
 .DEFAULT_GOAL := help
 CKPT ?= runs/default/checkpoints/last.ckpt
-.PHONY: help install train probe synth bench test test-all config clean
+.PHONY: help install train probe ablation synth bench test test-all config clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,14 @@ train: $(STAMP)  ## train EXP (default experiments/default.yaml) with overrides 
 
 probe: $(STAMP)  ## score checkpoint CKPT (default runs/default/checkpoints/last.ckpt) with EXP's probes; ARGS="--dump DIR ..."
 	$(PY) -m lit_compclip.cli probe --ckpt $(CKPT) $(EXP) $(ARGS)
+
+ifdef QUICK
+  SWEEP ?= experiments/sweeps/ablation_quick.yaml
+else
+  SWEEP ?= experiments/sweeps/ablation.yaml
+endif
+ablation: $(STAMP)  ## the paper's 2x2 ablation x 3 seeds (~45 min here; QUICK=1: a few minutes) -> runs/ablation*/REPORT.md
+	$(PY) -m lit_compclip.cli sweep $(SWEEP) $(ARGS)
 
 synth: $(STAMP)  ## build the synthetic world (training shards + probe sets) in data/synth
 	$(PY) -m lit_compclip.cli synth $(ARGS)

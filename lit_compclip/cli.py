@@ -11,6 +11,9 @@ from lit_compclip.config import ConfigError, load_config
 USAGE = """compclip train  [EXP.yaml ...] [key=value | --key value ...]   train an experiment (defaults + files + overrides)
 compclip synth  [EXP.yaml ...] [synth.key=value ...] [--overwrite]  build the synthetic world (data + probe sets)
 compclip config [EXP.yaml ...] [key=value ...]                      print the resolved, checked config
+compclip sweep  SPEC.yaml [--out DIR] [--jobs N] [--count N] [--dry-run] [key=value ...]
+                run a W&B sweep spec's runs locally, several at once, resuming an interrupted sweep, and
+                write DIR/REPORT.md (mean and std over seeds per cell, the paper's ordering checked)
 compclip batch-stats [EXP.yaml ...] [key=value ...]                 how often training batches hold binding-only
                                                                     and relation-only negatives (grouped vs random)
 compclip recaption INPUT_SHARDS OUTPUT_DIR --backend scene|openai|transformers [options]   (--help for options)
@@ -21,11 +24,22 @@ compclip probe  --ckpt PATH [EXP.yaml ...] [key=value ...] [--probe NAME option=
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:
-    """Experiment files are the leading *.yaml/*.yml arguments without '='; everything else is an override."""
-    files = []
+    """Experiment files are the leading *.yaml/*.yml arguments without '=', then any `--experiment PATH` (the form a
+    W&B sweep passes, `--experiment=PATH` too); everything else is an override."""
+    args, files, rest = list(args), [], []
     while args and args[0].endswith((".yaml", ".yml")) and "=" not in args[0] and not args[0].startswith("--"):
         files.append(args.pop(0))
-    return files, args
+    while args:
+        arg = args.pop(0)
+        if arg == "--experiment":
+            if not args:
+                raise ConfigError("--experiment needs a path to an experiment YAML file")
+            files.append(args.pop(0))
+        elif arg.startswith("--experiment="):
+            files.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return files, rest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,13 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in ("train", "synth", "config", "batch-stats", "probe", "recaption"):
+    if command not in ("train", "synth", "config", "batch-stats", "probe", "recaption", "sweep"):
         print(f"compclip: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
     if command == "recaption":  # its own argparse: shard paths and backend options, no experiment config
         from lit_compclip.recaption.command import main as recaption
 
         return recaption(rest)
+    if command == "sweep":  # its own argparse: a sweep spec, runner options and overrides for every run
+        from lit_compclip.sweep import main as sweep
+
+        return sweep(rest)
     overwrite = "--overwrite" in rest
     rest = [a for a in rest if a != "--overwrite"]
     handler = logging.StreamHandler()

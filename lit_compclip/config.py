@@ -183,12 +183,16 @@ def normalise_overrides(args: list[str]) -> list[str]:
 
 
 # Maps whose meaning depends on a name inside them: a new tower or a new probe list replaces, never merges.
-def _clear_replaced(cfg: DictConfig, new: DictConfig, whole_suites: bool = True) -> None:
+def _clear_replaced(cfg: DictConfig, new: DictConfig, whole_suites: bool = True, whole_fields: bool = True) -> None:
     text = OmegaConf.select(new, "model.text", default=None)
     if isinstance(text, DictConfig) and text.get("tower", cfg.model.text.get("tower")) != cfg.model.text.get("tower"):
         cfg.model.text = {}
     if whole_suites and isinstance(OmegaConf.select(new, "probes.suites", default=None), DictConfig):
         cfg.probes.suites = {}
+    # A caption_fields mapping is the whole mixture (alt_text.yaml's {alt_text: 1.0} must not keep the default
+    # recaption beside it); a dotted override of one field (data.caption_fields.alt_text=0.2) still adds to it.
+    if whole_fields and isinstance(OmegaConf.select(new, "data.caption_fields", default=None), DictConfig):
+        cfg.data.caption_fields = {}
 
 
 def load_config(files: list[str] = (), overrides: list[str] = ()) -> DictConfig:
@@ -213,7 +217,8 @@ def load_config(files: list[str] = (), overrides: list[str] = ()) -> DictConfig:
     for item in dotlist:
         try:
             new = OmegaConf.from_dotlist([item])
-            _clear_replaced(cfg, new, whole_suites=item.split("=", 1)[0].strip() == "probes.suites")
+            key = item.split("=", 1)[0].strip()
+            _clear_replaced(cfg, new, whole_suites=key == "probes.suites", whole_fields=key == "data.caption_fields")
             cfg = OmegaConf.merge(cfg, new)
         except OmegaConfBaseException as e:
             raise _one_line(e, f"override {item!r}", schema) from None

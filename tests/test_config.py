@@ -114,3 +114,13 @@ def test_launched_ranks_reuse_rank_zeros_run_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv(RUN_DIR_ENV, f"{tmp_path}/r-2")
     assert unique_run_dir(cfg) == f"{tmp_path}/r-2"  # rank 1 joins rank 0's folder
+
+
+def test_an_experiments_caption_fields_replace_the_default_mixture(tmp_path):
+    exp = tmp_path / "alt.yaml"
+    exp.write_text("data:\n  caption_fields: {alt_text: 1.0}\n")
+    assert dict(load_config([str(exp)]).data.caption_fields) == {"alt_text": 1.0}
+    assert dict(load_config([], ["data.caption_fields={txt: 1.0}"]).data.caption_fields) == {"txt": 1.0}
+    # a dotted key adds one source to the mixture instead
+    mixed = load_config([str(exp)], ["data.caption_fields.recaption=0.5"]).data.caption_fields
+    assert dict(mixed) == {"alt_text": 1.0, "recaption": 0.5}

@@ -1,0 +1,206 @@
+"""The ablation report: finished sweep runs grouped by cell, mean and std over seeds, the paper's ordering checked.
+
+A run's cell is read from its resolved config.yaml: the caption source with the largest weight (recaption, or
+alt-text for `alt_text` / `txt`) and the text tower (pretrained `sentence_transformers` or `scratch`). Runs whose
+other parameters differ (beyond `seed`) form separate groups."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+# The paper's 2x2 (PAPER.md, DOCCI text-to-image R@1): both > recaption only > tower only > neither.
+PAPER_ORDER = ("both", "recaption only", "tower only", "neither")
+PAPER_DOCCI_R1 = {"both": 91.6, "recaption only": 75.6, "tower only": 67.2, "neither": 53.5}
+# The binding/relation probes the ordering is checked on, and DOCCI retrieval as in the paper.
+ORDER_METRICS = ("probe/sugarcrepe/swap_att", "probe/sugarcrepe/swap_obj", "probe/sugarcrepe/replace_rel",
+                 "probe/aro/vg_relation", "probe/aro/vg_attribution", "probe/winoground/text",
+                 "probe/docci/t2i_r1")
+COMPOSITE = "binding/relation mean"  # mean of the first five: one number per run for the ordering
+NOT_SCORES = ("/n", "/seconds", "/ties", "/n_images", "/n_texts", "/max_tokens", "/truncated_fraction")
+
+
+def cell_of(cfg: dict[str, Any]) -> str:
+    """'both' | 'recaption only' | 'tower only' | 'neither', from a resolved config."""
+    fields = cfg["data"]["caption_fields"]
+    main = max(fields, key=fields.get)
+    recaption = main not in ("alt_text", "txt")
+    pretrained = cfg["model"]["text"].get("tower") == "sentence_transformers"
+    return {(True, True): "both", (True, False): "recaption only", (False, True): "tower only",
+            (False, False): "neither"}[(recaption, pretrained)]
+
+
+def collect(out: str | Path) -> list[dict[str, Any]]:
+    """Every finished run under `out`: id, parameters, cell, group (parameters without seed), metrics."""
+    runs = []
+    for done in sorted(Path(out).glob("*/sweep_run.json")):
+        folder = done.parent
+        record = json.loads(done.read_text())
+        metrics = json.loads((folder / "probes.json").read_text())
+        cfg = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+        params = {k: v for k, v in record["params"].items() if k != "seed"}
+        cell = cell_of(cfg)
+        others = ", ".join(f"{k}={v}" for k, v in params.items() if k != "experiment")
+        if all(m in metrics for m in ORDER_METRICS[:5]):
+            metrics[COMPOSITE] = statistics.fmean(metrics[m] for m in ORDER_METRICS[:5])
+        runs.append({"id": record["id"], "params": record["params"], "seed": record["params"].get("seed", cfg["seed"]),
+                     "cell": cell, "group": cell + (f" ({others})" if others else ""), "metrics": metrics,
+                     "seconds": record.get("seconds")})
+    return runs
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """group -> metric -> (mean, sample std (0 for one seed), number of seeds), over the scores runs share."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["group"], []).append(run)
+    table = {}
+    for group, members in groups.items():
+        names = set.intersection(*(set(r["metrics"]) for r in members))
+        names = [n for n in sorted(names) if not n.endswith(NOT_SCORES)]
+        table[group] = {}
+        for name in names:
+            values = [float(r["metrics"][name]) for r in members]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            table[group][name] = (statistics.fmean(values), std, len(values))
+    return table
+
+
+def check_order(table: dict[str, dict[str, tuple]], metrics=(COMPOSITE,) + ORDER_METRICS) -> list[dict[str, Any]]:
+    """Per metric: the four cells' means and whether each adjacent pair of the paper's order holds (a > b)."""
+    if not all(cell in table for cell in PAPER_ORDER):
+        return []
+    rows = []
+    for metric in metrics:
+        if not all(metric in table[c] for c in PAPER_ORDER):
+            continue
+        means = [table[c][metric][0] for c in PAPER_ORDER]
+        pairs = [means[i] > means[i + 1] for i in range(3)]
+        rows.append({"metric": metric, "means": means, "pairs": pairs, "holds": all(pairs)})
+    return rows
+
+
+def _short(metric: str) -> str:
+    return metric.removeprefix("probe/")
+
+
+def bar_chart(table: dict[str, dict[str, tuple]], path: Path, metrics=(COMPOSITE,) + ORDER_METRICS) -> Path | None:
+    """Grouped bars: one group per metric, one bar per cell (paper's order first), std over seeds as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [c for c in PAPER_ORDER if c in table] + sorted(g for g in table if g not in PAPER_ORDER)
+    metrics = [m for m in metrics if all(m in table[g] for g in groups)]
+    if not groups or not metrics:
+        return None
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(metrics)), 4.2))
+    for k, group in enumerate(groups):
+        xs = [i + (k - (len(groups) - 1) / 2) * width for i in range(len(metrics))]
+        ax.bar(xs, [100 * table[group][m][0] for m in metrics], width, yerr=[100 * table[group][m][1] for m in metrics],
+               capsize=2, label=group)
+    ax.set_xticks(range(len(metrics)), [_short(m) for m in metrics], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("% (mean over seeds, std as error bar)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(cell: tuple[float, float, int] | None) -> str:
+    if cell is None:
+        return ""
+    mean, std, n = cell
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+
+
+def render(table, order_rows, runs, spec_path: str | None, failed: list[str], chart: Path | None) -> str:
+    groups = [c for c in PAPER_ORDER if c in table] + sorted(g for g in table if g not in PAPER_ORDER)
+    seeds = {g: max(v[2] for v in table[g].values()) for g in groups}
+    lines = ["# Ablation report", "",
+             f"{len(runs)} finished run(s) from `{spec_path or 'a sweep'}`, written "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Scores in %, mean ± sample std over seeds "
+             f"(seeds per cell: {', '.join(f'{g} {seeds[g]}' for g in groups)}).", ""]
+    if failed:
+        lines += [f"**Failed runs (not in the table; see logs/):** {', '.join(failed)}", ""]
+    if order_rows:
+        lines += ["## The paper's ordering: both > recaption only > tower only > neither", "",
+                  "| metric | " + " | ".join(PAPER_ORDER) + " | order holds |", "|---" * 6 + "|"]
+        for row in order_rows:
+            marks = " > ".join("✓" if ok else "✗" for ok in row["pairs"])
+            lines.append(f"| {_short(row['metric'])} | " + " | ".join(f"{100 * m:.1f}" for m in row["means"])
+                         + f" | {'yes' if row['holds'] else 'no'} ({marks}) |")
+        lines += ["", f"The paper's DOCCI text-to-image R@1 for the same cells: "
+                  + ", ".join(f"{c} {v}" for c, v in PAPER_DOCCI_R1.items()) + ". `" + COMPOSITE
+                  + "` is the mean of swap-att, swap-obj, replace-rel, VG-Relation and VG-Attribution.", ""]
+    else:
+        lines += ["(The paper's ordering is checked when all four cells are present.)", ""]
+    if chart:
+        lines += [f"![ablation]({chart.name})", ""]
+    metrics = sorted(set().union(*(table[g] for g in groups)), key=lambda m: (m != COMPOSITE, m)) if groups else []
+    lines += ["## Every probe subset", "", "| metric | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+    for metric in metrics:
+        lines.append(f"| {_short(metric)} | " + " | ".join(_fmt(table[g].get(metric)) for g in groups) + " |")
+    lines += ["", "## Runs", "", "| run | cell | seed | minutes |", "|---|---|---|---|"]
+    for run in sorted(runs, key=lambda r: (r["group"], str(r["seed"]))):
+        minutes = f"{run['seconds'] / 60:.1f}" if run.get("seconds") else ""
+        lines.append(f"| {run['id']} | {run['group']} | {run['seed']} | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
+def log_wandb(table, order_rows, chart: Path | None, project: str = "lit_compclip") -> bool:
+    """Log the report as a W&B table (+ the chart) when W&B is online; returns whether it did."""
+    import os
+
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return False
+    import wandb
+
+    if not (os.environ.get("WANDB_API_KEY") or wandb.api.api_key):
+        return False
+    groups = list(table)
+    metrics = sorted(set().union(*(table[g] for g in groups)))
+    rows = [[m] + [table[g][m][0] if m in table[g] else None for g in groups] for m in metrics]
+    with wandb.init(project=project, job_type="ablation-report", name="ablation-report") as run:
+        run.log({"ablation/table": wandb.Table(columns=["metric"] + groups, data=rows)})
+        if order_rows:
+            run.log({"ablation/order": wandb.Table(columns=["metric", "holds"],
+                                                   data=[[r["metric"], r["holds"]] for r in order_rows])})
+        if chart:
+            run.log({"ablation/chart": wandb.Image(str(chart))})
+    return True
+
+
+def write_report(out: str | Path, spec_path: str | None = None, failed: list[str] = ()) -> dict[str, Any]:
+    """REPORT.md, ablation.png and summary.json in `out`; returns the path and a one-paragraph summary."""
+    out = Path(out)
+    runs = collect(out)
+    table = aggregate(runs)
+    order_rows = check_order(table)
+    chart = bar_chart(table, out / "ablation.png") if runs else None
+    path = out / "REPORT.md"
+    path.write_text(render(table, order_rows, runs, spec_path, list(failed), chart))
+    summary_json = {g: {m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in t.items()} for g, t in table.items()}
+    (out / "summary.json").write_text(json.dumps({"cells": summary_json, "order": order_rows}, indent=1) + "\n")
+    if order_rows:
+        held = [r for r in order_rows if r["holds"]]
+        summary = (f"the paper's ordering holds on {len(held)} of {len(order_rows)} metrics"
+                   f" ({', '.join(_short(r['metric']) for r in held) or 'none'})")
+    else:
+        summary = f"{len(runs)} finished run(s) in {len(table)} group(s)"
+    logged = False
+    try:
+        logged = log_wandb(table, order_rows, chart) if runs else False
+    except Exception as e:  # the local report is written either way; say why W&B did not get it
+        summary += f"\n(W&B report not logged: {str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return {"path": path, "summary": summary + ("\nlogged to W&B" if logged else ""), "table": table,
+            "order": order_rows}

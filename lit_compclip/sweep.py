@@ -1,0 +1,260 @@
+"""`compclip sweep SPEC.yaml`: the runs of a W&B sweep spec, executed locally, several at once, resumably.
+
+The spec is the file `wandb sweep` takes (method, parameters, metric, command). Every run is
+`compclip train --experiment E --key=value ...` with the run's parameters (the arguments a W&B agent passes),
+in `<out>/<run id>/`; a run whose folder holds `sweep_run.json` finished and is not redone, an unfinished one
+starts again from scratch. At the end `<out>/REPORT.md` summarises every finished run (lit_compclip/ablation.py)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from lit_compclip.config import ConfigError, load_config
+from lit_compclip.registry import suggest
+
+SPEC_KEYS = ("name", "description", "program", "method", "metric", "parameters", "command", "early_terminate",
+             "run_cap", "project", "entity")
+METHODS = ("grid", "random", "bayes")
+DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform", "q_log_uniform_values", "categorical")
+DONE = "sweep_run.json"
+
+
+def load_spec(path: str) -> dict[str, Any]:
+    """The spec as a plain dict, checked: known keys, a method, parameters with `value`, `values` or a distribution."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"sweep spec not found: {path}")
+    try:
+        spec = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:
+        raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} must hold a mapping (method, parameters, ...)")
+    for key in spec:
+        if key not in SPEC_KEYS:
+            raise ConfigError(f"{path}: unknown sweep key {key!r}{suggest(key, SPEC_KEYS)}; valid keys: {list(SPEC_KEYS)}")
+    if spec.get("method") not in METHODS:
+        raise ConfigError(f"{path}: method {spec.get('method')!r} is not one of {list(METHODS)}")
+    params = spec.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise ConfigError(f"{path}: 'parameters' must map config keys to {{value: ...}} or {{values: [...]}}")
+    for name, p in params.items():
+        where = f"{path}: parameter {name!r}"
+        if not isinstance(p, dict) or not ({"value", "values", "distribution", "min"} & set(p)):
+            raise ConfigError(f"{where} needs 'value', 'values' or a distribution with min/max")
+        if "values" in p and (not isinstance(p["values"], list) or not p["values"]):
+            raise ConfigError(f"{where}: 'values' must be a non-empty list")
+        if "distribution" in p and p["distribution"] not in DISTRIBUTIONS:
+            raise ConfigError(f"{where}: distribution {p['distribution']!r} is not one of {list(DISTRIBUTIONS)}")
+        if "min" in p and "max" not in p:
+            raise ConfigError(f"{where}: 'min' without 'max'")
+        if spec["method"] == "grid" and "values" not in p and "value" not in p:
+            raise ConfigError(f"{where}: a grid needs 'value' or 'values', not a distribution")
+    return spec
+
+
+def _draw(p: dict[str, Any], rng: random.Random) -> Any:
+    if "value" in p:
+        return p["value"]
+    if "values" in p:
+        return rng.choice(p["values"])
+    lo, hi, dist = p["min"], p["max"], p.get("distribution")
+    if dist is None:  # W&B infers the distribution from the type of min/max
+        dist = "int_uniform" if isinstance(lo, int) and isinstance(hi, int) else "uniform"
+    if dist == "int_uniform":
+        return rng.randint(lo, hi)
+    if dist in ("log_uniform_values", "q_log_uniform_values"):
+        x = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    else:
+        x = rng.uniform(lo, hi)
+    if dist.startswith("q_"):
+        q = p.get("q", 1)
+        x = round(x / q) * q
+    return x
+
+
+def expand(spec: dict[str, Any], count: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """The runs' parameters: every grid point in spec order, or `count` random draws (random / bayes locally)."""
+    params = spec["parameters"]
+    if spec["method"] == "grid":
+        names = list(params)
+        choices = [p["values"] if "values" in p else [p["value"]] for p in params.values()]
+        runs = [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+        return runs[:count] if count else runs
+    if not count:
+        raise ConfigError(f"method {spec['method']!r} draws runs at random: give --count N")
+    rng = random.Random(seed)
+    return [{name: _draw(p, rng) for name, p in params.items()} for _ in range(count)]
+
+
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def run_args(params: dict[str, Any]) -> list[str]:
+    """The arguments a W&B agent gives the command: `--name=value` per parameter (`experiment` names a YAML file)."""
+    return [f"--{name}={_value_text(value)}" for name, value in params.items()]
+
+
+def run_id(params: dict[str, Any], spec: dict[str, Any]) -> str:
+    """A readable folder name from the parameters that vary: `default-seed1`, `lr0.001-layers2`, ..."""
+    varying = [n for n, p in spec["parameters"].items() if "value" not in p] or list(params)
+    parts = []
+    for name in varying:
+        value = params[name]
+        if name == "experiment":
+            parts.append(Path(str(value)).stem)
+        else:
+            short = name.split(".")[-1]
+            parts.append(f"{short}{value:.3g}" if isinstance(value, float) else f"{short}{value}")
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
+
+
+def split_experiments(args: list[str]) -> tuple[list[str], list[str]]:
+    from lit_compclip.cli import split_args
+
+    return split_args(list(args))
+
+
+def plan(spec: dict[str, Any], out: Path, overrides: list[str], count: int | None, seed: int) -> list[dict]:
+    """Every run: id, folder, command-line arguments and its checked config (so a bad spec fails before any run)."""
+    runs, seen = [], set()
+    for params in expand(spec, count, seed):
+        rid = run_id(params, spec)
+        if rid in seen:
+            raise ConfigError(f"two runs of the spec share the folder name {rid!r}; make their parameters differ")
+        seen.add(rid)
+        args = run_args(params) + list(overrides) + [f"run_dir={out / rid}", f"name={rid}"]
+        files, rest = split_experiments(args)
+        try:
+            cfg = load_config(files, rest)
+        except ConfigError as e:
+            raise ConfigError(f"run {rid}: {e}") from None
+        runs.append({"id": rid, "dir": out / rid, "params": params, "args": args, "cfg": cfg})
+    return runs
+
+
+def finished(run: dict) -> bool:
+    return (run["dir"] / DONE).is_file()
+
+
+def _slots(jobs: int | None) -> tuple[int, list[dict[str, str]]]:
+    """How many runs at once and each slot's environment: one GPU each, or an equal share of the CPU cores."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = jobs or (gpus or min(4, cores))
+    threads = str(max(1, cores // jobs))
+    envs = []
+    for k in range(jobs):
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
+        envs.append(env)
+    return jobs, envs
+
+
+def execute(runs: list[dict], out: Path, jobs: int | None = None, echo=print) -> dict[str, list[str]]:
+    """Run every unfinished run, `jobs` at a time; returns {"done": [...], "skipped": [...], "failed": [...]}."""
+    status = {"done": [], "skipped": [], "failed": []}
+    todo = []
+    for run in runs:
+        if finished(run):
+            status["skipped"].append(run["id"])
+        else:
+            todo.append(run)
+    if status["skipped"]:
+        echo(f"{len(status['skipped'])} run(s) already finished, not redone: {', '.join(status['skipped'])}")
+    if not todo:
+        return status
+    from lit_compclip.train import ensure_synth
+
+    ensure_synth(todo[0]["cfg"])  # once, before parallel runs could race to build it
+    jobs, envs = _slots(jobs)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    free, active = list(range(jobs)), {}
+    queue = list(todo)
+    try:
+        while queue or active:
+            while queue and free:
+                run, slot = queue.pop(0), free.pop(0)
+                if run["dir"].exists():
+                    echo(f"[{run['id']}] unfinished earlier: its folder is cleared and the run starts again")
+                    shutil.rmtree(run["dir"])
+                log = open(out / "logs" / f"{run['id']}.log", "w")
+                cmd = [sys.executable, "-m", "lit_compclip.cli", "train", *run["args"],
+                       "trainer.enable_progress_bar=false"]
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **envs[slot]})
+                active[proc] = (run, slot, log, time.perf_counter())
+                echo(f"[{run['id']}] started ({len(status['done']) + len(status['failed']) + len(active)}"
+                     f"/{len(todo)}), log: {log.name}")
+            time.sleep(0.5)
+            for proc in [p for p in active if p.poll() is not None]:
+                run, slot, log, start = active.pop(proc)
+                log.close()
+                free.append(slot)
+                seconds = time.perf_counter() - start
+                ok = proc.returncode == 0 and (run["dir"] / "probes.json").is_file()
+                if ok:
+                    record = {"id": run["id"], "params": run["params"], "args": run["args"], "seconds": seconds}
+                    (run["dir"] / DONE).write_text(json.dumps(record, indent=1) + "\n")
+                    status["done"].append(run["id"])
+                    echo(f"[{run['id']}] finished in {seconds / 60:.1f} min")
+                else:
+                    status["failed"].append(run["id"])
+                    echo(f"[{run['id']}] FAILED (exit {proc.returncode}); see {log.name}")
+    except KeyboardInterrupt:
+        for proc in active:
+            proc.terminate()
+        echo("interrupted: unfinished runs start again on the next `compclip sweep` of this spec")
+        raise
+    return status
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="compclip sweep", description=__doc__.splitlines()[0])
+    ap.add_argument("spec", help="a W&B sweep spec (YAML)")
+    ap.add_argument("--out", help="folder of the runs and REPORT.md (default runs/<spec name>)")
+    ap.add_argument("--jobs", type=int, help="runs at once (default: one per GPU, else min(4, CPU cores))")
+    ap.add_argument("--count", type=int, help="number of runs (random/bayes specs: draws; grid: the first N)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    ap.add_argument("--dry-run", action="store_true", help="list the runs and their arguments, run nothing")
+    ap.add_argument("overrides", nargs="*", help="key=value given to every run, after the spec's parameters")
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after the options
+    try:
+        if args.jobs is not None and args.jobs < 1:
+            raise ConfigError(f"--jobs {args.jobs}: must be at least 1")
+        spec = load_spec(args.spec)
+        if spec["method"] == "bayes":
+            print("note: bayes search needs the W&B sweep server; locally its parameters are drawn at random")
+        out = Path(args.out or os.path.join("runs", spec.get("name") or Path(args.spec).stem))
+        runs = plan(spec, out, args.overrides, args.count, args.seed)
+    except ConfigError as e:
+        print(f"compclip: error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for run in runs:
+            state = "finished" if finished(run) else "to run"
+            print(f"{run['id']:<32} {state:<9} compclip train {' '.join(run['args'])}")
+        return 0
+    print(f"sweep {args.spec}: {len(runs)} runs in {out}")
+    status = execute(runs, out, args.jobs)
+    from lit_compclip.ablation import write_report
+
+    report = write_report(out, spec_path=args.spec, failed=status["failed"])
+    print(f"\n{report['summary']}\nreport: {report['path']}")
+    return 1 if status["failed"] else 0

@@ -1,0 +1,162 @@
+"""Sweeps: specs checked before anything runs, grids expanded like W&B, a local grid resumes, the report's maths."""
+
+import glob
+import json
+import re
+
+import pytest
+from omegaconf import OmegaConf
+from test_train import TINY_MODEL, world, world_overrides  # noqa: F401  (world is a fixture)
+
+from lit_compclip.ablation import COMPOSITE, PAPER_ORDER, aggregate, cell_of, check_order, collect, write_report
+from lit_compclip.cli import main, split_args
+from lit_compclip.config import ConfigError, load_config
+from lit_compclip.sweep import expand, load_spec, plan, run_args, run_id
+
+
+def write_spec(path, **spec):
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(spec)))
+    return str(path)
+
+
+@pytest.mark.parametrize("spec", sorted(glob.glob("experiments/sweeps/*.yaml")))
+def test_every_sweep_spec_plans_valid_runs(spec, tmp_path):
+    loaded = load_spec(spec)
+    runs = plan(loaded, tmp_path, [], count=2 if loaded["method"] != "grid" else None, seed=0)
+    assert runs and len({r["id"] for r in runs}) == len(runs)
+    for run in runs:
+        assert run["cfg"].run_dir == str(tmp_path / run["id"])
+    if loaded["method"] == "grid":
+        assert {r["params"]["seed"] for r in runs} >= {0}
+
+
+def test_ablation_spec_holds_the_four_cells_times_three_seeds(tmp_path):
+    runs = plan(load_spec("experiments/sweeps/ablation.yaml"), tmp_path, [], None, 0)
+    cells = [cell_of(OmegaConf.to_container(r["cfg"])) for r in runs]
+    assert sorted(set(cells)) == sorted(PAPER_ORDER)
+    assert all(cells.count(c) == 3 for c in PAPER_ORDER)
+
+
+def test_experiment_flag_is_an_experiment_file_as_wandb_passes_it():
+    files, rest = split_args(["a.yaml", "--experiment=b.yaml", "--seed=1", "--experiment", "c.yaml", "x=1"])
+    assert files == ["a.yaml", "b.yaml", "c.yaml"] and rest == ["--seed=1", "x=1"]
+    with pytest.raises(ConfigError, match="--experiment needs a path"):
+        split_args(["--experiment"])
+
+
+def test_grid_expands_in_spec_order_and_constants_apply_to_every_run():
+    spec = {"method": "grid", "parameters": {"experiment": {"values": ["a.yaml", "b.yaml"]},
+                                             "seed": {"values": [0, 1]}, "optim.lr": {"value": 0.01}}}
+    runs = expand(spec)
+    assert [(r["experiment"], r["seed"]) for r in runs] == [("a.yaml", 0), ("a.yaml", 1), ("b.yaml", 0), ("b.yaml", 1)]
+    assert all(r["optim.lr"] == 0.01 for r in runs)
+    assert run_args(runs[1]) == ["--experiment=a.yaml", "--seed=1", "--optim.lr=0.01"]
+    assert [run_id(r, spec) for r in runs] == ["a-seed0", "a-seed1", "b-seed0", "b-seed1"]
+
+
+def test_random_draws_are_reproducible_and_inside_their_ranges():
+    spec = {"method": "random", "parameters": {
+        "optim.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+        "model.text.unfreeze_layers": {"values": [0, 2, 4]}, "x": {"min": 1, "max": 3}}}
+    a, b = expand(spec, count=20, seed=3), expand(spec, count=20, seed=3)
+    assert a == b
+    assert all(1e-4 <= r["optim.lr"] <= 1e-2 and r["model.text.unfreeze_layers"] in (0, 2, 4) for r in a)
+    assert all(isinstance(r["x"], int) and 1 <= r["x"] <= 3 for r in a)  # int min/max: int_uniform, as W&B
+    with pytest.raises(ConfigError, match="--count"):
+        expand(spec)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"method": "grid", "paramters": {}}, "unknown sweep key 'paramters' (did you mean 'parameters'?)"),
+    ({"method": "hyperopt", "parameters": {"seed": {"values": [0]}}}, "method 'hyperopt' is not one of"),
+    ({"method": "grid", "parameters": {"seed": {"min": 0, "max": 3}}}, "a grid needs 'value' or 'values'"),
+    ({"method": "grid", "parameters": {"seed": {"values": []}}}, "'values' must be a non-empty list"),
+    ({"method": "random", "parameters": {"lr": {"distribution": "normal", "min": 0, "max": 1}}},
+     "distribution 'normal' is not one of"),
+])
+def test_bad_specs_fail_with_one_line(tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_spec(write_spec(tmp_path / "s.yaml", **spec))
+
+
+def test_a_bad_config_key_in_a_spec_fails_before_any_run(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", method="grid", parameters={"optim.lrr": {"values": [0.1]}})
+    assert main(["sweep", spec, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'optim.lrr'" in err and "did you mean 'optim.lr'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def fake_run(out, rid, caption, tower, seed, scores):
+    folder = out / rid
+    folder.mkdir(parents=True)
+    cfg = load_config([], [f"data.caption_fields={{{caption}: 1.0}}", f"model.text={{tower: {tower}}}",
+                           f"seed={seed}"])
+    OmegaConf.save(cfg, folder / "config.yaml")
+    (folder / "probes.json").write_text(json.dumps(scores))
+    (folder / "sweep_run.json").write_text(json.dumps({"id": rid, "params": {"experiment": caption + tower,
+                                                                             "seed": seed}, "seconds": 60}))
+
+
+METRICS = ("probe/sugarcrepe/swap_att", "probe/sugarcrepe/swap_obj", "probe/sugarcrepe/replace_rel",
+           "probe/aro/vg_relation", "probe/aro/vg_attribution")
+
+
+def test_report_means_stds_and_the_papers_ordering(tmp_path):
+    # cell -> per-seed value of every metric; 'tower only' beats 'recaption only' on swap_att: the order breaks there
+    cells = {("recaption", "sentence_transformers"): [0.9, 0.8], ("recaption", "scratch"): [0.7, 0.7],
+             ("alt_text", "sentence_transformers"): [0.6, 0.4], ("alt_text", "scratch"): [0.3, 0.3]}
+    for (caption, tower), values in cells.items():
+        for seed, v in enumerate(values):
+            scores = {m: v for m in METRICS} | {"probe/sugarcrepe/n": 7.0}
+            if tower == "sentence_transformers" and caption == "alt_text":
+                scores["probe/sugarcrepe/swap_att"] = 0.95
+            fake_run(tmp_path, f"{caption}-{tower}-{seed}", caption, tower, seed, scores)
+    runs = collect(tmp_path)
+    assert {r["cell"] for r in runs} == set(PAPER_ORDER)
+    table = aggregate(runs)
+    mean, std, n = table["both"]["probe/aro/vg_relation"]
+    assert (mean, n) == (pytest.approx(0.85), 2) and std == pytest.approx(0.0707107, abs=1e-6)  # sample std
+    assert "probe/sugarcrepe/n" not in table["both"]  # counts are not scores
+    rows = {r["metric"]: r for r in check_order(table)}
+    assert rows["probe/aro/vg_relation"]["holds"] and rows["probe/aro/vg_relation"]["pairs"] == [True, True, True]
+    assert rows["probe/sugarcrepe/swap_att"]["pairs"] == [True, False, True]
+    assert rows[COMPOSITE]["holds"]
+    report = write_report(tmp_path, spec_path="spec.yaml")
+    text = report["path"].read_text()
+    assert "| aro/vg_relation | 85.0 | 70.0 | 50.0 | 30.0 | yes (✓ > ✓ > ✓) |" in text
+    assert "| sugarcrepe/swap_att | 85.0 | 70.0 | 95.0 | 30.0 | no (✓ > ✗ > ✓) |" in text
+    assert "85.0 ± 7.1" in text and (tmp_path / "ablation.png").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())["cells"]["both"]["probe/aro/vg_relation"]["n"] == 2
+
+
+def test_two_cell_one_step_grid_runs_reports_and_resumes(world, tmp_path, capsys):  # noqa: F811
+    spec = write_spec(tmp_path / "grid.yaml", name="tiny", method="grid", parameters={
+        "experiment": {"values": ["experiments/default.yaml", "experiments/alt_text.yaml"]},
+        "seed": {"values": [0]}, "trainer.max_steps": {"value": 1}})
+    out = tmp_path / "out"
+    args = ["sweep", spec, "--out", str(out), "--jobs", "2", *world_overrides(world), *TINY_MODEL]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "[default-seed0] finished" in printed and "[alt_text-seed0] finished" in printed
+    text = (out / "REPORT.md").read_text()
+    assert "| default-seed0 | both (trainer.max_steps=1) | 0 |" in text
+    assert "| alt_text-seed0 | tower only (trainer.max_steps=1) | 0 |" in text
+    assert "| sugarcrepe/swap_att |" in text
+    assert json.loads((out / "default-seed0" / "probes.json").read_text())["probe/sugarcrepe/n"] == 8 * 7
+    # resume: finished runs are not redone; an interrupted one (no sweep_run.json) starts again
+    (out / "alt_text-seed0" / "sweep_run.json").unlink()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "1 run(s) already finished, not redone: default-seed0" in printed
+    assert "[alt_text-seed0] unfinished earlier" in printed and "[alt_text-seed0] finished" in printed
+    assert "[default-seed0] started" not in printed
+
+
+def test_random_spec_without_count_is_a_one_line_error(tmp_path, capsys):
+    spec = write_spec(tmp_path / "r.yaml", method="random", parameters={"optim.lr": {"min": 0.001, "max": 0.01}})
+    assert main(["sweep", spec, "--dry-run"]) == 2
+    assert "give --count N" in capsys.readouterr().err
+    assert main(["sweep", spec, "--dry-run", "--count", "2", "--out", str(tmp_path / "o")]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if "compclip train" in l]
+    assert len(lines) == 2 and all("--optim.lr=" in l for l in lines)
