@@ -139,7 +139,7 @@ def render(table, order_rows, runs, spec_path: str | None, failed: list[str], ch
             marks = " > ".join("✓" if ok else "✗" for ok in row["pairs"])
             lines.append(f"| {_short(row['metric'])} | " + " | ".join(f"{100 * m:.1f}" for m in row["means"])
                          + f" | {'yes' if row['holds'] else 'no'} ({marks}) |")
-        lines += ["", f"The paper's DOCCI text-to-image R@1 for the same cells: "
+        lines += ["", "The paper's DOCCI text-to-image R@1 for the same cells: "
                   + ", ".join(f"{c} {v}" for c, v in PAPER_DOCCI_R1.items()) + ". `" + COMPOSITE
                   + "` is the mean of swap-att, swap-obj, replace-rel, VG-Relation and VG-Attribution.", ""]
     else:

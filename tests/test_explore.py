@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from lit_compclip import explore
+from lit_compclip import explore_plots as plots
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 CSV = """epoch,probe/sugarcrepe/swap_att,probe/sugarcrepe/n,step,train/loss,val/loss
@@ -183,7 +184,7 @@ def test_relative_paths_resolve_from_the_repo_root_wherever_the_kernel_runs(tmp_
     (lambda d: explore.load_checkpoint({"dir": d, "checkpoint": None}), FileNotFoundError, "no checkpoints/last.ckpt"),
     (lambda d: explore.probe_curves(d), FileNotFoundError, "holds no metrics.csv"),
     (lambda d: explore.probe_curves(d, source="tensorboard"), ValueError, "choose one of .*'wandb'"),
-    (lambda d: explore.plot_curves({"r": {"probe/a/x": [(1, 0.5)]}}, ["probe/a/y"]), ValueError,
+    (lambda d: plots.plot_curves({"r": {"probe/a/x": [(1, 0.5)]}}, ["probe/a/y"]), ValueError,
      "unknown metric 'probe/a/y'; the runs have: \\['probe/a/x'\\]"),
 ])
 def test_user_errors_are_one_clear_line(tmp_path, call, error, message):
