@@ -158,15 +158,13 @@ def render(table, order_rows, runs, spec_path: str | None, failed: list[str], ch
 
 
 def log_wandb(table, order_rows, chart: Path | None, project: str = "lit_compclip") -> bool:
-    """Log the report as a W&B table (+ the chart) when W&B is online; returns whether it did."""
-    import os
+    """Log the report as W&B tables (+ the chart) when W&B would sync online (as `wandb.mode=auto` decides)."""
+    from lit_compclip.train import wandb_mode
 
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+    if wandb_mode("auto") != "online":
         return False
     import wandb
 
-    if not (os.environ.get("WANDB_API_KEY") or wandb.api.api_key):
-        return False
     groups = list(table)
     metrics = sorted(set().union(*(table[g] for g in groups)))
     rows = [[m] + [table[g][m][0] if m in table[g] else None for g in groups] for m in metrics]

@@ -160,3 +160,29 @@ def test_random_spec_without_count_is_a_one_line_error(tmp_path, capsys):
     assert main(["sweep", spec, "--dry-run", "--count", "2", "--out", str(tmp_path / "o")]) == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if "compclip train" in l]
     assert len(lines) == 2 and all("--optim.lr=" in l for l in lines)
+
+
+def test_report_goes_to_wandb_only_when_wandb_is_online(tmp_path, monkeypatch):
+    import wandb
+
+    from lit_compclip import ablation, train
+
+    table = {"both": {"probe/aro/vg_relation": (0.8, 0.1, 3)}}
+    logged = []
+
+    class FakeRun:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def log(self, data):
+            logged.append(data)
+
+    monkeypatch.setattr(wandb, "init", lambda **kw: FakeRun())
+    assert not ablation.log_wandb(table, [], None)  # the suite runs with WANDB_MODE=offline
+    assert logged == []
+    monkeypatch.setattr(train, "wandb_mode", lambda mode: "online")
+    assert ablation.log_wandb(table, [], None)
+    assert logged[0]["ablation/table"].columns == ["metric", "both"]
