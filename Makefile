@@ -15,7 +15,7 @@ STAMP := $(VENV)/.lit_compclip-installed
 
 .DEFAULT_GOAL := help
 CKPT ?= runs/default/checkpoints/last.ckpt
-.PHONY: help install train probe ablation synth bench test test-all config clean
+.PHONY: help install train finetune probe ablation synth bench test test-all config clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ install: $(STAMP)  ## install the package and its dependencies (into .venv/ unle
 
 train: $(STAMP)  ## train EXP (default experiments/default.yaml) with overrides ARGS="key=value ..."; builds the data first
 	$(PY) -m lit_compclip.cli train $(EXP) $(ARGS)
+
+finetune: $(STAMP)  ## stage 2: hard-negative fine-tuning from runs/default (after make train); ARGS as for train
+	$(PY) -m lit_compclip.cli train experiments/hard_negatives.yaml $(ARGS)
 
 probe: $(STAMP)  ## score checkpoint CKPT (default runs/default/checkpoints/last.ckpt) with EXP's probes; ARGS="--dump DIR ..."
 	$(PY) -m lit_compclip.cli probe --ckpt $(CKPT) $(EXP) $(ARGS)

@@ -32,6 +32,12 @@ class SynthConfig:
 
 
 @dataclass
+class HardNegativesConfig:
+    source: Optional[str] = None  # None: off; scene: false captions from the json scene graph; rules: word swaps
+    per_sample: int = 1  # false captions per training sample (fewer where the source cannot make that many)
+
+
+@dataclass
 class DataConfig:
     train_shards: str = "data/synth/train"  # a folder, a brace pattern, a URL, or several joined with '::'
     val_shards: Optional[str] = "data/synth/val"
@@ -44,6 +50,7 @@ class DataConfig:
     resampled: bool = False
     samples_per_epoch: Optional[int] = None
     group_key: Optional[str] = "family"  # keep counterfactual siblings in one batch (see README)
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)  # extra image->text negatives
 
 
 @dataclass
@@ -132,6 +139,7 @@ class Config:
     name: str = "default"
     seed: int = 0
     run_dir: Optional[str] = None  # default runs/<name>
+    init_from: Optional[str] = None  # a checkpoint to start from: its weights only (fresh optimizer, schedule, step)
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -252,6 +260,14 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.data.sentence_sample >= 0, "data.sentence_sample", "must be >= 0")
     need(not cfg.data.resampled or bool(cfg.data.samples_per_epoch), "data.samples_per_epoch",
          "required when data.resampled=true")
+    need(cfg.data.hard_negatives.per_sample >= 1, "data.hard_negatives.per_sample", "must be >= 1")
+    if cfg.data.hard_negatives.source is not None:
+        from lit_compclip.negatives import SOURCES
+
+        try:
+            resolve(SOURCES, cfg.data.hard_negatives.source, "hard-negative source")
+        except ValueError as e:
+            raise ConfigError(f"config key 'data.hard_negatives.source': {e}") from None
     need(cfg.wandb.mode in ("auto", "online", "offline", "disabled"), "wandb.mode",
          "choose one of auto, online, offline, disabled")
     need(cfg.probes.every_n_epochs >= 1, "probes.every_n_epochs", "must be >= 1")

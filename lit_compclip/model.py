@@ -1,4 +1,5 @@
-"""The CLIP-style LightningModule: an image tower and a text tower under the global-batch InfoNCE loss."""
+"""The CLIP-style LightningModule: an image tower and a text tower under the global-batch InfoNCE loss (plus any
+hard-negative captions the batch carries)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_compclip.losses import info_nce
+from lit_compclip.losses import info_nce, info_nce_with_negatives
 from lit_compclip.towers import build_text_tower
 from lit_compclip.towers.image import ImageTower
 
@@ -24,6 +25,25 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     import torch.distributed.nn.functional as dist_fn
 
     return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def gather_varying_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """`gather_with_grad` for row counts that differ between processes (even 0): padded to the largest, then cut."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    counts = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    torch.distributed.all_gather(counts, torch.tensor([len(x)], device=x.device))
+    counts = [int(c) for c in counts]
+    if max(counts) == 0:
+        return x  # every rank agrees: nothing to gather
+    # x is in the autograd graph even with no rows, so every rank joins the backward all-gather
+    padded = torch.cat([x, x.new_zeros(max(counts) - len(x), *x.shape[1:])])  # (max count, D)
+    return torch.cat([part[:n] for part, n in zip(dist_fn.all_gather(padded), counts)])
 
 
 def cosine_schedule(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -46,6 +66,7 @@ class CompClip(L.LightningModule):
         self.total_steps = total_steps
         self.train_transform, self.eval_transform = self.image.transforms()
         self.skipped = 0
+        self.no_negative = 0  # training samples for which the hard-negative source made nothing
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -59,9 +80,17 @@ class CompClip(L.LightningModule):
         return F.normalize(self.text(tokens), dim=-1)  # (B, D)
 
     def _loss(self, batch, gather: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image_emb, text_emb = self.encode_image(batch["image"]), self.encode_text(batch["caption"])
+        # Only training batches with data.hard_negatives on carry "negatives" (on some ranks maybe an empty list).
+        hard = "negatives" in batch
+        b = len(batch["caption"])
+        image_emb = self.encode_image(batch["image"])
+        texts = self.encode_text(list(batch["caption"]) + (list(batch["negatives"]) if hard else []))  # (B + M, D)
+        text_emb, negative_emb = texts[:b], texts[b:]  # (B, D), (M, D)
         if gather:
             image_emb, text_emb = gather_with_grad(image_emb), gather_with_grad(text_emb)  # (global B, D)
+            negative_emb = gather_varying_with_grad(negative_emb) if hard else negative_emb  # (global M, D)
+        if hard:
+            return info_nce_with_negatives(image_emb, text_emb, negative_emb, self.logit_scale), image_emb, text_emb
         return info_nce(image_emb, text_emb, self.logit_scale), image_emb, text_emb
 
     def training_step(self, batch, batch_idx):
@@ -72,6 +101,10 @@ class CompClip(L.LightningModule):
         self.log("train/logit_scale", self.logit_scale.detach(), batch_size=n)
         self.log("data/skipped", float(self.skipped), reduce_fx="max", batch_size=n)
         self.log("train/truncated_fraction", self.text.count_truncated(batch["caption"]) / n, batch_size=n)
+        if "negatives" in batch:
+            self.no_negative += int(batch.get("no_negative", 0))
+            self.log("train/negatives_per_sample", len(batch["negatives"]) / n, batch_size=n)
+            self.log("data/no_negative", float(self.no_negative), reduce_fx="max", batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -108,6 +108,28 @@ def _world_size(cfg: DictConfig) -> int:
     return n * cfg.trainer.num_nodes
 
 
+def init_weights(model, path: str) -> None:
+    """Copy checkpoint `path`'s weights into `model`, nothing else (the run keeps a fresh optimizer, schedule and
+    step); a missing, unreadable or differently shaped checkpoint is a one-line ConfigError naming `init_from`."""
+    from lit_compclip.evaluate import load_module
+
+    try:
+        source = load_module(path).state_dict()
+    except ConfigError as e:
+        raise ConfigError(f"init_from: {e}") from None
+    target = model.state_dict()
+    missing, unexpected = sorted(set(target) - set(source)), sorted(set(source) - set(target))
+    shapes = [k for k in target if k in source and source[k].shape != target[k].shape]
+    problems = [f"{len(shapes)} weight(s) of another shape, e.g. {shapes[0]!r} {tuple(source[shapes[0]].shape)} "
+                f"there vs {tuple(target[shapes[0]].shape)} here"] if shapes else []
+    problems += [f"{len(missing)} weight(s) missing, e.g. {missing[0]!r}"] if missing else []
+    problems += [f"{len(unexpected)} unexpected weight(s), e.g. {unexpected[0]!r}"] if unexpected else []
+    if problems:
+        raise ConfigError(f"init_from: checkpoint {path!r} does not fit the configured model ({'; '.join(problems)});"
+                          f" use the model settings it was trained with")
+    model.load_state_dict(source)
+
+
 def wandb_mode(mode: str) -> str:
     if mode != "auto":
         return mode
@@ -141,14 +163,11 @@ def train(cfg: DictConfig) -> dict:
     from lit_compclip.data.datamodule import WebDataModule
     from lit_compclip.model import CompClip
 
+    if cfg.init_from and not os.path.isfile(cfg.init_from):  # before the synthetic world is built (minutes)
+        raise ConfigError(f"init_from: checkpoint {cfg.init_from!r} not found")
     ensure_synth(cfg)
     probes = check_inputs(cfg)
     steps = total_steps(cfg)
-    run_dir = unique_run_dir(cfg)
-    if not _launched_rank():
-        os.makedirs(run_dir, exist_ok=True)
-        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
-        os.environ[RUN_DIR_ENV] = run_dir
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # Expected here, and alarming to a newcomer: frozen text layers are in eval mode on purpose, config.yaml is
     # written into the run folder before the CSV logger starts, and one loader worker is the CPU default.
@@ -157,6 +176,13 @@ def train(cfg: DictConfig) -> dict:
         warnings.filterwarnings("ignore", pattern)
 
     model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=steps)
+    if cfg.init_from:
+        init_weights(model, cfg.init_from)  # before the run folder exists: a bad checkpoint leaves nothing behind
+    run_dir = unique_run_dir(cfg)
+    if not _launched_rank():
+        os.makedirs(run_dir, exist_ok=True)
+        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+        os.environ[RUN_DIR_ENV] = run_dir
     data = WebDataModule(**OmegaConf.to_container(cfg.data), seed=cfg.seed,
                          train_transform=model.train_transform, eval_transform=model.eval_transform)
     loggers, mode = build_loggers(cfg, run_dir)

@@ -347,3 +347,53 @@ def test_lightning_trainer_runs_fixed_length_epochs(tmp_path):
                                 default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=dm)
     assert model.seen == [4] * 8 and trainer.num_training_batches == 4
+
+
+# ---------------------------------------------------------------- hard negatives
+
+
+def scene_of(i):
+    """A two-object synthetic scene graph (as the synthetic shards' .json `scene` holds it)."""
+    from lit_compclip.synth.world import sample_family
+
+    return sample_family(random.Random(i), 2, "train", 64)[0]
+
+
+def test_training_samples_carry_scene_negatives_and_samples_without_are_counted(tmp_path, caplog):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    samples = [good(f"k{i}", "There is a shape. It is somewhere.", **({"scene": scene_of(i)} if i % 3 else {}))
+               for i in range(12)]
+    write_shard(folder / "0.tar", samples)
+    dm = make_dm(folder, folder, hard_negatives={"source": "scene", "per_sample": 2})
+    with caplog.at_level(logging.WARNING, logger="lit_compclip.negatives"):
+        batches = list(dm.train_dataloader())
+    assert sum(b["no_negative"] for b in batches) == 4  # k0, k3, k6, k9 have no scene
+    assert sum(len(b["negatives"]) for b in batches) == 8 * 2
+    assert all(len(split_sentences(n)) == 2 for b in batches for n in b["negatives"])  # as long as the caption
+    assert sum("no hard negative from source 'scene'" in r.message for r in caplog.records) == 1  # warned once
+    assert all("negatives" not in b for b in dm.val_dataloader())  # validation scores true captions only
+
+
+def test_rule_negatives_come_from_the_chosen_caption_and_keep_the_caption_stream(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_shard(folder / "0.tar", [good(f"k{i}", f"a red car next to a blue bike number{i}") for i in range(8)])
+    plain = list(make_dm(folder, caption_fields={"txt": 1.0}).train_dataloader())
+    batches = list(make_dm(folder, hard_negatives={"source": "rules", "per_sample": 1}).train_dataloader())
+    assert [b["caption"] for b in batches] == [b["caption"] for b in plain]  # negatives draw from their own rng
+    for batch in batches:
+        assert batch["no_negative"] == 0 and len(batch["negatives"]) == len(batch["caption"])
+        for caption, negative in zip(batch["caption"], batch["negatives"]):
+            assert negative != caption and sorted(negative.split()) == sorted(caption.split())  # a swap
+
+
+def test_no_hard_negatives_by_default_and_bad_options_fail_at_construction(tmp_path):
+    folder = write_shards(tmp_path / "d", 1, 4)
+    assert "negatives" not in next(iter(make_dm(folder).train_dataloader()))
+    with pytest.raises(ValueError, match="unknown hard-negative source 'scen'"):
+        make_dm(folder, hard_negatives={"source": "scen", "per_sample": 1})
+    with pytest.raises(ValueError, match="per_sample"):
+        make_dm(folder, hard_negatives={"source": "rules", "per_sample": 0})
+    with pytest.raises(ValueError, match="per_smaple"):
+        make_dm(folder, hard_negatives={"source": "rules", "per_smaple": 1})

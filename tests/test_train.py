@@ -8,9 +8,11 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from lit_compclip.cli import main
 from lit_compclip.config import load_config
+from lit_compclip.model import CompClip
 from lit_compclip.synth import generate
 from lit_compclip.train import train
 
@@ -38,10 +40,22 @@ def world_overrides(world):
             "wandb.mode=disabled", "trainer.enable_progress_bar=false"]
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(world, tmp_path_factory):
+    """An untrained tiny model saved as a training checkpoint: what a stage-2 experiment's init_from needs."""
+    cfg = load_config([], world_overrides(world) + TINY_MODEL)
+    model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 50}, path)
+    return path
+
+
 @pytest.mark.parametrize("experiment", sorted(glob.glob("experiments/*.yaml")))
-def test_every_experiment_file_runs_fast_dev_run(experiment, world, tmp_path):
-    cfg = load_config([experiment], world_overrides(world) + TINY_MODEL +
-                      ["trainer.fast_dev_run=true", f"run_dir={tmp_path}/run"])
+def test_every_experiment_file_runs_fast_dev_run(experiment, world, tmp_path, request):
+    overrides = world_overrides(world) + TINY_MODEL + ["trainer.fast_dev_run=true", f"run_dir={tmp_path}/run"]
+    if load_config([experiment]).init_from:  # a stage-2 experiment starts from a tiny checkpoint instead
+        overrides.append(f"init_from={request.getfixturevalue('tiny_checkpoint')}")
+    cfg = load_config([experiment], overrides)
     result = train(cfg)
     assert result["probes"]["probe/sugarcrepe/n"] == 8 * 7
 

@@ -15,6 +15,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from lit_compclip.negatives import NegativeMaker
 from lit_compclip.shards import expand_shards, is_remote
 
 from .captions import CaptionPicker
@@ -90,25 +91,32 @@ class _PassSeeded(wds.PipelineStage):
     def next_rng(self, tag: str) -> random.Random:
         if self.advance:
             self.passes += 1
+        return self.rng_for(tag)
+
+    def rng_for(self, tag: str) -> random.Random:
+        """Another stream of the current pass (so one consumer's draws never shift another's)."""
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         return random.Random(f"{tag}/{self.seed}/{max(self.passes, 0)}/{rank}/{worker}")  # str seeds are stable
 
 
 class _Decode(_PassSeeded):
-    """Raw sample -> {"image", "caption", "key"}; undecodable or captionless samples are counted and dropped."""
+    """Raw sample -> {"image", "caption", "key"} (+ "negatives"); undecodable or captionless samples are counted and
+    dropped."""
 
-    def __init__(self, picker: CaptionPicker, transform: Callable, skips: _SkipLog, seed: int, advance: bool):
+    def __init__(self, picker: CaptionPicker, transform: Callable, skips: _SkipLog, seed: int, advance: bool,
+                 negatives: NegativeMaker | None = None):
         super().__init__(seed, advance)
-        self.picker, self.transform, self.skips = picker, transform, skips
+        self.picker, self.transform, self.skips, self.negatives = picker, transform, skips, negatives
 
     def run(self, src):
         rng = self.next_rng("caption")
+        negative_rng = self.rng_for("negatives")
         for sample in src:
-            record = self.decode(sample, rng)
+            record = self.decode(sample, rng, negative_rng)
             if record is not None:
                 yield record
 
-    def decode(self, sample: dict, rng: random.Random) -> dict | None:
+    def decode(self, sample: dict, rng: random.Random, negative_rng: random.Random | None = None) -> dict | None:
         url, key = sample.get("__url__"), sample.get("__key__")
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None:
@@ -129,7 +137,10 @@ class _Decode(_PassSeeded):
             image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
         except Exception as exn:  # PIL raises several types for corrupt or truncated files
             return self.skips.skip("bad_image", url, key, _describe(exn))
-        return {"image": self.transform(image), "caption": caption, "key": key}
+        record = {"image": self.transform(image), "caption": caption, "key": key}
+        if self.negatives is not None:
+            record["negatives"] = self.negatives(meta, caption, negative_rng, key, url)
+        return record
 
 
 def _group_of(sample: dict, group_key: str):
@@ -166,16 +177,23 @@ class _Shuffle(_PassSeeded):
 
 
 class _Collate:
-    """List of records -> batch dict, reporting the skips since this worker's previous batch."""
+    """List of records -> batch dict, reporting the skips since this worker's previous batch.
+
+    With hard negatives: `negatives` is every record's list flattened (any image's negative is a negative for every
+    image), and `no_negative` counts the records that got none."""
 
     def __init__(self, skips: _SkipLog):
         self.skips = skips
 
     def __call__(self, records: list[dict]) -> dict:
-        return {"image": torch.stack([r["image"] for r in records]),  # (B, 3, H, W)
-                "caption": [r["caption"] for r in records],
-                "key": [r["key"] for r in records],
-                "skipped": self.skips.take()}
+        batch = {"image": torch.stack([r["image"] for r in records]),  # (B, 3, H, W)
+                 "caption": [r["caption"] for r in records],
+                 "key": [r["key"] for r in records],
+                 "skipped": self.skips.take()}
+        if "negatives" in records[0]:
+            batch["negatives"] = [n for r in records for n in r["negatives"]]
+            batch["no_negative"] = sum(not r["negatives"] for r in records)
+        return batch
 
 
 class StreamLoader:
@@ -201,13 +219,22 @@ class StreamLoader:
 
 
 class WebDataModule(lightning.LightningDataModule):
-    """Train/val image-text streams from WebDataset shards, with weighted caption fields and family grouping."""
+    """Train/val image-text streams from WebDataset shards, with weighted caption fields and family grouping.
+
+    `hard_negatives` ({"source": None|name in lit_compclip.negatives.SOURCES, "per_sample": int}) adds false
+    captions to training samples; validation never gets any."""
 
     def __init__(self, train_shards: str, val_shards: str | None, caption_fields: dict[str, float],
                  sentence_sample: int, batch_size: int, num_workers: int, shuffle_buffer: int,
                  shard_shuffle: bool, resampled: bool, samples_per_epoch: int | None, group_key: str | None,
-                 seed: int, train_transform, eval_transform):
+                 seed: int, train_transform, eval_transform, hard_negatives: dict | None = None):
         super().__init__()
+        hard = dict(hard_negatives or {})
+        if set(hard) - {"source", "per_sample"}:
+            raise ValueError(f"data.hard_negatives: unknown option(s) {sorted(set(hard) - {'source', 'per_sample'})};"
+                             f" valid: ['per_sample', 'source']")
+        # built here so a bad source or count fails at once, not inside a loader worker
+        self.negatives = NegativeMaker(hard["source"], hard.get("per_sample", 1)) if hard.get("source") else None
         for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                                  ("shuffle_buffer", shuffle_buffer, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -288,7 +315,8 @@ class WebDataModule(lightning.LightningDataModule):
             wds.pipelinefilter(group_units)(self.group_key) if grouped else None,
             _Shuffle(self.shuffle_buffer, self.seed) if self.shuffle_buffer > 0 else None,
             wds.filters.unlisted() if grouped else None,
-            _Decode(self.train_picker, self.train_transform, skips, self.seed, advance=True),
+            _Decode(self.train_picker, self.train_transform, skips, self.seed, advance=True,
+                    negatives=self.negatives),
             wds.batched(self.batch_size, collation_fn=_Collate(skips), partial=False),
         )
         return self._loader(pipeline, workers, num_batches, "train", self.train_shards)

@@ -54,9 +54,17 @@ def normalize(caption: str, max_words: int = MAX_WORDS) -> str:
     return " ".join(text.split(" ")[:max_words])
 
 
+_TOKEN = re.compile(r"\w+(?:['-]\w+)*|[^\w\s]")
+
+
 def tokenize(caption: str) -> list[str]:
     """Words (with inner ' or -) and single punctuation marks, as a tokenizer that splits punctuation would."""
-    return re.findall(r"\w+(?:['-]\w+)*|[^\w\s]", caption)
+    return _TOKEN.findall(caption)
+
+
+def token_spans(caption: str) -> list[tuple[int, int]]:
+    """(start, end) of each `tokenize` token in `caption`, so a token can be replaced in place."""
+    return [m.span() for m in _TOKEN.finditer(caption)]
 
 
 def tag(token: str) -> str:
