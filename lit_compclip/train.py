@@ -197,9 +197,21 @@ def train(cfg: DictConfig) -> dict:
         t["precision"] = "bf16-mixed" if gpu else "32-true"
     trainer = L.Trainer(**t, logger=loggers, callbacks=callbacks, default_root_dir=run_dir,
                         num_sanity_val_steps=0)
-    trainer.fit(model, data)
+    try:
+        trainer.fit(model, data)
+    finally:
+        finish_wandb(loggers)
     return {"run_dir": run_dir, "is_global_zero": trainer.is_global_zero, "probes": probe_cb.final, "wandb_mode": mode,
             "wandb_dir": next(iter(glob.glob(os.path.join(run_dir, "wandb", "*run-*"))), None)}
+
+
+def finish_wandb(loggers) -> None:
+    """Close this run's W&B run: a later run in the same process (a notebook, a test) would otherwise log into it."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def format_table(results: dict[str, float]) -> str:

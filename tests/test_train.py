@@ -141,3 +141,12 @@ def test_probe_command_bad_input_is_one_line_exit_2(short_run, tmp_path, capsys,
     assert main(["probe", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_second_run_in_the_same_process_gets_its_own_wandb_run(short_run, world, tmp_path):
+    first, _ = short_run  # trained in this process just before, W&B offline
+    cfg = load_config([], world_overrides(world) + TINY_MODEL + ["trainer.max_steps=1", "wandb.mode=offline",
+                                                                   f"run_dir={tmp_path}/second"])
+    result = train(cfg)
+    assert result["wandb_dir"] and result["wandb_dir"].startswith(str(tmp_path / "second"))
+    assert len(glob.glob(str(first / "wandb" / "offline-run-*"))) == 1  # nothing of the second run went there
