@@ -36,21 +36,23 @@ def cell_of(cfg: dict[str, Any]) -> str:
 
 
 def collect(out: str | Path) -> list[dict[str, Any]]:
-    """Every finished run under `out`: id, parameters, cell, group (parameters without seed), metrics."""
+    """Every finished run under `out`: id, parameters, cell, group (the cell plus any other parameter that varies
+    between the runs, seed aside), metrics."""
     runs = []
     for done in sorted(Path(out).glob("*/sweep_run.json")):
         folder = done.parent
         record = json.loads(done.read_text())
         metrics = json.loads((folder / "probes.json").read_text())
         cfg = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
-        params = {k: v for k, v in record["params"].items() if k != "seed"}
-        cell = cell_of(cfg)
-        others = ", ".join(f"{k}={v}" for k, v in params.items() if k != "experiment")
         if all(m in metrics for m in ORDER_METRICS[:5]):
             metrics[COMPOSITE] = statistics.fmean(metrics[m] for m in ORDER_METRICS[:5])
         runs.append({"id": record["id"], "params": record["params"], "seed": record["params"].get("seed", cfg["seed"]),
-                     "cell": cell, "group": cell + (f" ({others})" if others else ""), "metrics": metrics,
-                     "seconds": record.get("seconds")})
+                     "cell": cell_of(cfg), "metrics": metrics, "seconds": record.get("seconds")})
+    keys = {k for r in runs for k in r["params"]} - {"seed", "experiment"}
+    varying = sorted(k for k in keys if len({json.dumps(r["params"].get(k)) for r in runs}) > 1)
+    for run in runs:
+        others = ", ".join(f"{k}={run['params'].get(k)}" for k in varying)
+        run["group"] = run["cell"] + (f" ({others})" if others else "")
     return runs
 
 

@@ -140,8 +140,8 @@ def test_two_cell_one_step_grid_runs_reports_and_resumes(world, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "[default-seed0] finished" in printed and "[alt_text-seed0] finished" in printed
     text = (out / "REPORT.md").read_text()
-    assert "| default-seed0 | both (trainer.max_steps=1) | 0 |" in text
-    assert "| alt_text-seed0 | tower only (trainer.max_steps=1) | 0 |" in text
+    assert "| default-seed0 | both | 0 |" in text
+    assert "| alt_text-seed0 | tower only | 0 |" in text
     assert "| sugarcrepe/swap_att |" in text
     assert json.loads((out / "default-seed0" / "probes.json").read_text())["probe/sugarcrepe/n"] == 8 * 7
     # resume: finished runs are not redone; an interrupted one (no sweep_run.json) starts again
