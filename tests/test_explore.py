@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_train import world_overrides
 
 from lit_compclip import explore
 from lit_compclip import explore_plots as plots
@@ -203,18 +204,9 @@ def tiny_run(tmp_path_factory):
 
     world = tmp_path_factory.mktemp("synth") / "world"
     generate(str(world), train_families=16, eval_families=4, shard_size=16, probe_size=4)
-    p = f"{world}/probes"
-    overrides = [
-        f"synth.out_dir={world}", f"data.train_shards={world}/train", f"data.val_shards={world}/val",
-        f"probes.suites.sugarcrepe.annotations={p}/sugarcrepe", f"probes.suites.sugarcrepe.images={p}/sugarcrepe/images",
-        f"probes.suites.aro.root={p}/aro", f"probes.suites.aro.images={p}/aro/images",
-        f"probes.suites.winoground.examples={p}/winoground/examples.jsonl",
-        f"probes.suites.winoground.images={p}/winoground/images",
-        f"probes.suites.docci.annotations={p}/docci/docci_descriptions.jsonlines",
-        f"probes.suites.docci.images={p}/docci/images",
-        "data.batch_size=8", "data.num_workers=0", "data.shuffle_buffer=16", "probes.limit=4", "trainer.max_epochs=1",
-        "wandb.mode=offline", "trainer.enable_progress_bar=false", "model.image.img_size=32", "model.image.depth=1",
-        "model.image.width=32", "model.image.heads=2", "model.embed_dim=16",
+    overrides = world_overrides(world) + [
+        "probes.limit=4", "trainer.max_epochs=1", "wandb.mode=offline", "model.image.img_size=32",
+        "model.image.depth=1", "model.image.width=32", "model.image.heads=2", "model.embed_dim=16",
         f"run_dir={tmp_path_factory.mktemp('runs') / 'tiny'}"]
     return Path(train(load_config([], overrides))["run_dir"])
 
