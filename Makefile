@@ -41,7 +41,7 @@ ifdef QUICK
 else
   SWEEP ?= experiments/sweeps/ablation.yaml
 endif
-ablation: $(STAMP)  ## the paper's 2x2 ablation x 3 seeds (~31 min here; QUICK=1: ~5 min) -> runs/ablation*/REPORT.md
+ablation: $(STAMP)  ## the paper's 2x2 ablation x 3 seeds (~31 min here; QUICK=1: ~3 min) -> runs/ablation*/REPORT.md
 	$(PY) -m lit_compclip.cli sweep $(SWEEP) $(ARGS)
 
 synth: $(STAMP)  ## build the synthetic world (training shards + probe sets) in data/synth
