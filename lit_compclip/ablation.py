@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from lit_compclip.callbacks import COUNT_METRICS
+
 # The paper's 2x2 (PAPER.md, DOCCI text-to-image R@1): both > recaption only > tower only > neither.
 PAPER_ORDER = ("both", "recaption only", "tower only", "neither")
 PAPER_DOCCI_R1 = {"both": 91.6, "recaption only": 75.6, "tower only": 67.2, "neither": 53.5}
@@ -22,7 +24,6 @@ ORDER_METRICS = ("probe/sugarcrepe/swap_att", "probe/sugarcrepe/swap_obj", "prob
                  "probe/aro/vg_relation", "probe/aro/vg_attribution", "probe/winoground/text",
                  "probe/docci/t2i_r1")
 COMPOSITE = "binding/relation mean"  # mean of the first five: one number per run for the ordering
-NOT_SCORES = ("/n", "/seconds", "/ties", "/n_images", "/n_texts", "/max_tokens", "/truncated_fraction")
 
 
 def cell_of(cfg: dict[str, Any]) -> str:
@@ -64,7 +65,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, fl
     table = {}
     for group, members in groups.items():
         names = set.intersection(*(set(r["metrics"]) for r in members))
-        names = [n for n in sorted(names) if not n.endswith(NOT_SCORES)]
+        names = [n for n in sorted(names) if n.rsplit("/", 1)[-1] not in COUNT_METRICS | {"seconds"}]
         table[group] = {}
         for name in names:
             values = [float(r["metrics"][name]) for r in members]

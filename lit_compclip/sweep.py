@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from lit_compclip.cli import split_args
 from lit_compclip.config import ConfigError, load_config
 from lit_compclip.registry import suggest
 
@@ -123,12 +124,6 @@ def run_id(params: dict[str, Any], spec: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
 
 
-def split_experiments(args: list[str]) -> tuple[list[str], list[str]]:
-    from lit_compclip.cli import split_args
-
-    return split_args(list(args))
-
-
 def plan(spec: dict[str, Any], out: Path, overrides: list[str], count: int | None, seed: int) -> list[dict]:
     """Every run: id, folder, command-line arguments and its checked config (so a bad spec fails before any run)."""
     runs, seen = [], set()
@@ -138,7 +133,7 @@ def plan(spec: dict[str, Any], out: Path, overrides: list[str], count: int | Non
             raise ConfigError(f"two runs of the spec share the folder name {rid!r}; make their parameters differ")
         seen.add(rid)
         args = run_args(params) + list(overrides) + [f"run_dir={out / rid}", f"name={rid}"]
-        files, rest = split_experiments(args)
+        files, rest = split_args(args)
         try:
             cfg = load_config(files, rest)
         except ConfigError as e:

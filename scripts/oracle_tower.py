@@ -18,11 +18,8 @@ partner that already binds attributes to objects and objects to places. The chos
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import math
 import random
-import tarfile
 import time
 from pathlib import Path
 
@@ -30,33 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from PIL import Image
 
 from lit_compclip.config import load_config
 from lit_compclip.data.captions import CaptionPicker
+from lit_compclip.explore import read_heldout
 from lit_compclip.losses import info_nce
 from lit_compclip.model import CompClip
 from lit_compclip.synth import captions as capm
 from lit_compclip.synth.world import COLOURS, SHAPES, SIZES
 
 SLOT = len(COLOURS) + len(SHAPES) + len(SIZES)
-
-
-def read_shards(folder: str) -> list[dict]:
-    """Every sample of the shards in `folder`, sorted by key: decoded image array, recaption, family, scene."""
-    out = []
-    for shard in sorted(Path(folder).glob("*.tar")):
-        parts: dict[str, dict] = {}
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                key, ext = member.name.split(".", 1)
-                parts.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        for key in sorted(parts):
-            meta = json.loads(parts[key]["json"])
-            image = np.asarray(Image.open(io.BytesIO(parts[key]["jpg"])).convert("RGB"))
-            out.append({"image": image, "recaption": meta["recaption"], "family": meta["family"],
-                        "scene": meta["scene"]})
-    return out
 
 
 def oracle_code(scene: dict) -> torch.Tensor:
@@ -98,13 +78,13 @@ def main() -> None:
     def oracle(scenes: list[dict]) -> torch.Tensor:
         return F.normalize(torch.stack([oracle_code(s) for s in scenes]) @ lift.T, dim=-1)
 
-    train = read_shards(Path(cfg.synth.out_dir) / "train")
-    val = read_shards(Path(cfg.synth.out_dir) / "val")
+    train = read_heldout(str(Path(cfg.synth.out_dir) / "train"), limit=None)
+    val = read_heldout(str(Path(cfg.synth.out_dir) / "val"), limit=None)
     norm = model.eval_transform.transforms[-1]
     mean, std = torch.tensor(list(norm.mean)).view(1, 3, 1, 1), torch.tensor(list(norm.std)).view(1, 3, 1, 1)
 
     def pixels(samples: list[dict]) -> torch.Tensor:
-        x = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).float() / 255
+        x = torch.from_numpy(np.stack([np.asarray(s["image"]) for s in samples])).permute(0, 3, 1, 2).float() / 255
         return (x - mean) / std
 
     picker = CaptionPicker({"recaption": 1.0}, sentence_sample=cfg.data.sentence_sample)
