@@ -15,10 +15,10 @@ STAMP := $(VENV)/.lit_compclip-installed
 
 .DEFAULT_GOAL := help
 CKPT ?= runs/default/checkpoints/last.ckpt
-.PHONY: help install train finetune probe ablation synth bench test test-all config clean
+.PHONY: help install train finetune probe ablation synth bench bench-gpu bench-recaption test test-all config clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,19 @@ synth: $(STAMP)  ## build the synthetic world (training shards + probe sets) in 
 config: $(STAMP)  ## print the resolved config of EXP with ARGS, checked
 	$(PY) -m lit_compclip.cli config $(EXP) $(ARGS)
 
-bench: $(STAMP)  ## benchmarks, as ratios against a baseline run in the same process (recaption backends)
+# open_clip is the benchmarks' baseline only: installed on first use of bench / bench-gpu.
+BENCH_STAMP := $(VENV)/.lit_compclip-bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## training speed vs open_clip, step cost split, FLOP/s, data vs model, probe overhead -> bench.json (ARGS="--quick")
+	$(PY) scripts/bench.py $(ARGS)
+
+bench-gpu: $(BENCH_STAMP)  ## on one GPU, bf16: samples/s and FLOP utilisation of ViT-B/16 + MiniLM / + a 12x768 BERT, beside open_clip
+	$(PY) scripts/bench_gpu.py $(ARGS)
+
+bench-recaption: $(STAMP)  ## recaption backends' samples/s, as ratios against a baseline run in the same process
 	$(PY) scripts/bench_recaption.py
 
 test: $(STAMP)  ## run the test suite (the slow tests excluded)
@@ -59,5 +71,5 @@ test: $(STAMP)  ## run the test suite (the slow tests excluded)
 test-all: $(STAMP)  ## run every test, the slow ones included
 	$(PY) -m pytest -q -m "slow or not slow"
 
-clean:  ## remove generated data and runs (keeps .venv/)
-	rm -rf data/synth runs
+clean:  ## remove generated data, the text cache and runs (keeps .venv/)
+	rm -rf data/synth data/cache runs

@@ -162,6 +162,13 @@ class ProbeCallback(L.Callback):
     def final(self) -> dict[str, float]:
         return self.history[-1]["metrics"] if self.history else {}
 
+    # Saved in every checkpoint, so a resumed run's probes_history.json and probes.png keep the earlier epochs.
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
 
 class ProgressLines(L.Callback):
     """One plain line every `every` steps (loss, seconds per step, time left) for logs and non-interactive shells."""
@@ -181,3 +188,17 @@ class ProgressLines(L.Callback):
         left = per_step * max(0, self.total_steps - step)
         print(f"step {step}/{self.total_steps}  epoch {trainer.current_epoch + 1}  loss {float(outputs['loss']):.3f}  "
               f"{per_step:.2f} s/step  ~{left / 60:.1f} min left", flush=True)
+
+
+class TextCacheStats(L.Callback):
+    """Logs the text tower's prefix-cache hit rate and size (`text_cache/*`) with the other training metrics."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step % max(1, trainer.log_every_n_steps):
+            return
+        stats = getattr(module.text, "cache_stats", lambda: None)()
+        if stats is None:
+            return
+        n = len(batch["caption"])
+        for key in ("hit_rate", "size_mb", "errors"):
+            module.log(f"text_cache/{key}", stats[key], batch_size=n)

@@ -14,6 +14,9 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from lit_compclip.registry import suggest
 
 
+FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
+
+
 class ConfigError(ValueError):
     """A user-caused configuration problem, reported as one line (the CLI exits with status 2)."""
 
@@ -66,6 +69,8 @@ class ImageConfig:
     pool: str = "model"  # the trunk's own pooling, or "flatten": project all patch tokens (ViTs only)
     augment: bool = True
     crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
+    grad_checkpointing: bool = False  # recompute the trunk's blocks in backward: less memory, ~30% more compute
+    channels_last: bool = False  # NHWC trunk and batch: faster convolutions on GPU (CNN trunks, a ViT's patch conv)
 
 
 @dataclass
@@ -73,10 +78,14 @@ class ModelConfig:
     embed_dim: int = 256
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
+    local_loss: bool = True  # each process scores only its own rows of the global-batch loss: O(b x B) memory
+    compile: bool = False  # torch.compile the image trunk and the text tower; the first steps (and new lengths) compile
     image: ImageConfig = field(default_factory=ImageConfig)
     # `tower` picks the registry entry; every other key goes to that tower's constructor and is checked there.
+    # The frozen layers' output is cached on disk and shared by runs (lit_compclip/text_cache.py); null = off.
     text: Dict[str, Any] = field(default_factory=lambda: {"tower": "sentence_transformers",
-                                                          "model": "all-MiniLM-L6-v2", "unfreeze_layers": 2})
+                                                          "model": "all-MiniLM-L6-v2", "unfreeze_layers": 2,
+                                                          "cache_dir": "${cache_dir}/text", "cache_dtype": "float16"})
 
 
 @dataclass
@@ -89,6 +98,17 @@ class OptimConfig:
     warmup_steps: int = 50
     text_frozen_steps: int = 0  # pretrained text layers untrained for the first N steps, then warmed up
     min_lr_ratio: float = 0.0
+    # GradCache: encode each process's data.batch_size samples this many at a time, the loss still over the whole
+    # (global) batch; one extra forward pass per step. null (or >= data.batch_size): the whole batch at once.
+    micro_batch_size: Optional[int] = None
+
+
+@dataclass
+class FSDPConfig:
+    # Used when trainer.strategy=fsdp (GPUs only): each transformer block of both towers is one FSDP unit.
+    sharding_strategy: str = "FULL_SHARD"  # or SHARD_GRAD_OP, NO_SHARD, HYBRID_SHARD
+    cpu_offload: bool = False  # parameters (and their gradients) live in CPU memory between uses
+    state_dict_type: str = "full"  # checkpoints: "full" (one file, rank 0) or "sharded" (a folder, every rank)
 
 
 @dataclass
@@ -98,7 +118,8 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
-    strategy: str = "auto"
+    strategy: str = "auto"  # or ddp, fsdp (see trainer.fsdp), or any Lightning strategy name
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     precision: Optional[str] = None  # None: bf16-mixed on GPU, 32-true on CPU
     log_every_n_steps: int = 10
     gradient_clip_val: Optional[float] = None
@@ -107,6 +128,7 @@ class TrainerConfig:
     limit_val_batches: Optional[float] = None
     enable_progress_bar: bool = True
     deterministic: bool = False
+    checkpoint_every_n_steps: Optional[int] = None  # also save checkpoints/last.ckpt every N steps (resumable)
 
 
 @dataclass
@@ -139,7 +161,11 @@ class Config:
     name: str = "default"
     seed: int = 0
     run_dir: Optional[str] = None  # default runs/<name>
+    cache_dir: str = "data/cache"  # derived data shared by runs: the text tower's frozen-layer outputs
     init_from: Optional[str] = None  # a checkpoint to start from: its weights only (fresh optimizer, schedule, step)
+    # Continue a run exactly (step, epoch, optimizer, schedule, data position) in its own folder: a checkpoint path,
+    # last (the run's checkpoints/last.ckpt) or auto (last when there is one, else a fresh run: for requeued jobs).
+    resume: Optional[str] = None
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -273,7 +299,17 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.probes.every_n_epochs >= 1, "probes.every_n_epochs", "must be >= 1")
     need(cfg.probes.failures >= 0, "probes.failures", "must be >= 0")
     need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(cfg.optim.micro_batch_size is None or cfg.optim.micro_batch_size >= 1, "optim.micro_batch_size",
+         "must be >= 1 samples, or null for no micro-batches")
+    need(cfg.trainer.checkpoint_every_n_steps is None or cfg.trainer.checkpoint_every_n_steps >= 1,
+         "trainer.checkpoint_every_n_steps", "must be >= 1, or null for checkpoints at epoch ends only")
+    need(cfg.resume is None or bool(cfg.resume.strip()), "resume",
+         "give a checkpoint path, last, auto, or null")
     need(len(cfg.model.image.crop_scale) == 2, "model.image.crop_scale", "give two numbers [min, max]")
+    need(cfg.trainer.fsdp.sharding_strategy in FSDP_SHARDING, "trainer.fsdp.sharding_strategy",
+         f"choose one of {', '.join(FSDP_SHARDING)}")
+    need(cfg.trainer.fsdp.state_dict_type in ("full", "sharded"), "trainer.fsdp.state_dict_type",
+         "choose full or sharded")
     try:
         name, text = split_tower_options(cfg.model.text)
         tower = resolve(TEXT_TOWERS, name, "text tower")

@@ -71,7 +71,8 @@ def load_module(path: str):
                           f"hyper_parameters)")
     hp = checkpoint["hyper_parameters"]
     try:
-        module = CompClip(hp["model"], hp["optim"], hp.get("total_steps"))
+        # scored eagerly: compiling for one pass over the probes costs more than it saves
+        module = CompClip({**hp["model"], "compile": False}, hp["optim"], hp.get("total_steps"))
         module.load_state_dict(checkpoint["state_dict"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise ConfigError(f"checkpoint {path!r} does not match this version's model ({type(e).__name__}: "

@@ -25,14 +25,28 @@ def _launched_rank() -> bool:
     return any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK"))
 
 
+def _launched_apart() -> bool:
+    """True when torchrun or srun started every rank, rank 0 too: no rank can hand its run folder to the others."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
 def unique_run_dir(cfg: DictConfig) -> str:
     """runs/<name>, or runs/<name>-2, -3, ... so that an earlier run's files are never overwritten.
 
-    Other ranks take rank 0's folder (handed down in the environment), or the plain name when launched apart
-    (torchrun, SLURM: set run_dir explicitly there)."""
+    Ranks Lightning launches take rank 0's folder (handed down in the environment); ranks launched apart (torchrun,
+    srun, a second node) cannot agree on a suffix, so they all need the same explicit run_dir, used as given."""
+    if _launched_rank() and os.environ.get(RUN_DIR_ENV):
+        return os.environ[RUN_DIR_ENV]
+    if _launched_rank() or _launched_apart():
+        if not cfg.run_dir:
+            raise ConfigError("run_dir: processes started apart (torchrun, srun, one launch per node) need the same "
+                              "explicit run_dir=PATH on every rank")
+        return cfg.run_dir
     base = cfg.run_dir or os.path.join("runs", cfg.name)
-    if _launched_rank():
-        return os.environ.get(RUN_DIR_ENV, base)
     path, n = base, 1
     while os.path.isdir(path) and os.listdir(path):
         n += 1
@@ -47,6 +61,9 @@ def ensure_synth(cfg: DictConfig) -> None:
     paths += [str(v) for suite in cfg.probes.suites.values() for v in suite.values()]
     uses_synth = any(os.path.normpath(p).startswith(out + os.sep) for p in paths if p)
     if cfg.synth.auto and uses_synth and not os.path.exists(os.path.join(out, "manifest.json")):
+        if _launched_apart():  # every rank would write the same files at once
+            raise ConfigError(f"synth.out_dir: the synthetic world in {out} is not built; build it once before "
+                              f"starting the ranks: compclip synth EXP.yaml ...")
         print(f"building the synthetic world in {out} (once) ...", flush=True)
         build_synth(cfg)
 
@@ -112,18 +129,14 @@ def init_weights(model, path: str) -> None:
     """Copy checkpoint `path`'s weights into `model`, nothing else (the run keeps a fresh optimizer, schedule and
     step); a missing, unreadable or differently shaped checkpoint is a one-line ConfigError naming `init_from`."""
     from lit_compclip.evaluate import load_module
+    from lit_compclip.resume import weight_problems
 
     try:
         source = load_module(path).state_dict()
     except ConfigError as e:
         raise ConfigError(f"init_from: {e}") from None
-    target = model.state_dict()
-    missing, unexpected = sorted(set(target) - set(source)), sorted(set(source) - set(target))
-    shapes = [k for k in target if k in source and source[k].shape != target[k].shape]
-    problems = [f"{len(shapes)} weight(s) of another shape, e.g. {shapes[0]!r} {tuple(source[shapes[0]].shape)} "
-                f"there vs {tuple(target[shapes[0]].shape)} here"] if shapes else []
-    problems += [f"{len(missing)} weight(s) missing, e.g. {missing[0]!r}"] if missing else []
-    problems += [f"{len(unexpected)} unexpected weight(s), e.g. {unexpected[0]!r}"] if unexpected else []
+    problems = weight_problems({k: v.shape for k, v in source.items()},
+                               {k: v.shape for k, v in model.state_dict().items()})
     if problems:
         raise ConfigError(f"init_from: checkpoint {path!r} does not fit the configured model ({'; '.join(problems)});"
                           f" use the model settings it was trained with")
@@ -140,31 +153,55 @@ def wandb_mode(mode: str) -> str:
     return "online" if has_key else "offline"
 
 
-def build_loggers(cfg: DictConfig, run_dir: str):
+def build_loggers(cfg: DictConfig, run_dir: str, resume=None):
+    """CSV (run_dir/metrics.csv) and W&B loggers; a resumed run (`resume`: lit_compclip.resume.Resume) appends to
+    the folder's metrics.csv and W&B run."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-    loggers = [CSVLogger(save_dir=run_dir, name="", version="")]
+    from lit_compclip.resume import continue_csv, wandb_id
+
+    # Rows reach the file every log step, so a killed run loses none it logged before its last checkpoint.
+    csv_logger = CSVLogger(save_dir=run_dir, name="", version="",
+                           flush_logs_every_n_steps=cfg.trainer.log_every_n_steps)
+    if resume is not None:
+        continue_csv(csv_logger, resume.global_step)
+    loggers = [csv_logger]
     mode = wandb_mode(cfg.wandb.mode)
     if mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
+        same_run = {"id": wandb_id(run_dir), "resume": "allow"} if resume is not None and wandb_id(run_dir) else {}
         loggers.append(WandbLogger(name=os.path.basename(run_dir), save_dir=run_dir, project=cfg.wandb.project,
                                    entity=cfg.wandb.entity, tags=list(cfg.wandb.tags), mode=mode,
-                                   config=OmegaConf.to_container(cfg)))
+                                   config=OmegaConf.to_container(cfg), **same_run))
     return loggers, mode
+
+
+def checkpoint_callbacks(cfg: DictConfig, run_dir: str) -> list:
+    """checkpoints/last.ckpt at every epoch end and, with trainer.checkpoint_every_n_steps, every N steps too."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    folder = os.path.join(run_dir, "checkpoints")
+    # no version counter: both callbacks overwrite the one last.ckpt instead of writing last-v1.ckpt beside it
+    callbacks = [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, enable_version_counter=False)]
+    if cfg.trainer.checkpoint_every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, enable_version_counter=False,
+                                         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps))
+    return callbacks
 
 
 def train(cfg: DictConfig) -> dict:
     """Run one experiment; returns {"run_dir", "probes" (final results), "wandb_mode"}."""
     import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from lit_compclip.callbacks import ProbeCallback, ProgressLines
+    from lit_compclip.callbacks import ProbeCallback, ProgressLines, TextCacheStats
     from lit_compclip.data.datamodule import WebDataModule
     from lit_compclip.model import CompClip
+    from lit_compclip.resume import RESUME_ENV, RandomState, check_fits, resume_point
 
     if cfg.init_from and not os.path.isfile(cfg.init_from):  # before the synthetic world is built (minutes)
         raise ConfigError(f"init_from: checkpoint {cfg.init_from!r} not found")
+    resume = resume_point(cfg, _launched_rank())  # a missing, unreadable or weights-only checkpoint fails here
     ensure_synth(cfg)
     probes = check_inputs(cfg)
     steps = total_steps(cfg)
@@ -176,33 +213,79 @@ def train(cfg: DictConfig) -> dict:
         warnings.filterwarnings("ignore", pattern)
 
     model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=steps)
-    if cfg.init_from:
+    if resume is not None:
+        check_fits(resume, model)  # before the run folder is touched; its weights replace any init_from
+    elif cfg.init_from:
         init_weights(model, cfg.init_from)  # before the run folder exists: a bad checkpoint leaves nothing behind
-    run_dir = unique_run_dir(cfg)
+    run_dir = (resume and resume.run_dir) or unique_run_dir(cfg)
     if not _launched_rank():
         os.makedirs(run_dir, exist_ok=True)
-        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+        # a resumed run keeps the config it started with and records its own beside it
+        kept = resume is not None and os.path.isfile(os.path.join(run_dir, "config.yaml"))
+        OmegaConf.save(cfg, os.path.join(run_dir, "config.resume.yaml" if kept else "config.yaml"), resolve=True)
         os.environ[RUN_DIR_ENV] = run_dir
+        os.environ[RESUME_ENV] = resume.path if resume else ""
     data = WebDataModule(**OmegaConf.to_container(cfg.data), seed=cfg.seed,
                          train_transform=model.train_transform, eval_transform=model.eval_transform)
-    loggers, mode = build_loggers(cfg, run_dir)
+    loggers, mode = build_loggers(cfg, run_dir, resume)
     probe_cb = ProbeCallback(probes, cfg.probes.every_n_epochs, run_dir, cfg.probes.dump, cfg.probes.failures)
-    callbacks = [probe_cb, ModelCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), save_last=True,
-                                           save_top_k=0), LearningRateMonitor("step")]
+    callbacks = [probe_cb, LearningRateMonitor("step"), RandomState(), *checkpoint_callbacks(cfg, run_dir)]
     if not (sys.stdout.isatty() and cfg.trainer.enable_progress_bar):
         callbacks.append(ProgressLines(steps))  # a progress bar is invisible in logs and pipes
-    t = OmegaConf.to_container(cfg.trainer)
-    if t["precision"] is None:
-        gpu = torch.cuda.is_available() and t["accelerator"] in ("auto", "gpu", "cuda")
-        t["precision"] = "bf16-mixed" if gpu else "32-true"
+    if getattr(model.text, "cache_options", None):
+        callbacks.append(TextCacheStats())
+    t = trainer_options(cfg, model)
+    if not model.automatic_optimization:  # GradCache steps and clips by hand: Lightning refuses gradient_clip_val then
+        model.manual_clip_val = t.pop("gradient_clip_val")
     trainer = L.Trainer(**t, logger=loggers, callbacks=callbacks, default_root_dir=run_dir,
                         num_sanity_val_steps=0)
     try:
-        trainer.fit(model, data)
+        # Lightning restores step, epoch, optimizer, schedule, callbacks and the train loader's position
+        trainer.fit(model, data, ckpt_path=resume.path if resume else None)
     finally:
         finish_wandb(loggers)
     return {"run_dir": run_dir, "is_global_zero": trainer.is_global_zero, "probes": probe_cb.final, "wandb_mode": mode,
-            "wandb_dir": next(iter(glob.glob(os.path.join(run_dir, "wandb", "*run-*"))), None)}
+            # the newest: a resumed run's folder holds one W&B folder per process that logged into the run
+            "wandb_dir": max(glob.glob(os.path.join(run_dir, "wandb", "*run-*")), key=os.path.getmtime, default=None)}
+
+
+def trainer_options(cfg: DictConfig, model) -> dict:
+    """Lightning Trainer keyword arguments from `cfg.trainer`: an unset precision chosen by device, and
+    strategy=fsdp built as an FSDPStrategy that makes each transformer block of both towers one FSDP unit."""
+    import torch
+
+    t = OmegaConf.to_container(cfg.trainer)
+    fsdp = t.pop("fsdp")
+    t.pop("checkpoint_every_n_steps")  # a ModelCheckpoint option (checkpoint_callbacks), not a Trainer one
+    if t["precision"] is None:
+        gpu = torch.cuda.is_available() and t["accelerator"] in ("auto", "gpu", "cuda")
+        t["precision"] = "bf16-mixed" if gpu else "32-true"
+    if t["strategy"] == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if getattr(model.text, "cache_options", None):  # its namespace hashes weights FSDP shards per rank
+            raise ConfigError("model.text.cache_dir: the frozen-layer cache does not work with trainer.strategy=fsdp;"
+                              " set model.text.cache_dir=null")
+
+        # Activation checkpointing stays the towers' own option (model.image/text.grad_checkpointing), one mechanism
+        # with or without FSDP; Lightning refuses FSDP without a GPU.
+        t["strategy"] = FSDPStrategy(auto_wrap_policy=block_classes(model), **fsdp)
+    return t
+
+
+def block_classes(model) -> set[type]:
+    """The block classes of both towers (a timm ViT's Block, BertLayer, nn.TransformerEncoderLayer, ...): the
+    largest stack of same-class modules in the image trunk, the longest layer list of the text tower."""
+    from torch import nn
+
+    from lit_compclip.towers.sentence_transformers import transformer_layers
+
+    stacks = [m for m in model.image.trunk.modules()
+              if isinstance(m, (nn.Sequential, nn.ModuleList)) and len(m) and len({type(c) for c in m}) == 1]
+    if not stacks:
+        raise ValueError(f"trainer.strategy=fsdp: no stack of blocks in the image trunk "
+                         f"{type(model.image.trunk).__name__} to shard")
+    return {type(max(stacks, key=len)[0]), type(transformer_layers(model.text)[0])}
 
 
 def finish_wandb(loggers) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_compclip.losses import info_nce, info_nce_with_negatives
+from lit_compclip.losses import info_nce, info_nce_local, info_nce_with_negatives
 
 
 def reference_info_nce(img, txt, scale):
@@ -108,3 +108,74 @@ def test_info_nce_with_negatives_gradient_matches_finite_differences():
 def test_info_nce_with_negatives_rejects_mismatched_widths():
     with pytest.raises(ValueError, match=r"\(M, D\)"):
         info_nce_with_negatives(unit(4, 8), unit(4, 8), unit(2, 6), 1.0)
+
+
+# ---------------------------------------------------------------- local loss (one process's rows)
+
+
+def global_loss(img, txt, neg, scale):
+    return info_nce(img, txt, scale) if neg is None else info_nce_with_negatives(img, txt, neg, scale)
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+@pytest.mark.parametrize("m", [None, 3])
+def test_mean_of_local_losses_is_the_global_loss(ranks, m):
+    img, txt = unit(8, 16, seed=1), unit(8, 16, seed=2)
+    neg = None if m is None else unit(m, 16, seed=3)
+    b = 8 // ranks
+    local = [info_nce_local(img[r * b:(r + 1) * b], txt[r * b:(r + 1) * b], img, txt, 12.0, r * b, neg)
+             for r in range(ranks)]
+    assert float(sum(local) / ranks) == pytest.approx(float(global_loss(img, txt, neg, 12.0)), rel=1e-12)
+    if ranks > 1:
+        assert len({round(float(x), 6) for x in local}) == ranks  # each rank's share differs: not the global loss
+
+
+def leaf(x):
+    return x.detach().clone().requires_grad_()
+
+
+@pytest.mark.parametrize("m", [None, 3])
+def test_local_loss_gradients_under_ddp_are_the_global_gradients(m):
+    """Simulates DDP per rank: own rows used directly, every rank's rows through an all-gather whose backward sums
+    the gathered rows' gradients back to their owners, then DDP averages over ranks; that must be the global grad."""
+    ranks, b = 3, 2
+    img, txt = unit(ranks * b, 8, seed=4), unit(ranks * b, 8, seed=5)
+    neg = None if m is None else unit(m, 8, seed=6)
+    img_g, txt_g, scale_g = leaf(img), leaf(txt), torch.tensor(9.0, dtype=torch.float64, requires_grad=True)
+    neg_g = None if neg is None else leaf(neg)
+    global_loss(img_g, txt_g, neg_g, scale_g).backward()
+
+    img_sum, txt_sum, scale_sum = torch.zeros_like(img), torch.zeros_like(txt), 0.0
+    neg_sum = None if neg is None else torch.zeros_like(neg)
+    for r in range(ranks):
+        rows = slice(r * b, (r + 1) * b)
+        own_img, own_txt = leaf(img[rows]), leaf(txt[rows])
+        all_img, all_txt = leaf(img), leaf(txt)  # this rank's copy of the all-gather's output
+        all_neg = None if neg is None else leaf(neg)
+        scale = torch.tensor(9.0, dtype=torch.float64, requires_grad=True)  # each rank's replica of the parameter
+        info_nce_local(own_img, own_txt, all_img, all_txt, scale, r * b, all_neg).backward()
+        img_sum[rows] += own_img.grad
+        txt_sum[rows] += own_txt.grad
+        img_sum += all_img.grad  # all_gather's backward: summed over ranks, each owner gets its rows
+        txt_sum += all_txt.grad
+        if neg is not None:
+            neg_sum += all_neg.grad
+        scale_sum += float(scale.grad)
+    # DDP averages the replicas' parameter gradients over ranks
+    assert torch.allclose(img_sum / ranks, img_g.grad, atol=1e-12)
+    assert torch.allclose(txt_sum / ranks, txt_g.grad, atol=1e-12)
+    assert scale_sum / ranks == pytest.approx(float(scale_g.grad), rel=1e-10)
+    if neg is not None:
+        assert torch.allclose(neg_sum / ranks, neg_g.grad, atol=1e-12)
+
+
+def test_local_loss_of_the_only_rank_is_the_loss():
+    img, txt, neg = unit(6, 8, seed=7), unit(6, 8, seed=8), unit(2, 8, seed=9)
+    assert torch.allclose(info_nce_local(img, txt, img, txt, 5.0, 0), info_nce(img, txt, 5.0))
+    assert torch.allclose(info_nce_local(img, txt, img, txt, 5.0, 0, neg), info_nce_with_negatives(img, txt, neg, 5.0))
+
+
+def test_info_nce_local_rejects_an_offset_past_the_batch():
+    img = unit(8, 8)
+    with pytest.raises(ValueError, match="offset"):
+        info_nce_local(img[:4], img[:4], img, img, 1.0, offset=6)

@@ -54,3 +54,24 @@ def test_frozen_text_layers_do_not_move_while_waiting():
         schedule.step()
     assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
     assert not torch.equal(proj, model.text.proj.weight)  # the new projection head trains from the start
+
+
+def decay_split(model):
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    return ({id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]},
+            {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]})
+
+
+def test_weight_decay_groups_survive_parameters_flattened_by_a_wrapper():
+    model = CompClip(MODEL, OPTIM, total_steps=4)
+    decay, no_decay = decay_split(model)
+    assert decay and no_decay and id(model.log_logit_scale) in no_decay
+    for p in model.parameters():  # what FSDP does to every parameter before configure_optimizers runs
+        p.data = p.data.flatten()
+    assert decay_split(model) == (decay, no_decay)
+
+
+def test_trained_text_layers_run_with_dropout_from_the_first_step():
+    model = CompClip(MODEL, OPTIM, total_steps=4)  # Hugging Face builds its models in eval mode
+    assert model.training and all(layer.training for layer in model.text.trainable)
+    assert not model.text.st[0].auto_model.embeddings.training  # frozen layers stay deterministic

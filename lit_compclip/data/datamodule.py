@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import random
 from collections import Counter
 from typing import Callable
@@ -16,9 +15,10 @@ import webdataset as wds
 from PIL import Image
 
 from lit_compclip.negatives import NegativeMaker
-from lit_compclip.shards import expand_shards, is_remote
+from lit_compclip.shards import expand_shards
 
 from .captions import CaptionPicker
+from .stream import PADDING, StreamLoader, fast_forward_share
 
 log = logging.getLogger(__name__)
 
@@ -83,37 +83,65 @@ class _ReadShards(wds.PipelineStage):
 
 
 class _PassSeeded(wds.PipelineStage):
-    """A stage whose randomness is seeded by (seed, pass, rank, worker): reproducible, different per pass and worker."""
+    """A stage whose randomness is seeded by (seed, epoch, repeat, rank, worker): reproducible, different per pass and
+    worker, and the same again when a run resumes (the stream's loader sets the pass before starting its workers)."""
 
-    def __init__(self, seed: int, advance: bool = True):
-        self.seed, self.advance, self.passes = seed, advance, -1
+    def __init__(self, seed: int):
+        self.seed, self.pass_key = seed, "0/0"
 
-    def next_rng(self, tag: str) -> random.Random:
-        if self.advance:
-            self.passes += 1
-        return self.rng_for(tag)
+    def set_pass(self, epoch: int, repeat: int) -> None:
+        self.pass_key = f"{epoch}/{repeat}"
 
-    def rng_for(self, tag: str) -> random.Random:
-        """Another stream of the current pass (so one consumer's draws never shift another's)."""
+    def rng_for(self, tag: str, per_worker: bool = True) -> random.Random:
+        """One random stream of the current pass (so one consumer's draws never shift another's)."""
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        return random.Random(f"{tag}/{self.seed}/{max(self.passes, 0)}/{rank}/{worker}")  # str seeds are stable
+        where = f"/{rank}/{worker}" if per_worker else ""
+        return random.Random(f"{tag}/{self.seed}/{self.pass_key}{where}")  # str seeds are stable
+
+
+class _ShardList(_PassSeeded):
+    """The shard URLs, in a per-pass order that every rank and worker agrees on (so splitting them partitions)."""
+
+    def __init__(self, urls: list[str], shuffle: bool, seed: int):
+        super().__init__(seed)
+        self.urls, self.shuffle = list(urls), shuffle
+
+    def run(self):
+        urls = list(self.urls)
+        if self.shuffle:
+            self.rng_for("shards", per_worker=False).shuffle(urls)
+        for url in urls:
+            yield {"url": url}
+
+
+class _ResampledShards(_PassSeeded):
+    """Shards drawn with replacement, forever, per rank and worker. (webdataset's ResampledShards counts epochs
+    inside each worker, which a restart resets; here the pass comes from the loader.)"""
+
+    def __init__(self, urls: list[str], seed: int):
+        super().__init__(seed)
+        self.urls = list(urls)
+
+    def run(self):
+        rng = self.rng_for("shards")
+        while True:
+            yield {"url": rng.choice(self.urls)}
 
 
 class _Decode(_PassSeeded):
-    """Raw sample -> {"image", "caption", "key"} (+ "negatives"); undecodable or captionless samples are counted and
-    dropped."""
+    """Raw sample -> {"image" (PIL, checked), "seed" (of its augmentation), "caption", "key"} (+ "negatives");
+    undecodable or captionless samples are counted and dropped."""
 
-    def __init__(self, picker: CaptionPicker, transform: Callable, skips: _SkipLog, seed: int, advance: bool,
-                 negatives: NegativeMaker | None = None):
-        super().__init__(seed, advance)
-        self.picker, self.transform, self.skips, self.negatives = picker, transform, skips, negatives
+    def __init__(self, picker: CaptionPicker, skips: _SkipLog, seed: int, negatives: NegativeMaker | None = None):
+        super().__init__(seed)
+        self.picker, self.skips, self.negatives = picker, skips, negatives
 
     def run(self, src):
-        rng = self.next_rng("caption")
-        negative_rng = self.rng_for("negatives")
+        rng, negative_rng, augment_rng = (self.rng_for(tag) for tag in ("caption", "negatives", "augment"))
         for sample in src:
             record = self.decode(sample, rng, negative_rng)
             if record is not None:
+                record["seed"] = augment_rng.getrandbits(63)
                 yield record
 
     def decode(self, sample: dict, rng: random.Random, negative_rng: random.Random | None = None) -> dict | None:
@@ -137,7 +165,7 @@ class _Decode(_PassSeeded):
             image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
         except Exception as exn:  # PIL raises several types for corrupt or truncated files
             return self.skips.skip("bad_image", url, key, _describe(exn))
-        record = {"image": self.transform(image), "caption": caption, "key": key}
+        record = {"image": image, "caption": caption, "key": key}
         if self.negatives is not None:
             record["negatives"] = self.negatives(meta, caption, negative_rng, key, url)
         return record
@@ -173,20 +201,48 @@ class _Shuffle(_PassSeeded):
         self.bufsize = bufsize
 
     def run(self, src):
-        return wds.shuffle(self.bufsize, initial=self.bufsize, rng=self.next_rng("shuffle"))(iter(src))
+        return wds.shuffle(self.bufsize, initial=self.bufsize, rng=self.rng_for("shuffle"))(iter(src))
 
 
-class _Collate:
-    """List of records -> batch dict, reporting the skips since this worker's previous batch.
+def transform_seeded(transform: Callable, image: Image.Image, seed: int) -> torch.Tensor:
+    """`transform(image)` with Python's and torch's CPU random state seeded by `seed` and restored afterwards, so an
+    augmentation depends on its sample alone: a skipped sample need not be transformed, a resumed stream augments
+    as the uninterrupted one did, and the training process's own random state is left untouched."""
+    state = random.getstate()
+    random.seed(seed)  # timm's crops draw from `random`, torchvision's from torch
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return transform(image)
+    finally:
+        random.setstate(state)
+
+
+class _Collate(wds.PipelineStage):
+    """Lists of records -> batch dicts (images transformed here), reporting the skips since this worker's previous
+    batch; `fast_forward` = k makes the next pass continue at global batch k (see stream.fast_forward_share).
 
     With hard negatives: `negatives` is every record's list flattened (any image's negative is a negative for every
     image), and `no_negative` counts the records that got none."""
 
-    def __init__(self, skips: _SkipLog):
-        self.skips = skips
+    def __init__(self, skips: _SkipLog, transform: Callable):
+        self.skips, self.transform, self.fast_forward = skips, transform, 0
 
-    def __call__(self, records: list[dict]) -> dict:
-        batch = {"image": torch.stack([r["image"] for r in records]),  # (B, 3, H, W)
+    def run(self, src):
+        info = torch.utils.data.get_worker_info()
+        skip, pad = fast_forward_share(self.fast_forward, *((info.id, info.num_workers) if info else (0, 1)))
+        if pad:
+            yield {PADDING: True}
+        for records in src:
+            if skip:  # decoded and checked (so later draws and skips stay the same), never transformed
+                skip -= 1
+                self.skips.take()
+                continue
+            yield self.collate(records)
+
+    def collate(self, records: list[dict]) -> dict:
+        images = [transform_seeded(self.transform, r["image"], r["seed"]) for r in records]
+        batch = {"image": torch.stack(images),  # (B, 3, H, W)
                  "caption": [r["caption"] for r in records],
                  "key": [r["key"] for r in records],
                  "skipped": self.skips.take()}
@@ -194,28 +250,6 @@ class _Collate:
             batch["negatives"] = [n for r in records for n in r["negatives"]]
             batch["no_negative"] = sum(not r["negatives"] for r in records)
         return batch
-
-
-class StreamLoader:
-    """A WebLoader with a known length when the epoch is fixed, and a clear error when nothing comes out."""
-
-    def __init__(self, loader, num_batches: int | None, name: str, spec: str, batch_size: int):
-        self.loader, self.num_batches, self.name, self.spec, self.batch_size = \
-            loader, num_batches, name, spec, batch_size
-
-    def __len__(self) -> int:
-        if self.num_batches is None:
-            raise TypeError(f"{self.name} stream length is unknown (set data.samples_per_epoch to fix it)")
-        return self.num_batches
-
-    def __iter__(self):
-        count = 0
-        for batch in self.loader:
-            count += 1
-            yield batch
-        if count == 0:
-            raise ValueError(f"no {self.name} batch came out of {self.spec!r}: every shard/sample was skipped or a "
-                             f"worker had fewer than batch_size={self.batch_size} good samples (see warnings above)")
 
 
 class WebDataModule(lightning.LightningDataModule):
@@ -278,11 +312,12 @@ class WebDataModule(lightning.LightningDataModule):
                      name, mine, rank, mine, self.num_workers)
         return min(self.num_workers, mine)
 
-    def _loader(self, pipeline, workers: int, num_batches: int | None, name: str, spec: str) -> StreamLoader:
-        loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
-        if num_batches is not None:
-            loader = loader.with_epoch(nbatches=num_batches)  # loader level: counts batches of all workers
-        return StreamLoader(loader, num_batches, name, spec, self.batch_size)
+    def _dataloader(self, pipeline, workers: int, persistent: bool) -> torch.utils.data.DataLoader:
+        # its own generator: starting workers then draws nothing from the training process's random state (the
+        # stages seed themselves), so a resumed run's dropout continues as the uninterrupted run's did
+        return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers,
+                                           persistent_workers=persistent and workers > 0,
+                                           generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> StreamLoader:
         if self.train_urls is None:
@@ -299,15 +334,15 @@ class WebDataModule(lightning.LightningDataModule):
                                  f"process (batch_size={self.batch_size} x {world} processes)")
         skips = _SkipLog("train")
         if self.resampled:
-            # each rank/worker draws its own shards (seeded by seed, rank, worker, pass), so no splitting
-            shards = [wds.ResampledShards(urls, seed=self.seed, deterministic=True)]
+            # each rank/worker draws its own shards (seeded by seed, epoch, rank, worker), so no splitting
+            shards = [_ResampledShards(urls, self.seed)]
             workers = self.num_workers
         else:
-            shuffle = wds.detshuffle(len(urls), len(urls), seed=self.seed) if self.shard_shuffle else None
-            # shuffle before splitting: the same permutation on every rank, so ranks still partition the shards
-            shards = [wds.SimpleShardList(urls), shuffle, wds.split_by_node, wds.split_by_worker]
+            # one order for every rank (shuffled before splitting), so ranks still partition the shards
+            shards = [_ShardList(urls, self.shard_shuffle, self.seed), wds.split_by_node, wds.split_by_worker]
             workers = self._workers_for(urls, rank, world, "train")
         grouped = self.group_key is not None
+        collate = _Collate(skips, self.train_transform)
         pipeline = wds.DataPipeline(
             *shards,
             _ReadShards(skips),
@@ -315,11 +350,21 @@ class WebDataModule(lightning.LightningDataModule):
             wds.pipelinefilter(group_units)(self.group_key) if grouped else None,
             _Shuffle(self.shuffle_buffer, self.seed) if self.shuffle_buffer > 0 else None,
             wds.filters.unlisted() if grouped else None,
-            _Decode(self.train_picker, self.train_transform, skips, self.seed, advance=True,
-                    negatives=self.negatives),
-            wds.batched(self.batch_size, collation_fn=_Collate(skips), partial=False),
+            _Decode(self.train_picker, skips, self.seed, negatives=self.negatives),
+            wds.batched(self.batch_size, collation_fn=None, partial=False),
+            collate,
         )
-        return self._loader(pipeline, workers, num_batches, "train", self.train_shards)
+        seeded = [stage for stage in pipeline.pipeline if isinstance(stage, _PassSeeded)]
+
+        def start_pass(epoch: int, repeat: int, skip: int) -> None:
+            for stage in seeded:
+                stage.set_pass(epoch, repeat)
+            collate.fast_forward = skip
+
+        # Workers start afresh each epoch, so they get the epoch's seeds (a persistent worker keeps its first copy).
+        # Resampled streams are endless per worker, so a resumed one can skip inside the workers (fast_forward).
+        return StreamLoader(self._dataloader(pipeline, workers, persistent=False), num_batches, "train",
+                            self.train_shards, self.batch_size, start_pass, fast_forward=self.resampled)
 
     def val_dataloader(self) -> StreamLoader | list:
         if self.val_shards is None:
@@ -331,7 +376,10 @@ class WebDataModule(lightning.LightningDataModule):
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
             _ReadShards(skips),
-            _Decode(self.val_picker, self.eval_transform, skips, self.seed, advance=False),
-            wds.batched(self.batch_size, collation_fn=_Collate(skips), partial=True),
+            _Decode(self.val_picker, skips, self.seed),
+            wds.batched(self.batch_size, collation_fn=None, partial=True),
+            _Collate(skips, self.eval_transform),
         )
-        return self._loader(pipeline, self._workers_for(urls, rank, world, "val"), None, "val", self.val_shards)
+        workers = self._workers_for(urls, rank, world, "val")
+        return StreamLoader(self._dataloader(pipeline, workers, persistent=True), None, "val", self.val_shards,
+                            self.batch_size)

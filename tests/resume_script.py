@@ -1,0 +1,36 @@
+"""Run as a subprocess by test_resume.py: `compclip train` with every training step recorded, optionally killed.
+
+    resume_script.py RECORD KILL_AT_STEP [key=value ...]
+
+Each training step appends {"step", "epoch", "keys", "lr", "log_logit_scale"} (as the step sees them, before its
+update) to the JSON-lines file RECORD. With KILL_AT_STEP >= 0 the process SIGKILLs itself as the step with that
+global step begins: no cleanup, no final checkpoint, like a pre-empted job.
+"""
+
+import json
+import os
+import signal
+import sys
+
+from lit_compclip.cli import main
+from lit_compclip.model import CompClip
+
+
+def recording(record: str, kill_at: int):
+    train_step = CompClip.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        row = {"step": self.global_step, "epoch": self.current_epoch, "keys": list(batch["key"]),
+               "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "log_logit_scale": self.log_logit_scale.item()}
+        with open(record, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return train_step(self, batch, batch_idx)
+
+    return training_step
+
+
+if __name__ == "__main__":
+    CompClip.training_step = recording(sys.argv[1], int(sys.argv[2]))
+    sys.exit(main(["train", *sys.argv[3:]]))

@@ -1,0 +1,301 @@
+"""Speed and scale options: precision by device, compile, fused attention, gradient checkpointing, channels-last,
+the FSDP strategy built from the config, run folders of ranks launched apart, and the torchrun recipe."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_compclip.config import ConfigError, load_config
+from lit_compclip.model import CompClip
+from lit_compclip.towers import build_text_tower
+from lit_compclip.towers.image import ImageTower
+from lit_compclip.train import block_classes, trainer_options, unique_run_dir
+
+TINY_VIT = dict(img_size=16, patch_size=8, depth=2, width=32, heads=2, augment=False)
+SCRATCH = {"tower": "scratch", "width": 32, "layers": 2, "heads": 2, "max_seq_len": 16}
+MODEL = {"embed_dim": 16, "init_logit_scale": 2.0, "max_logit_scale": 100.0, "image": TINY_VIT, "text": SCRATCH}
+OPTIM = {"lr": 0.01, "text_lr": None, "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-6, "warmup_steps": 0,
+         "min_lr_ratio": 0.0}
+CAPTIONS = ["a red circle left of a blue square", "a green star", "a white cross above a red star", "a circle"]
+
+
+def twin(build, **options):
+    """`build()` and `build(**options)` with the same initial weights."""
+    torch.manual_seed(0)
+    plain = build()
+    torch.manual_seed(0)
+    other = build(**options)
+    other.load_state_dict(plain.state_dict())
+    return plain, other
+
+
+def loss_and_grads(module, forward):
+    module.zero_grad()
+    out = forward(module)
+    loss = out.square().sum()  # any scalar that depends on every output
+    loss.backward()
+    return out.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def saved_bytes(module, forward) -> int:
+    """Bytes of activations autograd keeps for the backward pass of `forward(module)`."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward(module)
+    return total
+
+
+def assert_same(a, b):
+    (out_a, grads_a), (out_b, grads_b) = a, b
+    assert torch.allclose(out_a, out_b, rtol=1e-4, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name, grad in grads_a.items():
+        assert torch.allclose(grad, grads_b[name], rtol=1e-4, atol=1e-5), name
+
+
+# -- precision -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cuda, accelerator, expected", [(True, "auto", "bf16-mixed"), (True, "gpu", "bf16-mixed"),
+                                                         (True, "cpu", "32-true"), (False, "auto", "32-true")])
+def test_precision_is_bf16_mixed_on_gpu_and_fp32_on_cpu(monkeypatch, cuda, accelerator, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = load_config([], [f"trainer.accelerator={accelerator}"])
+    options = trainer_options(cfg, model=None)
+    assert options["precision"] == expected and "fsdp" not in options  # fsdp is ours, not a Trainer argument
+
+
+def test_an_explicit_precision_is_kept(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert trainer_options(load_config([], ["trainer.precision=16-mixed"]), model=None)["precision"] == "16-mixed"
+
+
+# -- compile ---------------------------------------------------------------------------------------------------
+
+def encode_both(model):
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    return torch.cat([model.encode_image(images), model.encode_text(CAPTIONS)])  # (8, D)
+
+
+def test_compiled_towers_match_eager_forward_and_backward(monkeypatch):
+    # aot_eager traces both towers with dynamo and AOTAutograd as inductor does, minus the C++ code generation
+    # (~50 s for a tiny ViT on this CPU; the slow test below runs inductor itself).
+    compile_ = nn.Module.compile
+    monkeypatch.setattr(nn.Module, "compile", lambda self: compile_(self, backend="aot_eager"))
+    eager, compiled = twin(lambda **o: CompClip({**MODEL, **o}, OPTIM, total_steps=1), compile=True)
+    assert compiled.image.trunk._compiled_call_impl is not None
+    assert all(b._compiled_call_impl is not None for b in compiled.text.transformer.layers)
+    assert eager.image.trunk._compiled_call_impl is None
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way
+    assert_same(loss_and_grads(eager, encode_both), loss_and_grads(compiled, encode_both))
+
+
+@pytest.mark.slow
+def test_inductor_compiled_towers_match_eager():
+    eager, compiled = twin(lambda **o: CompClip({**MODEL, **o}, OPTIM, total_steps=1), compile=True)
+    a, b = loss_and_grads(eager, encode_both), loss_and_grads(compiled, encode_both)
+    assert torch.allclose(a[0], b[0], atol=1e-4)
+    for name, grad in a[1].items():
+        assert torch.allclose(grad, b[1][name], atol=1e-4), name
+
+
+# -- fused attention -------------------------------------------------------------------------------------------
+
+def test_scratch_tower_trains_through_causal_scaled_dot_product_attention(monkeypatch):
+    torch.manual_seed(0)
+    tower = build_text_tower(SCRATCH, embed_dim=8).train()
+    tokens = tower.tokenize(CAPTIONS)
+    calls, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **rest):
+        calls.append((attn_mask, is_causal))
+        return sdpa(q, k, v, attn_mask, dropout_p, is_causal, **rest)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    out = tower(tokens)
+    assert calls == [(None, True)] * 2  # one per layer: the causal kernel, no mask tensor
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # the unfused reference
+        reference = tower(tokens)
+    with torch.no_grad():
+        inference = tower.eval()(tokens)  # nn.TransformerEncoderLayer's own fused inference path
+    assert torch.allclose(out, reference, atol=1e-5) and torch.allclose(out, inference, atol=1e-5)
+
+
+def test_vit_trunk_attention_uses_scaled_dot_product_attention():
+    from timm.layers import use_fused_attn
+
+    attention = [m for m in ImageTower(embed_dim=8, **TINY_VIT).modules() if hasattr(m, "fused_attn")]
+    assert len(attention) == TINY_VIT["depth"] and all(m.fused_attn == use_fused_attn() for m in attention)
+    assert use_fused_attn()  # timm's default (TIMM_FUSED_ATTN unset)
+
+
+# -- gradient checkpointing ------------------------------------------------------------------------------------
+
+def image_forward(tower):
+    return tower(torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+
+
+def text_forward(tower):
+    return tower(tower.tokenize(CAPTIONS))
+
+
+@pytest.mark.parametrize("build, forward", [
+    (lambda **o: ImageTower(embed_dim=8, **TINY_VIT, **o), image_forward),
+    (lambda **o: build_text_tower({**SCRATCH, **o}, embed_dim=8), text_forward)], ids=["image", "scratch_text"])
+def test_grad_checkpointing_keeps_loss_and_gradients_and_stores_less(build, forward):
+    plain, checkpointed = twin(build, grad_checkpointing=True)
+    plain.train(), checkpointed.train()
+    assert_same(loss_and_grads(plain, forward), loss_and_grads(checkpointed, forward))
+    assert saved_bytes(checkpointed, forward) < 0.6 * saved_bytes(plain, forward)
+
+
+def test_grad_checkpointing_is_a_model_option_of_both_towers():
+    cfg = load_config([], ["model.image.grad_checkpointing=true", "model.text.tower=scratch",
+                           "model.text.grad_checkpointing=true"])
+    assert cfg.model.image.grad_checkpointing and cfg.model.text.grad_checkpointing
+
+
+# -- channels-last ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [TINY_VIT, dict(model="resnet18", img_size=None, patch_size=None, depth=None,
+                                                     width=None, heads=None, augment=False)], ids=["vit", "resnet"])
+def test_channels_last_keeps_outputs_and_gradients(options):
+    plain, nhwc = twin(lambda **o: ImageTower(embed_dim=8, **options, **o), channels_last=True)
+    conv = next(m for m in nhwc.trunk.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert_same(loss_and_grads(plain.eval(), image_forward), loss_and_grads(nhwc.eval(), image_forward))
+
+
+# -- FSDP ------------------------------------------------------------------------------------------------------
+
+def wrapped_modules(strategy, model) -> set:
+    """The modules FSDP would make units of, by the strategy's own auto-wrap policy (the root aside)."""
+    units = strategy.kwargs["auto_wrap_policy"]._run_policy(model, set(), {})
+    return {m for m in units if m is not model}
+
+
+@pytest.mark.parametrize("text", [SCRATCH, {"tower": "sentence_transformers", "unfreeze_layers": 1}],
+                         ids=["scratch", "minilm"])
+def test_fsdp_strategy_wraps_every_transformer_block_of_both_towers(text):
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from lit_compclip.towers.sentence_transformers import transformer_layers
+
+    model = CompClip({**MODEL, "text": text}, OPTIM, total_steps=1)
+    cfg = load_config([], ["trainer.strategy=fsdp", "trainer.fsdp.sharding_strategy=SHARD_GRAD_OP"])
+    strategy = trainer_options(cfg, model)["strategy"]
+    assert isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy is ShardingStrategy.SHARD_GRAD_OP
+    blocks = set(model.image.trunk.blocks) | set(transformer_layers(model.text))
+    assert len(blocks) == 2 + (2 if text is SCRATCH else 6)
+    assert wrapped_modules(strategy, model) == blocks
+
+
+def test_fsdp_refuses_the_frozen_layer_cache_in_one_line(tmp_path):
+    text = {"tower": "sentence_transformers", "unfreeze_layers": 1, "cache_dir": str(tmp_path)}
+    model = CompClip({**MODEL, "text": text}, OPTIM, total_steps=1)
+    with pytest.raises(ConfigError, match="model.text.cache_dir.*fsdp.*cache_dir=null"):
+        trainer_options(load_config([], ["trainer.strategy=fsdp"]), model)
+
+
+def test_fsdp_block_of_a_cnn_trunk_is_its_residual_block():
+    image = dict(model="resnet18", img_size=None, patch_size=None, depth=None, width=None, heads=None)
+    model = CompClip({**MODEL, "image": image}, OPTIM, total_steps=1)
+    assert {c.__name__ for c in block_classes(model)} == {"BasicBlock", "TransformerEncoderLayer"}
+
+
+def test_fsdp_options_are_checked():
+    with pytest.raises(ConfigError, match="trainer.fsdp.sharding_strategy.*FULL_SHARD"):
+        load_config([], ["trainer.fsdp.sharding_strategy=FULL"])
+    with pytest.raises(ConfigError, match="trainer.fsdp.state_dict_type"):
+        load_config([], ["trainer.fsdp.state_dict_type=local"])
+
+
+def test_lightning_refuses_fsdp_without_a_gpu():
+    # The fact scripts/gpu_check_fsdp.py exists for: FSDP steps cannot be checked on this CPU machine.
+    import lightning as L
+
+    model = CompClip(MODEL, OPTIM, total_steps=1)
+    strategy = trainer_options(load_config([], ["trainer.strategy=fsdp"]), model)["strategy"]
+    with pytest.raises(ValueError, match="requires a GPU accelerator"):
+        L.Trainer(accelerator="cpu", devices=2, strategy=strategy)
+
+
+# -- run folders of ranks started apart ------------------------------------------------------------------------
+
+LAUNCH_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID",
+                    "WORLD_SIZE", "LIT_COMPCLIP_RUN_DIR")
+
+
+@pytest.fixture
+def clean_launch(monkeypatch):
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("launch", [{"TORCHELASTIC_RUN_ID": "x", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"},
+                                    {"TORCHELASTIC_RUN_ID": "x", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"},
+                                    {"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "train"},
+                                    {"NODE_RANK": "1"}], ids=["torchrun_rank1", "torchrun_rank0", "srun", "node1"])
+def test_ranks_started_apart_need_one_explicit_run_dir_used_as_given(clean_launch, tmp_path, launch):
+    for name, value in launch.items():
+        clean_launch.setenv(name, value)
+    with pytest.raises(ConfigError, match="explicit run_dir"):
+        unique_run_dir(load_config([], ["name=x"]))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("earlier")  # a relaunch: no rank may move on to run-2
+    assert unique_run_dir(load_config([], [f"run_dir={tmp_path}/run"])) == f"{tmp_path}/run"
+
+
+def test_ranks_lightning_launches_take_the_folder_rank_zero_chose(clean_launch, tmp_path):
+    clean_launch.setenv("LOCAL_RANK", "1")
+    clean_launch.setenv("LIT_COMPCLIP_RUN_DIR", str(tmp_path / "r-2"))
+    assert unique_run_dir(load_config([], [f"run_dir={tmp_path}/r"])) == str(tmp_path / "r-2")
+
+
+# -- the cluster recipes ---------------------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_slurm_recipe_is_valid_bash():
+    subprocess.run(["bash", "-n", os.path.join(ROOT, "scripts", "slurm_train.sbatch")], check=True)
+
+
+def test_torchrun_recipe_trains_two_cpu_processes(tmp_path):
+    # The recipe as a user runs it: torchrun starts both ranks (TorchElasticEnvironment), DDP over gloo.
+    from lit_compclip.synth import generate
+
+    world = tmp_path / "world"
+    generate(str(world), train_families=16, eval_families=8, shard_size=16, probe_size=4)  # 2+ shards per rank
+    run = tmp_path / "run"
+    args = [f"synth.out_dir={world}", f"data.train_shards={world}/train", f"data.val_shards={world}/val",
+            "probes.suites={}", "data.resampled=true", "data.samples_per_epoch=32", "data.batch_size=8",
+            "data.num_workers=0", "data.shuffle_buffer=16", "model.text.tower=scratch", "model.text.width=32",
+            "model.text.layers=1", "model.text.heads=2", "model.image.img_size=16", "model.image.depth=1",
+            "model.image.width=32", "model.image.heads=2", "model.embed_dim=16", "trainer.accelerator=cpu",
+            "trainer.strategy=ddp", "trainer.max_steps=2", "trainer.enable_progress_bar=false", "wandb.mode=disabled"]
+    env = dict(os.environ, PYTHON=sys.executable, NPROC_PER_NODE="2", RUN_DIR=str(run), OMP_NUM_THREADS="1",
+               PYTHONPATH=ROOT)
+    done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "torchrun_train.sh"), *args], env=env, cwd=tmp_path,
+                          timeout=240, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert not list(tmp_path.glob("run-*")) and not (tmp_path / "runs").exists()  # both ranks used RUN_DIR
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stdout + done.stderr
