@@ -53,19 +53,24 @@ def parse_args(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_module(path: str):
-    """The trained CompClip on the CPU in eval mode, or a one-line ConfigError naming the file."""
+def read_checkpoint_file(path: str, mmap: bool = False):
+    """What the torch file at `path` holds (memory-mapped tensors with `mmap`), or a one-line ConfigError."""
     import torch
-
-    from lit_compclip.model import CompClip
 
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path!r} not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # truncated, not a torch file, ...
         raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
                           ) from None
+
+
+def load_module(path: str):
+    """The trained CompClip on the CPU in eval mode, or a one-line ConfigError naming the file."""
+    from lit_compclip.model import CompClip
+
+    checkpoint = read_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ConfigError(f"checkpoint {path!r} is not a lit_compclip training checkpoint (no state_dict or "
                           f"hyper_parameters)")

@@ -19,11 +19,16 @@ from lit_compclip.towers.image import ImageTower
 from lit_compclip.towers.sentence_transformers import transformer_layers
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every process in rank order; gradients flow back to each process's own rows."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return x
-    if torch.distributed.get_world_size() == 1:
+    if rank_and_world()[1] == 1:
         return x
     import torch.distributed.nn.functional as dist_fn
 
@@ -32,9 +37,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 def gather_varying_with_grad(x: torch.Tensor) -> torch.Tensor:
     """`gather_with_grad` for row counts that differ between processes (even 0): padded to the largest, then cut."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return x
-    world = torch.distributed.get_world_size()
+    world = rank_and_world()[1]
     if world == 1:
         return x
     import torch.distributed.nn.functional as dist_fn
@@ -47,13 +50,6 @@ def gather_varying_with_grad(x: torch.Tensor) -> torch.Tensor:
     # x is in the autograd graph even with no rows, so every rank joins the backward all-gather
     padded = torch.cat([x, x.new_zeros(max(counts) - len(x), *x.shape[1:])])  # (max count, D)
     return torch.cat([part[:n] for part, n in zip(dist_fn.all_gather(padded), counts)])
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes (0, 1 outside torch.distributed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def batch_texts(batch) -> list[str]:

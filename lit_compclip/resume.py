@@ -50,15 +50,12 @@ def run_dir_of(checkpoint: str) -> str | None:
 
 def read_checkpoint(path: str) -> dict:
     """The checkpoint's dict with its tensors memory-mapped (nothing big is read), or a one-line ConfigError."""
-    import torch
+    from lit_compclip.evaluate import read_checkpoint_file
 
-    if not os.path.exists(path):
-        raise ConfigError(f"resume: checkpoint {path!r} not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # truncated, not a torch file, ...
-        raise ConfigError(f"resume: checkpoint {path!r} cannot be read ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]})") from None
+        checkpoint = read_checkpoint_file(path, mmap=True)
+    except ConfigError as e:
+        raise ConfigError(f"resume: {e}") from None
     if not isinstance(checkpoint, dict) or not set(TRAINING_KEYS) <= set(checkpoint):
         raise ConfigError(f"resume: {path!r} is not a lit_compclip training checkpoint (no loop and optimizer "
                           f"state); to start from its weights only, use init_from")

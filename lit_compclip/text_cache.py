@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
+def check_options(budget_gb: float, dtype: str) -> None:
+    """The cache's size budget and storage type, as the text tower's options name them."""
+    if not budget_gb > 0:
+        raise ValueError(f"model.text.cache_budget_gb={budget_gb!r}: must be > 0")
+    if dtype not in DTYPES:
+        raise ValueError(f"model.text.cache_dtype={dtype!r}: choose one of {sorted(DTYPES)}")
+
+
 def fingerprint(tensors: list[torch.Tensor], *extra: object) -> str:
     """A short hash of some tensors' values and of `extra` (names, depths): the namespace of a cache."""
     h = hashlib.sha1(repr(extra).encode())
@@ -40,10 +48,7 @@ class PrefixCache:
     """Token-keyed tensors on disk. `get` returns (hits, missing rows); `put` stores rows; hit counts are kept."""
 
     def __init__(self, directory: str, namespace: str, budget_gb: float, dtype: str = "float32"):
-        if dtype not in DTYPES:
-            raise ValueError(f"text cache dtype {dtype!r}: choose one of {sorted(DTYPES)}")
-        if not budget_gb > 0:
-            raise ValueError(f"text cache budget {budget_gb!r} GB: must be > 0")
+        check_options(budget_gb, dtype)
         self.path, self.budget_gb = os.path.join(directory, namespace), budget_gb
         try:
             self.store = self._open()

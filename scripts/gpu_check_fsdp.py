@@ -37,13 +37,12 @@ def step(case: str, fsdp: bool, out: str) -> None:
     from torch.utils.data import DataLoader, IterableDataset
 
     from lit_compclip.config import load_config
-    from lit_compclip.model import CompClip
+    from lit_compclip.model import CompClip, rank_and_world
     from lit_compclip.train import trainer_options
 
     class RankSlice(IterableDataset):
         def __iter__(self):
-            rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
-                if torch.distributed.is_initialized() else (0, 1)
+            rank, world = rank_and_world()
             g = torch.Generator().manual_seed(1)
             images = torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g)
             captions = [f"a {c} {s}" for c, s in zip("red blue green white red blue green white".split(),

