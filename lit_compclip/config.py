@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 @dataclass
 class SynthConfig:
     out_dir: str = "data/synth"  # built by `compclip synth`, or by `compclip train` when absent
-    auto: bool = True  # build it on first use when data paths point inside out_dir
+    auto: bool = True  # build it on first use (rebuild it when built otherwise) when data paths point inside out_dir
     train_families: int = 3000  # 4 counterfactual scenes per family
     eval_families: int = 400
     probe_size: int = 400
@@ -45,7 +45,7 @@ class DataConfig:
     train_shards: str = "data/synth/train"  # a folder, a brace pattern, a URL, or several joined with '::'
     val_shards: Optional[str] = "data/synth/val"
     caption_fields: Dict[str, float] = field(default_factory=lambda: {"recaption": 1.0})  # 'txt' or .json fields
-    sentence_sample: int = 2  # >0: train on a random subset of at most this many sentences (the paper's refinement)
+    sentence_sample: int = 1  # >0: train on a random subset of at most this many sentences (the paper's refinement)
     batch_size: int = 64  # 16 families of 4 counterfactuals
     num_workers: int = 1
     shuffle_buffer: int = 1000
@@ -66,7 +66,9 @@ class ImageConfig:
     width: Optional[int] = 128
     heads: Optional[int] = 4
     pos_embed: str = "learn"  # or "sincos": fixed 2-D sin-cos (ViTs only)
-    pool: str = "model"  # the trunk's own pooling, or "flatten": project all patch tokens (ViTs only)
+    # "flatten" projects all patch tokens, so where an object sits shapes the embedding from the first step (ViTs
+    # only); "model": the trunk's own pooling (a ViT's class token must first learn to carry place).
+    pool: str = "flatten"
     augment: bool = True
     crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
     grad_checkpointing: bool = False  # recompute the trunk's blocks in backward: less memory, ~30% more compute

@@ -7,7 +7,7 @@ import random
 
 from lit_compclip.probes.order import tag, token_spans
 from lit_compclip.registry import resolve
-from lit_compclip.synth.captions import (LIST_SENTENCES, LOCATION_PROB, LOCATION_WORDS, RELATION_SENTENCES, join_and,
+from lit_compclip.synth.captions import (LIST_SENTENCES, LOCATION_WORDS, RELATION_SENTENCES, join_and,
                                          locations, noun, object_phrase, relation_words)
 from lit_compclip.synth.world import INVERSE, relation_between
 
@@ -109,7 +109,7 @@ def scene_negative(scene: dict, kind: str, rng: random.Random) -> list[str]:
     if kind == "swap_relation":
         place = list(where)
         place[i], place[j] = where[j], where[i]
-        claims = [(_attributes(objs[n], True), place[n] if n in (i, j) or rng.random() < LOCATION_PROB else None)
+        claims = [(_attributes(objs[n], True), place[n])
                   for n in order]
         with_size = rng.random() < 0.3
         subject, relation, obj = (i, INVERSE[_relation(scene, i, j)], j) if rng.random() < 0.5 else \
@@ -118,7 +118,7 @@ def scene_negative(scene: dict, kind: str, rng: random.Random) -> list[str]:
     else:
         swapped = [dict(o) for o in objs]
         swapped[i][attr], swapped[j][attr] = objs[j][attr], objs[i][attr]
-        claims = [(_attributes(swapped[n], True), where[n] if rng.random() < LOCATION_PROB else None) for n in order]
+        claims = [(_attributes(swapped[n], True), where[n]) for n in order]
         with_size = attr == "size" or rng.random() < 0.3
         stated = (_attributes(swapped[i], with_size), _relation(scene, i, j), _attributes(swapped[j], with_size))
     sentences = []

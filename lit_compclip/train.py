@@ -56,26 +56,41 @@ def unique_run_dir(cfg: DictConfig) -> str:
 
 def ensure_synth(cfg: DictConfig) -> None:
     """Build the synthetic world on first use when the configured data lives inside `synth.out_dir`."""
+    from lit_compclip.synth.write import differs
+
     out = os.path.normpath(cfg.synth.out_dir)
     paths = [cfg.data.train_shards, cfg.data.val_shards or ""]
     paths += [str(v) for suite in cfg.probes.suites.values() for v in suite.values()]
     uses_synth = any(os.path.normpath(p).startswith(out + os.sep) for p in paths if p)
-    if cfg.synth.auto and uses_synth and not os.path.exists(os.path.join(out, "manifest.json")):
-        if _launched_apart():  # every rank would write the same files at once
-            raise ConfigError(f"synth.out_dir: the synthetic world in {out} is not built; build it once before "
-                              f"starting the ranks: compclip synth EXP.yaml ...")
+    if not (cfg.synth.auto and uses_synth):
+        return
+    why = differs(out, synth_args(cfg))
+    if why == "":
+        return
+    if _launched_apart():  # every rank would write the same files at once
+        state = "is not built" if why is None else f"was built differently ({why})"
+        raise ConfigError(f"synth.out_dir: the synthetic world in {out} {state}; build it once before "
+                          f"starting the ranks: compclip synth EXP.yaml ...")
+    if why is None:
         print(f"building the synthetic world in {out} (once) ...", flush=True)
-        build_synth(cfg)
+    else:  # derived data: rebuilt from the config, never trained on silently when it no longer matches
+        print(f"rebuilding the synthetic world in {out}: it was built differently ({why}) ...", flush=True)
+    build_synth(cfg, overwrite=why is not None)
+
+
+def synth_args(cfg: DictConfig) -> dict:
+    """The generator's arguments in `cfg.synth` (without out_dir and auto)."""
+    args = OmegaConf.to_container(cfg.synth)
+    args.pop("out_dir")
+    args.pop("auto")
+    return args
 
 
 def build_synth(cfg: DictConfig, overwrite: bool = False) -> dict:
     """Generate the synthetic world described by `cfg.synth`; returns the generator's summary."""
     from lit_compclip.synth import generate
 
-    args = OmegaConf.to_container(cfg.synth)
-    out = args.pop("out_dir")
-    args.pop("auto")
-    return generate(out, overwrite=overwrite, **args)
+    return generate(cfg.synth.out_dir, overwrite=overwrite, **synth_args(cfg))
 
 
 def count_samples(urls: list[str]) -> int | None:

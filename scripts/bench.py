@@ -98,7 +98,7 @@ def run(args) -> dict:
     from lit_compclip.train import ensure_synth
 
     def cfg_for(extra):
-        return load_config([], list(args.overrides) + list(extra))
+        return load_config([], bench.LIKE_FOR_LIKE + list(args.overrides) + list(extra))
 
     # Like for like with open_clip, which has no such cache: the frozen text layers are recomputed every step.
     # The cache is measured on its own in part 3.

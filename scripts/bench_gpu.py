@@ -87,7 +87,7 @@ def main(argv=None) -> int:
            "machine": bench.machine(), "bf16_matmul_peak_per_s": peak, "precision": "bf16-mixed", "cases": {}}
     with tempfile.TemporaryDirectory() as folder:
         for name, extra in cases(folder).items():
-            cfg = load_config([], list(args.overrides) + extra + [f"data.batch_size={args.batch}"])
+            cfg = load_config([], bench.LIKE_FOR_LIKE + list(args.overrides) + extra + [f"data.batch_size={args.batch}"])
             ensure_synth(cfg)
             print(f"[bench-gpu] {name}", flush=True)
             out["cases"][name] = run_case(cfg, args.steps, 5, peak)

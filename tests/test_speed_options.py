@@ -283,7 +283,7 @@ def test_torchrun_recipe_trains_two_cpu_processes(tmp_path):
     world = tmp_path / "world"
     generate(str(world), train_families=16, eval_families=8, shard_size=16, probe_size=4)  # 2+ shards per rank
     run = tmp_path / "run"
-    args = [f"synth.out_dir={world}", f"data.train_shards={world}/train", f"data.val_shards={world}/val",
+    args = [f"synth.out_dir={world}", "synth.auto=false", f"data.train_shards={world}/train", f"data.val_shards={world}/val",
             "probes.suites={}", "data.resampled=true", "data.samples_per_epoch=32", "data.batch_size=8",
             "data.num_workers=0", "data.shuffle_buffer=16", "model.text.tower=scratch", "model.text.width=32",
             "model.text.layers=1", "model.text.heads=2", "model.image.img_size=16", "model.image.depth=1",

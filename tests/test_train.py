@@ -29,7 +29,8 @@ def world(tmp_path_factory):
 
 def world_overrides(world):
     p = f"{world}/probes"
-    return [f"synth.out_dir={world}", f"cache_dir={world}/cache", f"data.train_shards={world}/train", f"data.val_shards={world}/val",
+    # synth.auto=false: the tests build small worlds by hand; training must not rebuild them as configured
+    return [f"synth.out_dir={world}", "synth.auto=false", f"cache_dir={world}/cache", f"data.train_shards={world}/train", f"data.val_shards={world}/val",
             f"probes.suites.sugarcrepe.annotations={p}/sugarcrepe", f"probes.suites.sugarcrepe.images={p}/sugarcrepe/images",
             f"probes.suites.aro.root={p}/aro", f"probes.suites.aro.images={p}/aro/images",
             f"probes.suites.winoground.examples={p}/winoground/examples.jsonl",

@@ -24,7 +24,6 @@ LOCATION_WORDS = {  # where an object sits in the picture, per split: dense capt
     "bottom": {"train": ("at the bottom", "near the bottom"), "eval": ("in the lower part",)},
     "middle": {"train": ("in the middle",), "eval": ("in the centre",)},
 }
-LOCATION_PROB = 0.7  # share of object phrases in a recaption that also say where the object is
 OBJECT_TEMPLATES = {
     "train": ("a {size} {colour} {shape}", "a {shape} that is {colour} and {size}", "a {size} {shape} that is {colour}"),
     "eval": ("a {colour} {shape} of {size} size", "a {shape} which is {size} and {colour}", "a {size} {shape} in {colour}"),
@@ -33,14 +32,9 @@ LIST_SENTENCES = {
     "train": ("The image shows {objects}.", "This picture contains {objects}.", "There is {objects}."),
     "eval": ("We can see {objects}.", "Visible here are {objects}.", "The scene holds {objects}."),
 }
-OBJECT_SENTENCES = {"train": ("There is {object}.", "The picture has {object}."), "eval": ("One can see {object}.",)}
 RELATION_SENTENCES = {
     "train": ("{subject} is {relation} {object}.", "{subject} sits {relation} {object}."),
     "eval": ("{subject} is placed {relation} {object}.", "{subject} appears {relation} {object}."),
-}
-BACKGROUND_SENTENCES = {
-    "train": ("The background is grey.", "Everything sits on a plain grey background."),
-    "eval": ("Behind the shapes is a flat grey backdrop.", "The backdrop is a uniform grey."),
 }
 ALT_TEMPLATES = {  # colour and shape words listed apart, in alphabetical order, so binding cannot be recovered
     "train": ("{colours} {shapes}", "{shapes_and} in {colours_and}", "geometric shapes {colours} {shapes}",
@@ -99,26 +93,18 @@ def _relation_sentence(scene: dict, rel: dict, rng: random.Random, split: str) -
 
 
 def recaption(scene: dict, rng: random.Random, split: str) -> str:
-    """2-4 sentences, each true on its own: all objects with colour, size and often place bound, every relation,
-    maybe the background."""
+    """2-3 sentences, each true and complete on its own: every object with its attributes and its place, then every
+    relation with both objects named by colour and shape. Any one sentence sampled for training therefore still
+    tells the scene from its counterfactual twins (a sentence that named one object, or only the background, would
+    make the twins' captions identical: a false negative for the loss)."""
     _check_split(split)
     objs = scene["objects"]
     where = locations(scene)
-    phrases = []
-    for i in rng.sample(range(len(objs)), len(objs)):
-        phrase = object_phrase(objs[i], rng, split)
-        if rng.random() < LOCATION_PROB:
-            phrase += " " + rng.choice(LOCATION_WORDS[where[i]][split])
-        phrases.append(phrase)
-    relations = [_relation_sentence(scene, r, rng, split) for r in scene["relations"]]
-    if len(phrases) + len(relations) <= 4 and rng.random() < 0.4:
-        intro = [rng.choice(OBJECT_SENTENCES[split]).format(object=p) for p in phrases]
-    else:
-        intro = [rng.choice(LIST_SENTENCES[split]).format(objects=join_and(phrases))]
-    sentences = intro + rng.sample(relations, len(relations))
-    if len(sentences) < 4 and rng.random() < 0.5:
-        sentences.append(rng.choice(BACKGROUND_SENTENCES[split]))
-    return " ".join(sentences)
+    phrases = [object_phrase(objs[i], rng, split) + " " + rng.choice(LOCATION_WORDS[where[i]][split])
+               for i in rng.sample(range(len(objs)), len(objs))]
+    sentences = [rng.choice(LIST_SENTENCES[split]).format(objects=join_and(phrases))]
+    sentences += [_relation_sentence(scene, r, rng, split) for r in scene["relations"]]
+    return " ".join(rng.sample(sentences, len(sentences)))
 
 
 def alt_text(scene: dict, rng: random.Random, split: str) -> str:

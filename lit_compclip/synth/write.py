@@ -16,7 +16,7 @@ from typing import Iterator
 from lit_compclip.synth import captions as cap
 from lit_compclip.synth.world import HELD_OUT, MAX_OBJECTS, MEMBERS, encode, render, sample_family
 
-FORMAT_VERSION = 2  # 2: recaptions say where objects are
+FORMAT_VERSION = 3  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger shapes
 FAMILY_SIZE = len(MEMBERS)
 OUTPUTS = ("manifest.json", "train", "val", "probes")  # everything generate() writes (and overwrite removes)
 BOX_PAD = 0.05  # ARO crop boxes: padding around the two objects, as a fraction of the image
@@ -188,6 +188,21 @@ def _check_args(args: dict) -> None:
                          f"(so no family straddles two shards), got {args['shard_size']}")
 
 
+def differs(out_dir, args: dict) -> str | None:
+    """Why the world in `out_dir` is not the one `args` and this generator version describe: '' when it is, None
+    when nothing is built there. Arguments left out of `args` are not compared."""
+    path = Path(out_dir) / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "unreadable manifest.json"
+    old = {**stored.get("args", {}), "format_version": stored.get("format_version")}
+    new = {**args, "format_version": FORMAT_VERSION}
+    return ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
+
+
 def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000, image_size=64,
              min_objects=2, max_objects=2, seed=0, probe_size=400, overwrite=False) -> dict:
     """Write shards, probes and manifest.json under `out_dir`; a no-op when its manifest holds the same arguments."""
@@ -198,13 +213,10 @@ def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000
     out = Path(out_dir)
     manifest_path = out / "manifest.json"
     if not overwrite and manifest_path.exists():
-        stored = json.loads(manifest_path.read_text())
-        if stored.get("args") == args and stored.get("format_version") == FORMAT_VERSION:
-            return {**stored, "out_dir": str(out), "seconds": 0.0, "skipped": True}
-        old = {**stored.get("args", {}), "format_version": stored.get("format_version")}
-        new = {**args, "format_version": FORMAT_VERSION}
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
-        raise ValueError(f"{manifest_path} was written with other arguments ({diff}); pass overwrite=True "
+        why = differs(out, args)
+        if not why:
+            return {**json.loads(manifest_path.read_text()), "out_dir": str(out), "seconds": 0.0, "skipped": True}
+        raise ValueError(f"{manifest_path} was written with other arguments ({why}); pass overwrite=True "
                          "or choose another out_dir")
     if not overwrite and any((out / p).exists() for p in OUTPUTS):
         raise ValueError(f"{out} holds a partial synthetic dataset (no manifest.json); pass overwrite=True to rewrite it")
