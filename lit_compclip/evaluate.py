@@ -105,6 +105,7 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     if not suites:
         raise ConfigError("compclip probe: no probes configured; name one with --probe NAME option=value ...")
     if not parsed["probes"]:
+        read_checkpoint_file(parsed["ckpt"], mmap=True)  # a bad checkpoint stops us before the world is built
         ensure_synth(cfg)  # the default suites are the synthetic world's probe sets
     try:
         probes = build_probes(suites, cfg.probes.get("limit"))
