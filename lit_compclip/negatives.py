@@ -7,8 +7,7 @@ import random
 
 from lit_compclip.probes.order import tag, token_spans
 from lit_compclip.registry import resolve
-from lit_compclip.synth.captions import (LIST_SENTENCES, LOCATION_WORDS, RELATION_SENTENCES, join_and,
-                                         locations, noun, object_phrase, relation_words)
+from lit_compclip.synth.captions import RELATION_SENTENCES, located_list, locations, noun, relation_words
 from lit_compclip.synth.world import INVERSE, relation_between
 
 # name -> "module:function(meta, caption, rng, k) -> list[str]"; the data module calls one per training sample.
@@ -58,10 +57,10 @@ def _matches(obj: dict, stated: dict) -> bool:
     return all(obj[k] == v for k, v in stated.items())
 
 
-def _objects_hold(scene: dict, claims: list[tuple[dict, str | None]]) -> bool:
-    """True iff every (stated attributes, place or None) names an object of the scene."""
+def _objects_hold(scene: dict, claims: list[tuple[dict, str]]) -> bool:
+    """True iff every (stated attributes, place) names an object of the scene at that place."""
     where = locations(scene)
-    return all(any(_matches(o, stated) and place in (None, where[n]) for n, o in enumerate(scene["objects"]))
+    return all(any(_matches(o, stated) and place == where[n] for n, o in enumerate(scene["objects"]))
                for stated, place in claims)
 
 
@@ -69,12 +68,6 @@ def _relation_holds(scene: dict, subject: dict, relation: str, obj: dict) -> boo
     objs = scene["objects"]
     return any(_relation(scene, a, b) == relation for a in range(len(objs)) for b in range(len(objs))
                if a != b and _matches(objs[a], subject) and _matches(objs[b], obj))
-
-
-def _objects_sentence(claims: list[tuple[dict, str | None]], rng: random.Random) -> str:
-    phrases = [object_phrase(o, rng, "train") + (f" {rng.choice(LOCATION_WORDS[p]['train'])}" if p else "")
-               for o, p in claims]
-    return rng.choice(LIST_SENTENCES["train"]).format(objects=join_and(phrases))
 
 
 def _relation_sentence(subject: dict, relation: str, obj: dict, with_size: bool, rng: random.Random) -> str:
@@ -109,8 +102,7 @@ def scene_negative(scene: dict, kind: str, rng: random.Random) -> list[str]:
     if kind == "swap_relation":
         place = list(where)
         place[i], place[j] = where[j], where[i]
-        claims = [(_attributes(objs[n], True), place[n])
-                  for n in order]
+        claims = [(_attributes(objs[n], True), place[n]) for n in order]
         with_size = rng.random() < 0.3
         subject, relation, obj = (i, INVERSE[_relation(scene, i, j)], j) if rng.random() < 0.5 else \
             (j, _relation(scene, i, j), i)
@@ -123,7 +115,7 @@ def scene_negative(scene: dict, kind: str, rng: random.Random) -> list[str]:
         stated = (_attributes(swapped[i], with_size), _relation(scene, i, j), _attributes(swapped[j], with_size))
     sentences = []
     if not _objects_hold(scene, claims):
-        sentences.append(_objects_sentence(claims, rng))
+        sentences.append(located_list(claims, rng, "train"))
     if not _relation_holds(scene, *stated):
         sentences.append(_relation_sentence(stated[0], stated[1], stated[2], with_size, rng))
     return sentences

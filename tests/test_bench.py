@@ -60,10 +60,8 @@ def test_quick_bench_writes_every_figure_and_open_clip_really_trains(tiny, tmp_p
 
 
 def test_open_clip_baseline_has_our_sizes_and_trains_the_same_text_layers(tiny):
-    from lit_compclip.bench import build_model
+    from lit_compclip.bench import LIKE_FOR_LIKE, build_model
     from lit_compclip.bench_open_clip import build_open_clip
-
-    from lit_compclip.bench import LIKE_FOR_LIKE
 
     cfg = load_config([], LIKE_FOR_LIKE + tiny)
     ours, (theirs, tokenizer) = build_model(cfg, 1), build_open_clip(cfg)

@@ -92,6 +92,12 @@ def _relation_sentence(scene: dict, rel: dict, rng: random.Random, split: str) -
         subject=_capitalise(nps[0]), relation=relation_words(relation, rng, split), object=nps[1])
 
 
+def located_list(objects, rng: random.Random, split: str) -> str:
+    """One sentence listing (object, place) pairs: 'The image shows a small red circle on the left and ...'."""
+    phrases = [object_phrase(obj, rng, split) + " " + rng.choice(LOCATION_WORDS[place][split]) for obj, place in objects]
+    return rng.choice(LIST_SENTENCES[split]).format(objects=join_and(phrases))
+
+
 def recaption(scene: dict, rng: random.Random, split: str) -> str:
     """2-3 sentences, each true and complete on its own: every object with its attributes and its place, then every
     relation with both objects named by colour and shape. Any one sentence sampled for training therefore still
@@ -100,9 +106,7 @@ def recaption(scene: dict, rng: random.Random, split: str) -> str:
     _check_split(split)
     objs = scene["objects"]
     where = locations(scene)
-    phrases = [object_phrase(objs[i], rng, split) + " " + rng.choice(LOCATION_WORDS[where[i]][split])
-               for i in rng.sample(range(len(objs)), len(objs))]
-    sentences = [rng.choice(LIST_SENTENCES[split]).format(objects=join_and(phrases))]
+    sentences = [located_list(((objs[i], where[i]) for i in rng.sample(range(len(objs)), len(objs))), rng, split)]
     sentences += [_relation_sentence(scene, r, rng, split) for r in scene["relations"]]
     return " ".join(rng.sample(sentences, len(sentences)))
 
