@@ -7,7 +7,7 @@ import random
 
 from lit_compclip.probes.order import tag, token_spans
 from lit_compclip.registry import resolve
-from lit_compclip.synth.captions import RELATION_SENTENCES, located_list, locations, noun, relation_words
+from lit_compclip.synth.captions import RELATION_SENTENCES, anchored_list, axis_end, locations, noun, relation_words
 from lit_compclip.synth.world import INVERSE, relation_between
 
 # name -> "module:function(meta, caption, rng, k) -> list[str]"; the data module calls one per training sample.
@@ -57,11 +57,11 @@ def _matches(obj: dict, stated: dict) -> bool:
     return all(obj[k] == v for k, v in stated.items())
 
 
-def _objects_hold(scene: dict, claims: list[tuple[dict, str]]) -> bool:
-    """True iff every (stated attributes, place) names an object of the scene at that place."""
-    where = locations(scene)
-    return all(any(_matches(o, stated) and place == where[n] for n, o in enumerate(scene["objects"]))
-               for stated, place in claims)
+def _anchored_holds(scene: dict, listed: list[dict], first: dict, end: str) -> bool:
+    """True iff every listed (stated attributes) names an object of the scene and `first` names the one at `end`."""
+    objs, where = scene["objects"], locations(scene)
+    return (all(any(_matches(o, stated) for o in objs) for stated in listed)
+            and any(_matches(o, first) and where[n] == end for n, o in enumerate(objs)))
 
 
 def _relation_holds(scene: dict, subject: dict, relation: str, obj: dict) -> bool:
@@ -85,7 +85,8 @@ def scene_negative(scene: dict, kind: str, rng: random.Random) -> list[str]:
     """The sentences of one false caption of `scene` (each false on its own), or [] when `kind` cannot apply.
 
     swap_colour/size/shape: that attribute exchanged between two related objects; swap_relation: their relation
-    inverted (or, the same claim, subject and object exchanged) and their places in the picture exchanged."""
+    inverted (or, the same claim, subject and object exchanged) and their places in the picture exchanged (so the
+    other one of the two is named as the leftmost or topmost when one of them is)."""
     if kind not in SCENE_KINDS:
         raise ValueError(f"unknown scene negative {kind!r}; choose one of {list(SCENE_KINDS)}")
     objs, where = scene["objects"], locations(scene)
@@ -98,11 +99,10 @@ def scene_negative(scene: dict, kind: str, rng: random.Random) -> list[str]:
     i, j = rng.choice(pairs)
     if rng.random() < 0.5:  # state it from either side, as recaptions do
         i, j = j, i
-    order = rng.sample(range(len(objs)), len(objs))
+    order, end = rng.sample(range(len(objs)), len(objs)), axis_end(scene)
     if kind == "swap_relation":
-        place = list(where)
-        place[i], place[j] = where[j], where[i]
-        claims = [(_attributes(objs[n], True), place[n]) for n in order]
+        first = objs[where.index(end) if where[i] != end and where[j] != end else (j if where[i] == end else i)]
+        listed = [_attributes(objs[n], True) for n in order]
         with_size = rng.random() < 0.3
         subject, relation, obj = (i, INVERSE[_relation(scene, i, j)], j) if rng.random() < 0.5 else \
             (j, _relation(scene, i, j), i)
@@ -110,12 +110,15 @@ def scene_negative(scene: dict, kind: str, rng: random.Random) -> list[str]:
     else:
         swapped = [dict(o) for o in objs]
         swapped[i][attr], swapped[j][attr] = objs[j][attr], objs[i][attr]
-        claims = [(_attributes(swapped[n], True), where[n]) for n in order]
+        first = swapped[where.index(end)]
+        listed = [_attributes(swapped[n], True) for n in order]
         with_size = attr == "size" or rng.random() < 0.3
         stated = (_attributes(swapped[i], with_size), _relation(scene, i, j), _attributes(swapped[j], with_size))
     sentences = []
-    if not _objects_hold(scene, claims):
-        sentences.append(located_list(claims, rng, "train"))
+    # The first object's colour and shape name it (no two objects of a scene share either); a stated size that is
+    # wrong (swap_size) comes with a list that is already false.
+    if not _anchored_holds(scene, listed, _attributes(first, False), end):
+        sentences.append(anchored_list(listed, _attributes(first, True), end, rng, "train"))
     if not _relation_holds(scene, *stated):
         sentences.append(_relation_sentence(stated[0], stated[1], stated[2], with_size, rng))
     return sentences

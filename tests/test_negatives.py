@@ -32,21 +32,22 @@ def _alt(words) -> str:
     return "|".join(sorted(map(re.escape, words), key=len, reverse=True))
 
 
-PLACES = {p: place for place, splits in cap.LOCATION_WORDS.items() for ps in splits.values() for p in ps}
 RELATIONS = {p: rel for rel, splits in cap.RELATION_WORDS.items() for ps in splits.values() for p in ps}
 C, S, Z = _alt(COLOURS), _alt(SHAPES), _alt(SIZES)
-NP = re.compile(rf"\b(?:a|the) (?:({Z}) )?(?:({C}) )?({S})(?: that is ({C}|{Z})(?: and ({C}|{Z}))?)?"
-                rf"(?: ({_alt(PLACES)}))?", re.I)
+NP = re.compile(rf"\b(?:a|the) (?:({Z}) )?(?:({C}) )?({S})(?: that is ({C}|{Z})(?: and ({C}|{Z}))?)?", re.I)
+# 'Of <objects>, the <first> is the leftmost.': which end each template names, and where its first object begins
+ANCHORED = [(re.compile(re.escape(t).replace(r"\{objects\}", "(?P<objects>.+)").replace(r"\{first\}", "(?P<first>.+)")),
+             end) for end, splits in cap.ANCHORED_LISTS.items() for ts in splits.values() for t in ts]
 RELATION_SENTENCE = re.compile(rf"(?P<s>.+?) (?:is|sits|is placed|appears) (?P<rel>{_alt(RELATIONS)}) (?P<o>.+)\.")
 
 
-def read_np(match) -> tuple[dict, str | None]:
-    size, colour, shape, w1, w2, place = match.groups()
+def read_np(match) -> dict:
+    size, colour, shape, w1, w2 = match.groups()
     attrs = {"shape": shape.lower()}
     for word in (size, colour, w1, w2):
         if word:
             attrs["colour" if word in COLOURS else "size"] = word
-    return attrs, PLACES.get(place)
+    return attrs
 
 
 def matching(scene, attrs):
@@ -58,13 +59,15 @@ def claims_hold(scene: dict, sentence: str) -> tuple[int, bool]:
     axis = "h" if scene["relations"][0]["relation"] in ("left of", "right of") else "v"
     rel = RELATION_SENTENCE.fullmatch(sentence)
     if rel:
-        (s, _), (o, _) = read_np(NP.search(rel["s"])), read_np(NP.search(rel["o"]))
+        s, o = read_np(NP.search(rel["s"])), read_np(NP.search(rel["o"]))
         pairs = [(a, b) for a in matching(scene, s) for b in matching(scene, o) if a != b]
         return 1, any(relation_between(scene["objects"], a, b, axis)["relation"] == RELATIONS[rel["rel"]]
                       for a, b in pairs)
     where = cap.locations(scene)
-    nps = [read_np(m) for m in NP.finditer(sentence)]
-    return len(nps), all(any(place in (None, where[n]) for n in matching(scene, attrs)) for attrs, place in nps)
+    end, m = next((end, m) for pattern, end in ANCHORED if (m := pattern.fullmatch(sentence)))
+    listed, first = [read_np(n) for n in NP.finditer(m["objects"])], read_np(NP.search(m["first"]))
+    return len(listed) + 1, (all(matching(scene, attrs) for attrs in listed)
+                             and any(where[n] == end for n in matching(scene, first)))
 
 
 def scenes(n=60):
@@ -105,7 +108,7 @@ def test_swap_colour_negative_binds_each_colour_to_the_other_shape():
     a, b = scene["objects"]
     for seed in range(10):
         text = " ".join(scene_negative(scene, "swap_colour", random.Random(seed)))
-        stated = {(attrs["colour"], attrs["shape"]) for attrs, _ in map(read_np, NP.finditer(text))}
+        stated = {(attrs["colour"], attrs["shape"]) for attrs in map(read_np, NP.finditer(text))}
         assert stated == {(b["colour"], a["shape"]), (a["colour"], b["shape"])}
 
 
@@ -116,7 +119,7 @@ def test_swap_relation_negative_states_the_inverse_relation():
         sentence = next(s for s in scene_negative(scene, "swap_relation", random.Random(seed))
                         if RELATION_SENTENCE.fullmatch(s))
         rel = RELATION_SENTENCE.fullmatch(sentence)
-        s, o = matching(scene, read_np(NP.search(rel["s"]))[0]), matching(scene, read_np(NP.search(rel["o"]))[0])
+        s, o = matching(scene, read_np(NP.search(rel["s"]))), matching(scene, read_np(NP.search(rel["o"])))
         assert RELATIONS[rel["rel"]] == INVERSE[relation_between(scene["objects"], s[0], o[0], axis)["relation"]]
 
 
@@ -127,10 +130,12 @@ def test_a_swap_with_nothing_to_swap_makes_nothing():
 
 
 def test_scene_negatives_use_only_the_train_phrasing():
-    eval_only = [p for splits in (*cap.RELATION_WORDS.values(), *cap.LOCATION_WORDS.values()) for p in splits["eval"]]
+    eval_only = [p for splits in cap.RELATION_WORDS.values() for p in splits["eval"]]
     train_templates = [re.escape(t).replace(r"\{objects\}", ".+").replace(r"\{subject\}", ".+")
                        .replace(r"\{relation\}", ".+").replace(r"\{object\}", ".+")
-                       for t in cap.LIST_SENTENCES["train"] + cap.RELATION_SENTENCES["train"]]
+                       .replace(r"\{first\}", ".+")
+                       for t in [t for ends in cap.ANCHORED_LISTS.values() for t in ends["train"]]
+                       + list(cap.RELATION_SENTENCES["train"])]
     rng = random.Random(3)
     for scene in scenes(30):
         for text in scene_negatives(scene, rng, 4):

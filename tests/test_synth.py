@@ -177,7 +177,7 @@ def test_relations_agree_with_bboxes_inside_margin_without_overlap(n_objects):
 
 def test_train_and_eval_phrasings_share_no_template_or_relation_words():
     tables = [cap.RELATION_WORDS[r] for r in RELATIONS] + [
-        cap.OBJECT_TEMPLATES, cap.LIST_SENTENCES, cap.RELATION_SENTENCES, cap.ALT_TEMPLATES]
+        cap.OBJECT_TEMPLATES, *cap.ANCHORED_LISTS.values(), cap.RELATION_SENTENCES, cap.ALT_TEMPLATES]
     for table in tables:
         assert table["train"] and table["eval"] and not set(table["train"]) & set(table["eval"])
     train_words = {w for v in cap.RELATION_WORDS.values() for w in v["train"]}
@@ -195,10 +195,19 @@ def test_recaption_binds_every_attribute_and_states_every_relation_truly(data):
             for o in scene["objects"]:  # colour and size bound to the shape in one phrase
                 assert any(t.format(**o) in text for t in cap.OBJECT_TEMPLATES[split]), (o, text)
                 assert not any(t.format(**o) in text for t in cap.OBJECT_TEMPLATES[other])
-            stated = []
+            stated, anchored = [], 0
             for sentence in sentences:
                 m = rel_sentence.match(sentence.strip())
-                if m:
+                if not m:  # the list: every object once in it, the first along the axis named again at its end
+                    end = cap.axis_end(scene)
+                    first = scene["objects"][cap.locations(scene).index(end)]
+                    heads = [t.split("{first}")[0].format(objects=".+") for t in cap.ANCHORED_LISTS[end][split]]
+                    assert any(re.fullmatch(h + rf"the {NP}" + re.escape(t.split("{first}")[1]), sentence.strip())
+                               for h, t in zip(heads, cap.ANCHORED_LISTS[end][split])), (sentence, split)
+                    z, c, sh = re.search(rf"the {NP} [^,]*\.$", sentence).groups()
+                    assert (c, sh) == (first["colour"], first["shape"]) and z in (None, first["size"]), sentence
+                    anchored += 1
+                else:
                     z1, c1, s1, words, z2, c2, s2 = m.groups()
                     i, j = find(scene, c1, s1), find(scene, c2, s2)
                     assert words in [w for ws in cap.RELATION_WORDS.values() for w in ws[split]]
@@ -206,6 +215,7 @@ def test_recaption_binds_every_attribute_and_states_every_relation_truly(data):
                     assert z1 in (None, scene["objects"][i]["size"]) and z2 in (None, scene["objects"][j]["size"])
                     stated.append({i, j})
             assert sorted(map(sorted, stated)) == sorted(sorted({r["subject"], r["object"]}) for r in scene["relations"])
+            assert anchored == 1, text
             assert not re.search(r"\b(it|they|them|its)\b", text, re.I)  # no sentence leans on another
 
 
@@ -419,6 +429,8 @@ def test_recaption_locations_agree_with_positions(n_objects):
             first, last = ("left", "right") if axis == 0 else ("top", "bottom")
             assert where[centre.index(min(centre))] == first and where[centre.index(max(centre))] == last
             assert where.count("middle") == n_objects - 2
+            assert cap.axis_end(scene) == first
             text = cap.recaption(scene, random.Random(f), "train")
-            wrong = {p for w in set(cap.LOCATION_WORDS) - set(where) for p in cap.LOCATION_WORDS[w]["train"]}
-            assert not any(p in text for p in wrong), text  # never a place no object occupies
+            other_axis = ("top", "bottom", "upper", "highest", "above", "below", "under", "over") if axis == 0 else \
+                ("left", "right")
+            assert not any(re.search(rf"\b{w}", text) for w in other_axis), text  # never the other axis's words

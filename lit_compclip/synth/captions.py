@@ -17,20 +17,18 @@ RELATION_WORDS = {  # canonical relation -> phrasings per split
     "above": {"train": ("above",), "eval": ("over",)},
     "below": {"train": ("below", "under"), "eval": ("beneath",)},
 }
-LOCATION_WORDS = {  # where an object sits in the picture, per split: dense captions say it, as real recaptions do
-    "left": {"train": ("on the left", "at the left"), "eval": ("on the left-hand side",)},
-    "right": {"train": ("on the right", "at the right"), "eval": ("on the right-hand side",)},
-    "top": {"train": ("at the top", "near the top"), "eval": ("in the upper part",)},
-    "bottom": {"train": ("at the bottom", "near the bottom"), "eval": ("in the lower part",)},
-    "middle": {"train": ("in the middle",), "eval": ("in the centre",)},
-}
 OBJECT_TEMPLATES = {
     "train": ("a {size} {colour} {shape}", "a {shape} that is {colour} and {size}", "a {size} {shape} that is {colour}"),
     "eval": ("a {colour} {shape} of {size} size", "a {shape} which is {size} and {colour}", "a {size} {shape} in {colour}"),
 }
-LIST_SENTENCES = {
-    "train": ("The image shows {objects}.", "This picture contains {objects}.", "There is {objects}."),
-    "eval": ("We can see {objects}.", "Visible here are {objects}.", "The scene holds {objects}."),
+ANCHORED_LISTS = {  # every object, then the first along the relation axis named again; per end of the axis, per split
+    "left": {"train": ("Of {objects}, {first} is the leftmost.",
+                       "The picture has {objects}, with {first} furthest to the left."),
+             "eval": ("Between {objects}, {first} is farthest left.",
+                      "We see {objects}, {first} being leftmost of all.")},
+    "top": {"train": ("Of {objects}, {first} is the topmost.", "The picture has {objects}, with {first} highest up."),
+            "eval": ("Between {objects}, {first} is farthest up.",
+                     "We see {objects}, {first} being uppermost of all.")},
 }
 RELATION_SENTENCES = {
     "train": ("{subject} is {relation} {object}.", "{subject} sits {relation} {object}."),
@@ -92,21 +90,37 @@ def _relation_sentence(scene: dict, rel: dict, rng: random.Random, split: str) -
         subject=_capitalise(nps[0]), relation=relation_words(relation, rng, split), object=nps[1])
 
 
-def located_list(objects, rng: random.Random, split: str) -> str:
-    """One sentence listing (object, place) pairs: 'The image shows a small red circle on the left and ...'."""
-    phrases = [object_phrase(obj, rng, split) + " " + rng.choice(LOCATION_WORDS[place][split]) for obj, place in objects]
-    return rng.choice(LIST_SENTENCES[split]).format(objects=join_and(phrases))
+def anchored_list(objects: list[dict], first: dict, end: str, rng: random.Random, split: str) -> str:
+    """'Of a small red circle and a large blue square, the red circle is the leftmost.': the objects in the given order,
+    then `first`, the object at `end` ('left' or 'top') of the relation axis, named again (size 30% of the time)."""
+    if end not in ANCHORED_LISTS:
+        raise ValueError(f"unknown axis end {end!r}; choose one of {list(ANCHORED_LISTS)}")
+    listed = join_and([object_phrase(obj, rng, split) for obj in objects])
+    return _capitalise(rng.choice(ANCHORED_LISTS[end][split]).format(
+        objects=listed, first=f"the {noun(first, rng.random() < 0.3)}"))
+
+
+def axis_end(scene: dict) -> str:
+    """'left' for a scene laid out left to right, 'top' for one laid out top to bottom."""
+    return "left" if scene["relations"][0]["relation"] in ("left of", "right of") else "top"
 
 
 def recaption(scene: dict, rng: random.Random, split: str) -> str:
-    """2-3 sentences, each true and complete on its own: every object with its attributes and its place, then every
-    relation with both objects named by colour and shape. Any one sentence sampled for training therefore still
-    tells the scene from its counterfactual twins (a sentence that named one object, or only the background, would
-    make the twins' captions identical: a false negative for the loss)."""
+    """2-3 sentences, each true and complete on its own (sentence sampling trains on any one): every object with its
+    attributes, the leftmost (or topmost) named again; then every relation, both objects named by colour and shape.
+
+    Why name the first object again: the words of 'a red circle on the left and a blue square on the right' are the
+    words of its place-swapped twin's caption ('a blue square on the left and a red circle on the right'), and so
+    are those of every sentence that names both objects with their places or their relation. Towers that start as
+    bags of words (a fresh ViT, a pooled sentence embedding) then have no place to agree on, and neither learns one
+    (world format 3: relations at chance). 'The red circle is the leftmost' has words of its own for each of the
+    four family members, so the image tower learns where each object is from the first steps, and the text tower
+    then learns word order from the relation sentences (README, "How the default learns relations")."""
     _check_split(split)
     objs = scene["objects"]
-    where = locations(scene)
-    sentences = [located_list(((objs[i], where[i]) for i in rng.sample(range(len(objs)), len(objs))), rng, split)]
+    end = axis_end(scene)
+    first = objs[locations(scene).index(end)]
+    sentences = [anchored_list([objs[i] for i in rng.sample(range(len(objs)), len(objs))], first, end, rng, split)]
     sentences += [_relation_sentence(scene, r, rng, split) for r in scene["relations"]]
     return " ".join(rng.sample(sentences, len(sentences)))
 

@@ -21,8 +21,8 @@ COLOURS = {
     "white": (245, 245, 245),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-SIZES = {"small": 0.22, "large": 0.32}  # bbox side as a fraction of the image (shrunk for crowded scenes); a shape
-# spans 2-4 of the default ViT's 8-pixel patches at 64 px
+SIZES = {"small": 0.26, "large": 0.36}  # bbox side as a fraction of the image (shrunk for crowded scenes); a shape
+# spans 3-4 of the default ViT's 8-pixel patches at 64 px (shapes, unlike colours, are hard to see at 2 patches)
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 MEMBERS = ("base", "swap_colour", "swap_position", "swap_both")  # one family, written in this order

@@ -16,7 +16,8 @@ from typing import Iterator
 from lit_compclip.synth import captions as cap
 from lit_compclip.synth.world import HELD_OUT, MAX_OBJECTS, MEMBERS, encode, render, sample_family
 
-FORMAT_VERSION = 3  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger shapes
+FORMAT_VERSION = 4  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger shapes;
+# 4: the object list names the leftmost (topmost) object again instead of saying where each object is
 FAMILY_SIZE = len(MEMBERS)
 OUTPUTS = ("manifest.json", "train", "val", "probes")  # everything generate() writes (and overwrite removes)
 BOX_PAD = 0.05  # ARO crop boxes: padding around the two objects, as a fraction of the image
