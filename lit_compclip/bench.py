@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_compclip.losses import info_nce
 
-# open_clip's ViT pools with its class token, so ours does too when the two are compared (the default's projection
-# of all patch tokens adds under 1% of a step's FLOPs, but no open_clip model has one).
-LIKE_FOR_LIKE = ["model.image.pool=model"]
+# open_clip's ViT patchifies and pools with its class token, so ours does too when the two are compared (the default's
+# conv stem and projection of all patch tokens are small in FLOPs, but no open_clip model has them).
+LIKE_FOR_LIKE = ["model.image.pool=model", "model.image.stem=patch"]
 
 
 def steady(intervals: list[float], warmup: int) -> list[float]:

@@ -69,6 +69,7 @@ class ImageConfig:
     # "flatten" projects all patch tokens, so where an object sits shapes the embedding from the first step (ViTs
     # only); "model": the trunk's own pooling (a ViT's class token must first learn to carry place).
     pool: str = "flatten"
+    stem: str = "conv"  # 3x3 convolutions of stride 2 (shapes are told apart sooner); "patch": the ViT's own patchify
     augment: bool = True
     crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
     grad_checkpointing: bool = False  # recompute the trunk's blocks in backward: less memory, ~30% more compute
@@ -308,6 +309,11 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.resume is None or bool(cfg.resume.strip()), "resume",
          "give a checkpoint path, last, auto, or null")
     need(len(cfg.model.image.crop_scale) == 2, "model.image.crop_scale", "give two numbers [min, max]")
+    for key, choices in (("pool", ("model", "flatten")), ("pos_embed", ("learn", "sincos")),
+                         ("stem", ("patch", "conv"))):
+        need(cfg.model.image[key] in choices, f"model.image.{key}", f"choose {' or '.join(choices)}")
+    need(not (cfg.model.image.pretrained and cfg.model.image.stem == "conv"), "model.image.stem",
+         "a conv stem has no pretrained weights; set model.image.stem=patch with model.image.pretrained=true")
     need(cfg.trainer.fsdp.sharding_strategy in FSDP_SHARDING, "trainer.fsdp.sharding_strategy",
          f"choose one of {', '.join(FSDP_SHARDING)}")
     need(cfg.trainer.fsdp.state_dict_type in ("full", "sharded"), "trainer.fsdp.state_dict_type",

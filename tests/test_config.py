@@ -82,6 +82,12 @@ def test_values_are_range_checked():
         load_config([], ["data.resampled=true"])
     with pytest.raises(ConfigError, match="wandb.mode"):
         load_config([], ["wandb.mode=sometimes"])
+    for key, bad in (("pool", "max"), ("pos_embed", "rope"), ("stem", "pixels")):
+        with pytest.raises(ConfigError, match=rf"'model.image.{key}': choose"):
+            load_config([], [f"model.image.{key}={bad}"])
+    with pytest.raises(ConfigError, match="'model.image.stem': a conv stem has no pretrained weights"):
+        load_config([], ["model.image.pretrained=true"])
+    assert load_config([], ["model.image.pretrained=true", "model.image.stem=patch"]).model.image.stem == "patch"
 
 
 def test_cli_exits_2_with_one_line_before_building_anything(tmp_path, capsys):

@@ -93,3 +93,29 @@ def test_image_tower_rejects_unknown_pool_and_pos_embed():
         ImageTower(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2, pool="max")
     with pytest.raises(ValueError, match="pos_embed='rope'"):
         ImageTower(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2, pos_embed="rope")
+
+
+def test_conv_stem_replaces_the_patchify_layer_with_stride_2_convolutions_on_the_same_grid():
+    torch.manual_seed(0)
+    tower = ImageTower(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2, pool="flatten",
+                       stem="conv")
+    convs = [m for m in tower.trunk.patch_embed.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size, c.stride, c.out_channels) for c in convs] == [((3, 3), (2, 2), 8), ((3, 3), (2, 2), 16),
+                                                                         ((3, 3), (2, 2), 32)]
+    assert tuple(tower.trunk.patch_embed.grid_size) == (4, 4) and tower.proj.in_features == 16 * 32
+    img = torch.zeros(2, 3, 32, 32)
+    img[1, :, 6:10, 6:10] = 1.0  # a small square across the border of four 8-pixel patches
+    out = tower(img)
+    assert out.shape == (2, 8) and not torch.allclose(out[0], out[1], atol=1e-4)
+    out.sum().backward()
+    assert convs[0].weight.grad is not None and convs[0].weight.grad.abs().sum() > 0  # the stem trains
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(stem="pixels"), "stem='pixels': choose 'patch' or 'conv'"), (dict(stem="conv", patch_size=6), "power of 2"),
+    (dict(stem="conv", pretrained=True), "no pretrained weights"),
+    (dict(stem="conv", model="resnet18", img_size=None, depth=None, heads=None), "needs a ViT")])
+def test_image_tower_rejects_unknown_stem_and_odd_patch_sizes(kwargs, match):
+    args = dict(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2) | kwargs
+    with pytest.raises(ValueError, match=match):
+        ImageTower(**args)

@@ -35,12 +35,33 @@ def flat_tokens(trunk: nn.Module) -> int:
     return grid[0] * grid[1]
 
 
+def conv_stem(patch_size: int | None, width: int | None):
+    """A ViT's patchify stem replaced by 3x3 convolutions of stride 2, one per halving of `patch_size` (timm's
+    ConvStem inside its HybridEmbed): "early convolutions help transformers see better" (Xiao et al., 2021). Each
+    token then sees across its patch's borders, so shapes that span two or three patches are told apart sooner."""
+    from functools import partial
+
+    from timm.layers import LayerNorm2d
+    from timm.models.vision_transformer_hybrid import ConvStem, HybridEmbed
+
+    if not patch_size or patch_size < 2 or patch_size & (patch_size - 1) or not width:
+        raise ValueError(f"model.image.stem='conv' needs model.image.patch_size a power of 2 (>= 2) and "
+                         f"model.image.width set, not patch_size={patch_size!r}, width={width!r}")
+    depth = patch_size.bit_length() - 1
+    channels = tuple(max(8, width // 2 ** (depth - 1 - i)) for i in range(depth))  # e.g. 32, 64, 128
+    # LayerNorm, not the paper's BatchNorm: no statistics across the batch, so a DDP run's loss stays the
+    # single-process global-batch loss and train and eval mode compute the same function.
+    backbone = ConvStem(depth=depth, channels=channels, stride=(2,) * depth, act_layer=nn.GELU, norm_layer=LayerNorm2d)
+    return partial(HybridEmbed, backbone=backbone)
+
+
 class ImageTower(nn.Module):
     """A timm trunk with its classifier removed, followed by a bias-free projection to `embed_dim`."""
 
     def __init__(self, embed_dim: int, model: str = "vit_tiny_patch16_224", pretrained: bool = False,
                  img_size: int | None = 64, patch_size: int | None = 8, depth: int | None = 4,
                  width: int | None = 128, heads: int | None = 4, pos_embed: str = "learn", pool: str = "model",
+                 stem: str = "patch",  # the config's default is "conv" (lit_compclip/config.py)
                  augment: bool = True, crop_scale: tuple[float, float] = (0.9, 1.0),
                  grad_checkpointing: bool = False, channels_last: bool = False):
         super().__init__()
@@ -53,10 +74,19 @@ class ImageTower(nn.Module):
         overrides = {"img_size": img_size, "patch_size": patch_size, "depth": depth, "embed_dim": width,
                      "num_heads": heads}
         overrides = {k: v for k, v in overrides.items() if v is not None}
+        if stem == "conv":  # the convolutions take the patch size's stride; the ViT then sees 1x1 "patches"
+            if pretrained:
+                raise ValueError("model.image.stem='conv' has no pretrained weights (they hold a patchify stem); "
+                                 "set model.image.stem=patch with model.image.pretrained=true")
+            overrides.update(embed_layer=conv_stem(patch_size, width), patch_size=1)
+        elif stem != "patch":
+            raise ValueError(f"model.image.stem={stem!r}: choose 'patch' or 'conv'")
         try:
             self.trunk = timm.create_model(model, pretrained=pretrained, num_classes=0, **overrides)
         except TypeError as e:
-            raise ValueError(f"timm model {model!r} does not take these size overrides {overrides}: {e}") from None
+            sizes = {k: v for k, v in overrides.items() if k != "embed_layer"}
+            hint = "; model.image.stem='conv' needs a ViT: set model.image.stem=patch" if stem == "conv" else ""
+            raise ValueError(f"timm model {model!r} does not take these size overrides {sizes}: {e}{hint}") from None
         except Exception as e:  # hub/network failures surface as many exception types
             if not pretrained:
                 raise
