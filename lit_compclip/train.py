@@ -272,9 +272,13 @@ def trainer_options(cfg: DictConfig, model) -> dict:
     t = OmegaConf.to_container(cfg.trainer)
     fsdp = t.pop("fsdp")
     t.pop("checkpoint_every_n_steps")  # a ModelCheckpoint option (checkpoint_callbacks), not a Trainer one
+    gpu = torch.cuda.is_available() and t["accelerator"] in ("auto", "gpu", "cuda")
     if t["precision"] is None:
-        gpu = torch.cuda.is_available() and t["accelerator"] in ("auto", "gpu", "cuda")
         t["precision"] = "bf16-mixed" if gpu else "32-true"
+    # BatchNorm (the default conv stem) normalises over each process's share of the batch; synced across GPUs, the
+    # loss stays the global batch's. torch syncs it only on GPUs: on CPU each process keeps its own statistics.
+    t["sync_batchnorm"] = gpu and model is not None and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if t["strategy"] == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 

@@ -294,7 +294,9 @@ def test_fine_tuning_starts_from_the_checkpoints_weights_with_a_fresh_step_count
     before = torch.load(tiny_checkpoint, weights_only=False)
     assert after["global_step"] == 2  # not 50 + 2: weights only, no resumed step or schedule
     assert after["state_dict"].keys() == before["state_dict"].keys()
-    assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
+    buffers = ("running_mean", "running_var", "num_batches_tracked")  # the conv stem's BatchNorm statistics move
+    assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items()
+               if not k.endswith(buffers))
     rows = [line.split(",") for line in open(os.path.join(run, "metrics.csv")).read().splitlines()]
     column = lambda name: [float(r[rows[0].index(name)]) for r in rows[1:] if r[rows[0].index(name)]]  # noqa: E731
     assert column("train/negatives_per_sample") == [1.0, 1.0]  # every synthetic sample got its one negative

@@ -75,6 +75,13 @@ def test_precision_is_bf16_mixed_on_gpu_and_fp32_on_cpu(monkeypatch, cuda, accel
     assert options["precision"] == expected and "fsdp" not in options  # fsdp is ours, not a Trainer argument
 
 
+@pytest.mark.parametrize("cuda, stem, expected", [(True, "conv", True), (False, "conv", False), (True, "patch", False)])
+def test_batchnorm_of_the_conv_stem_is_synced_across_gpus_only(monkeypatch, cuda, stem, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    model = CompClip({**MODEL, "image": {**MODEL["image"], "stem": stem}}, OPTIM, total_steps=1)
+    assert trainer_options(load_config([], []), model)["sync_batchnorm"] is expected
+
+
 def test_an_explicit_precision_is_kept(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert trainer_options(load_config([], ["trainer.precision=16-mixed"]), model=None)["precision"] == "16-mixed"
