@@ -106,7 +106,7 @@ def axis_end(scene: dict) -> str:
 
 
 def recaption(scene: dict, rng: random.Random, split: str) -> str:
-    """2-3 sentences, each true and complete on its own (sentence sampling trains on any one): every object with its
+    """2-4 sentences, each true and complete on its own (sentence sampling trains on any one): every object with its
     attributes, the leftmost (or topmost) named again; then every relation, both objects named by colour and shape.
 
     Why name the first object again: the words of 'a red circle on the left and a blue square on the right' are the

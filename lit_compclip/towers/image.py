@@ -48,7 +48,7 @@ def conv_stem(patch_size: int | None, width: int | None):
                          f"model.image.width set, not patch_size={patch_size!r}, width={width!r}")
     depth = patch_size.bit_length() - 1
     channels = tuple(max(8, width // 2 ** (depth - 1 - i)) for i in range(depth))  # e.g. 32, 64, 128
-    # BatchNorm, as in the paper (a per-pixel LayerNorm instead lost most of the gain here: swap-att 64, swap-obj 64
+    # BatchNorm, as Xiao et al. use (a per-pixel LayerNorm instead lost most of the gain here: swap-att 64, swap-obj 64
     # after one epoch); its statistics are per process, so trainer_options syncs them across GPUs.
     backbone = ConvStem(depth=depth, channels=channels, stride=(2,) * depth, act_layer=nn.GELU)
     return partial(HybridEmbed, backbone=backbone)
