@@ -49,7 +49,7 @@ SCENE_KINDS = ("swap_colour", "swap_size", "swap_shape", "swap_relation")
 
 def _relation(scene: dict, i: int, j: int) -> str:
     """Object i relative to object j along the scene's axis, as the captions state it."""
-    axis = "h" if scene["relations"][0]["relation"] in ("left of", "right of") else "v"
+    axis = "h" if axis_end(scene) == "left" else "v"
     return relation_between(scene["objects"], i, j, axis)["relation"]
 
 
@@ -101,7 +101,9 @@ def scene_negative(scene: dict, kind: str, rng: random.Random) -> list[str]:
         i, j = j, i
     order, end = rng.sample(range(len(objs)), len(objs)), axis_end(scene)
     if kind == "swap_relation":
-        first = objs[where.index(end) if where[i] != end and where[j] != end else (j if where[i] == end else i)]
+        place = list(where)
+        place[i], place[j] = where[j], where[i]
+        first = objs[place.index(end)]
         listed = [_attributes(objs[n], True) for n in order]
         with_size = rng.random() < 0.3
         subject, relation, obj = (i, INVERSE[_relation(scene, i, j)], j) if rng.random() < 0.5 else \

@@ -66,7 +66,7 @@ def object_phrase(obj: dict, rng: random.Random, split: str) -> str:
 def locations(scene: dict) -> list[str]:
     """Each object's place along the relation axis: first is left/top, last right/bottom, others middle."""
     objs = scene["objects"]
-    k = 0 if scene["relations"][0]["relation"] in ("left of", "right of") else 1
+    k = 0 if axis_end(scene) == "left" else 1
     ranked = sorted(range(len(objs)), key=lambda i: objs[i]["bbox"][k] + objs[i]["bbox"][k + 2] / 2)
     ends = (("left", "right"), ("top", "bottom"))[k]
     place = {i: "middle" for i in ranked}
