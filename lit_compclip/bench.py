@@ -17,7 +17,8 @@ from lit_compclip.losses import info_nce
 
 # open_clip's ViT patchifies and pools with its class token, so ours does too when the two are compared (the default's
 # conv stem and projection of all patch tokens are small in FLOPs, but no open_clip model has them).
-LIKE_FOR_LIKE = ["model.image.pool=model", "model.image.stem=patch"]
+# open_clip pads every caption of a batch alike, so ours does too there (`model.length_groups` is measured on its own).
+LIKE_FOR_LIKE = ["model.image.pool=model", "model.image.stem=patch", "model.length_groups=1"]
 
 
 def steady(intervals: list[float], warmup: int) -> list[float]:
@@ -112,6 +113,21 @@ def time_ours(cfg: DictConfig, batches: list[dict], steps: int, warmup: int, acc
     intervals = steady(timer.intervals, warmup - 1)  # intervals[k] is step k + 1
     return {"intervals": intervals, "samples_per_s": median_rate(intervals, len(batches[0]["caption"])),
             "model": model}
+
+
+def padding(model, batches: list[dict]) -> dict[str, float]:
+    """Token positions the text tower runs per batch, padded alike and in `model.length_groups` groups of similar
+    length, against the captions' real tokens (batch means)."""
+    from lit_compclip.model import batch_texts
+
+    groups = max(1, model.length_groups)
+    totals = {"real": 0, "padded": 0, "grouped": 0}
+    for batch in batches:
+        lengths = model.text.tokenize(batch_texts(batch))["attention_mask"].sum(1)
+        totals["real"] += int(lengths.sum())
+        totals["padded"] += int(lengths.max()) * len(lengths)
+        totals["grouped"] += sum(int(g.max()) * len(g) for g in lengths.sort().values.chunk(groups))
+    return {k: v / len(batches) for k, v in totals.items()} | {"groups": groups}
 
 
 def data_rate(dm, batches: int) -> dict[str, float]:

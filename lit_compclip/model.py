@@ -14,7 +14,7 @@ from lightning.pytorch.strategies import ParallelStrategy
 from torch import nn
 
 from lit_compclip.losses import info_nce, info_nce_local, info_nce_with_negatives
-from lit_compclip.towers import build_text_tower
+from lit_compclip.towers import build_text_tower, encode_by_length
 from lit_compclip.towers.image import ImageTower
 from lit_compclip.towers.sentence_transformers import transformer_layers
 
@@ -103,6 +103,7 @@ class CompClip(L.LightningModule):
         self.no_negative = 0  # training samples for which the hard-negative source made nothing
         # The loss and the step, see docs/SCALING.md (.get: checkpoints from before these keys).
         self.local_loss = bool(model.get("local_loss", True))
+        self.length_groups = int(model.get("length_groups", 1))
         self.micro_batch_size = optim.get("micro_batch_size")
         self.automatic_optimization = not self.micro_batch_size  # GradCache steps the optimizer itself
         self.manual_clip_val: float | None = None  # GradCache's gradient clipping, set by train(): see there
@@ -122,7 +123,7 @@ class CompClip(L.LightningModule):
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         tokens = {k: v.to(self.device) for k, v in self.text.tokenize(texts).items()}
-        return F.normalize(self.text(tokens), dim=-1)  # (B, D)
+        return F.normalize(encode_by_length(self.text, tokens, self.length_groups), dim=-1)  # (B, D)
 
     def _loss(self, batch, gather: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, this process's image and caption embeddings) of a batch encoded in one go."""

@@ -90,6 +90,25 @@ def text_cache(cfg_for, batches, steps: int, warmup: int, off: dict, unfrozen: i
             "trained_layers": off["model"].hparams["model"]["text"]["unfreeze_layers"]}
 
 
+def length_groups(cfg_for, groups: int, batches, steps: int, warmup: int, rounds: int) -> dict:
+    """Step time of the default experiment with its captions encoded in `model.length_groups` groups of similar
+    length, against the same model padding every caption of a batch alike; rounds alternate (cache off both)."""
+    from lit_compclip import bench
+
+    if groups <= 1:
+        raise ValueError("model.length_groups=1 encodes captions in one padded batch: nothing to compare")
+    alike, grouped = [], []
+    for r in range(rounds):
+        alike.append(bench.timed(f"  padded alike, round {r + 1}/{rounds}", bench.time_ours,
+                                 cfg_for(["model.text.cache_dir=null"]), batches, steps, warmup))
+        grouped.append(bench.timed(f"  {groups} length groups, round {r + 1}/{rounds}", bench.time_ours,
+                                   cfg_for(["model.text.cache_dir=null", f"model.length_groups={groups}"]),
+                                   batches, steps, warmup))
+    alike_s, grouped_s = statistics.median(bench.pooled(alike)), statistics.median(bench.pooled(grouped))
+    return {"padded_step_s": alike_s, "grouped_step_s": grouped_s, "speedup": alike_s / grouped_s,
+            "tokens": bench.padding(grouped[-1]["model"], batches)}
+
+
 def run(args) -> dict:
     import torch
 
@@ -145,6 +164,11 @@ def run(args) -> dict:
         for unfrozen in (1, 0):
             by_trained[str(unfrozen)] = text_cache(cfg_for, batches, args.steps, warmup, None, unfrozen)
 
+    print("[bench] 3b. captions encoded in groups of similar length", flush=True)
+    # the default experiment's own setting (LIKE_FOR_LIKE turns it off for the comparison with open_clip)
+    groups = load_config([], list(args.overrides)).model.length_groups
+    grouped = length_groups(cfg_for, groups, batches, args.steps, warmup, args.rounds)
+
     print("[bench] 4. data pipeline alone", flush=True)
     data = bench.timed("data pipeline", bench.data_rate, dm, 2 if args.quick else 20)
     split = {"data": cfg.data.batch_size / data["samples_per_s"], **split}
@@ -160,6 +184,7 @@ def run(args) -> dict:
         "train_vs_open_clip": default["ours_samples_per_s"] / default["open_clip_samples_per_s"],
         "train_vs_open_clip_vit_b16": large["ours_samples_per_s"] / large["open_clip_samples_per_s"],
         "text_cache_speedup": cache["speedup"],
+        "length_groups_speedup": grouped["speedup"],
         "train_vs_open_clip_cached": cache["off_step_s"] / cache["on_step_s"] * default["ours_samples_per_s"]
         / default["open_clip_samples_per_s"],
         "data_vs_model": data["samples_per_s"] / default["ours_samples_per_s"],
@@ -168,7 +193,7 @@ def run(args) -> dict:
         "raw": {"default": default, "vit_b16": large, "cost_split_s": split, "reference_step_s": step_s,
                 "flops": {"per_step": flops["total"], "image_per_step": flops["image"], "text_per_step": flops["text"],
                           "achieved_per_s": achieved, "matmul_peak_per_s": peak},
-                "text_cache": cache, "text_cache_by_trained_layers": {k: {x: v for x, v in c.items()}
+                "text_cache": cache, "length_groups": grouped, "text_cache_by_trained_layers": {k: {x: v for x, v in c.items()}
                                                                       for k, c in by_trained.items()}, "data": data,
                 "probes": {**probes, "steps_per_epoch": per_epoch, "epoch_s": epoch_s}},
         "torch_threads": torch.get_num_threads(),
@@ -198,6 +223,11 @@ def table(r: dict) -> str:
         lines.append(f"  {trained} of 6 layers trained: {c['off_step_s'] * 1000:.0f} ms/step recomputed, "
                      f"{c['on_step_s'] * 1000:.0f} ms/step cached (warm) = {c['speedup']:.2f}x (bound "
                      f"{c['bound']:.2f}x); hit rate {c['stats']['hit_rate']:.2f}")
+    g = raw["length_groups"]
+    t = g["tokens"]
+    lines.append(f"captions in {t['groups']} length groups: {g['padded_step_s'] * 1000:.0f} ms/step padded alike, "
+                 f"{g['grouped_step_s'] * 1000:.0f} ms/step grouped = {g['speedup']:.2f}x; text-tower positions per "
+                 f"batch {t['padded']:.0f} -> {t['grouped']:.0f} (real tokens {t['real']:.0f})")
     lines.append(f"the default experiment as shipped (cache warm) against open_clip: "
                  f"{r['train_vs_open_clip_cached']:.2f}x")
     d, p = raw["data"], raw["probes"]

@@ -47,6 +47,10 @@ def test_quick_bench_writes_every_figure_and_open_clip_really_trains(tiny, tmp_p
     assert cache["stats"]["hits"] > 0 and cache["stats"]["errors"] == 0  # the "on" run really read the cache
     assert cache["bound"] > 1 and cache["frozen_part_s"] > 0
     assert result["train_vs_open_clip_cached"] > 0
+    grouped = result["raw"]["length_groups"]
+    assert result["length_groups_speedup"] == grouped["speedup"] > 0
+    tokens = grouped["tokens"]  # the tiny world's captions differ in length: groups cut padding, never real tokens
+    assert tokens["groups"] == 2 and tokens["real"] <= tokens["grouped"] < tokens["padded"]
     for case in ("default", "vit_b16"):
         raw = result["raw"][case]
         # open_clip's loop ran every batch and moved what it trains, and only that
@@ -65,6 +69,7 @@ def test_open_clip_baseline_has_our_sizes_and_trains_the_same_text_layers(tiny):
 
     cfg = load_config([], LIKE_FOR_LIKE + tiny)
     ours, (theirs, tokenizer) = build_model(cfg, 1), build_open_clip(cfg)
+    assert ours.length_groups == 1  # open_clip pads every caption alike, so ours does too in the comparison
 
     def count(module, trainable_only=False):
         return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

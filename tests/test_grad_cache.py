@@ -31,10 +31,10 @@ def make_batch(negatives: bool) -> dict:
     return batch
 
 
-def make_model(micro_batch_size=None, text=None) -> CompClip:
+def make_model(micro_batch_size=None, text=None, length_groups=1) -> CompClip:
     L.seed_everything(0, verbose=False)
-    return CompClip({**MODEL, "text": text or MODEL["text"]}, {**OPTIM, "micro_batch_size": micro_batch_size},
-                    total_steps=1)
+    return CompClip({**MODEL, "text": text or MODEL["text"], "length_groups": length_groups},
+                    {**OPTIM, "micro_batch_size": micro_batch_size}, total_steps=1)
 
 
 class Once(IterableDataset):
@@ -120,11 +120,13 @@ def test_grad_cache_clips_gradients_like_the_trainer():
     assert not torch.allclose(got["weights"]["log_logit_scale"], unclipped["weights"]["log_logit_scale"])
 
 
-def test_grad_cache_replays_the_dropout_masks_of_its_first_pass():
+@pytest.mark.parametrize("length_groups", [1, 2])  # 2: each micro-batch's captions in two calls, masks in turn
+def test_grad_cache_replays_the_dropout_masks_of_its_first_pass(length_groups):
     """With dropout active (the trained MiniLM layer), pass 3 must recompute exactly the embeddings of pass 1: the
     step's gradients are those of the loss over micro-batches encoded with grad from the same RNG state."""
     batch = make_batch(True)
-    model = make_model(3, text=MINILM)
+    batch["caption"][1] = "a blue square that is larger than the red circle"  # lengths differ within a micro-batch
+    model = make_model(3, text=MINILM, length_groups=length_groups)
     model.train()  # Lightning keeps the modes modules were built in, and Hugging Face builds in eval mode
     reference = copy.deepcopy(model)
     got = step(model, batch)

@@ -1,4 +1,4 @@
-"""Speed and scale options: precision by device, compile, fused attention, gradient checkpointing, channels-last,
+"""Speed and scale options: precision by device, captions encoded by length, compile, fused attention, gradient checkpointing, channels-last,
 the FSDP strategy built from the config, run folders of ranks launched apart, and the torchrun recipe."""
 
 import os
@@ -12,7 +12,7 @@ from torch import nn
 
 from lit_compclip.config import ConfigError, load_config
 from lit_compclip.model import CompClip
-from lit_compclip.towers import build_text_tower
+from lit_compclip.towers import build_text_tower, encode_by_length
 from lit_compclip.towers.image import ImageTower
 from lit_compclip.train import block_classes, trainer_options, unique_run_dir
 
@@ -62,6 +62,44 @@ def assert_same(a, b):
     assert grads_a.keys() == grads_b.keys() and grads_a
     for name, grad in grads_a.items():
         assert torch.allclose(grad, grads_b[name], rtol=1e-4, atol=1e-5), name
+
+
+# -- captions encoded in groups of similar length -----------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [SCRATCH, {"tower": "sentence_transformers", "cache_dir": None},
+                                  {"tower": "sentence_transformers", "cache_dir": "CACHE", "cache_dtype": "float32"}])
+def test_length_groups_keep_every_rows_embedding_and_gradients(text, tmp_path):
+    text = {k: str(tmp_path) if v == "CACHE" else v for k, v in text.items()}
+    captions = CAPTIONS + ["shapes", "a large purple diamond that is above a small yellow triangle on the left"]
+    plain, grouped = twin(lambda: build_text_tower(text, embed_dim=8).eval())
+    tokens = plain.tokenize(captions)
+    assert tokens["attention_mask"].sum(1).unique().numel() > 3  # lengths differ: the groups cut real padding
+    reference = loss_and_grads(plain, lambda m: m(tokens))
+    for groups in (2, 3, len(captions) + 4):  # more groups than rows: one row each
+        assert_same(reference, loss_and_grads(grouped, lambda m: encode_by_length(m, tokens, groups)))
+
+
+def test_length_groups_run_each_group_at_its_own_length():
+    seen = []
+
+    def tower(tokens):
+        seen.append(tuple(tokens["input_ids"].shape))
+        return tokens["input_ids"][:, :1].float() * 10 + tokens["attention_mask"].sum(1, keepdim=True)
+
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0]])
+    tokens = {"input_ids": torch.arange(4)[:, None].repeat(1, 5), "attention_mask": mask}
+    out = encode_by_length(tower, tokens, 2)
+    assert seen == [(2, 2), (2, 5)]  # lengths 1, 2 | 4, 5
+    assert out[:, 0].tolist() == [5, 12, 24, 31]  # each row back in its place: 10 * row + its length
+
+
+def test_model_encodes_text_by_length_unless_told_not_to():
+    plain, grouped = twin(lambda **o: CompClip({**MODEL, **o}, OPTIM), length_groups=3)
+    assert plain.length_groups == 1 and grouped.length_groups == 3
+    with torch.no_grad():
+        assert torch.allclose(plain.eval().encode_text(CAPTIONS), grouped.eval().encode_text(CAPTIONS), atol=1e-6)
+    with pytest.raises(ConfigError, match="model.length_groups"):
+        load_config([], ["model.length_groups=0"])
 
 
 # -- precision -------------------------------------------------------------------------------------------------
