@@ -41,12 +41,14 @@ def main(ckpt: str, shard: str = "data/synth/train/shard-000000.tar", n_families
     families = {}
     for key in sorted(records):
         families.setdefault(records[key]["family"], {})[records[key]["member"]] = key
-    families = [f for f in families.values() if len(f) == 4][:n_families]
+    families = [f for f in families.values() if {"base", "swap_colour", "swap_position"} <= f.keys()][:n_families]
     with torch.no_grad():
         def emb(key):
             return model.encode_image(model.eval_transform(images[key])[None])[0]
 
-        for twin in ("swap_position", "swap_colour"):
+        for twin in ("swap_position", "swap_colour", "other_shape_base"):  # the last: world format 5's shape twin
+            if any(twin not in f for f in families):
+                continue
             cos = [float(emb(f["base"]) @ emb(f[twin])) for f in families]
             print(f"image  base vs {twin:<14} mean cos {sum(cos) / len(cos):.3f}")
         other = [float(emb(a["base"]) @ emb(b["base"])) for a, b in zip(families, families[1:])]

@@ -132,7 +132,7 @@ def main() -> None:
     for i, s in enumerate(train):
         families.setdefault(s["family"], []).append(i)
     ids, queue, losses, start = sorted(families), [], [], time.perf_counter()
-    per_batch = cfg.data.batch_size // 4
+    per_batch = max(1, cfg.data.batch_size // max(len(f) for f in families.values()))  # whole families
     model.train()
     evaluate(0)
     for step in range(1, args.steps + 1):

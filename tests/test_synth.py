@@ -16,7 +16,8 @@ from PIL import Image
 
 from lit_compclip.synth import generate, hard_negative_stats
 from lit_compclip.synth import captions as cap
-from lit_compclip.synth.world import COLOURS, HELD_OUT, INVERSE, MARGIN, MEMBERS, RELATIONS, SHAPES, SIZES, sample_family
+from lit_compclip.synth.world import (COLOURS, HELD_OUT, INVERSE, MARGIN, MEMBERS, RELATIONS, SHAPES, SIZES,
+                                      TWIN_MEMBERS, sample_family, shape_twin)
 
 ARGS = dict(train_families=12, eval_families=8, shard_size=8, image_size=64, probe_size=12, seed=3)
 ALL_RELATION_WORDS = sorted({w for v in cap.RELATION_WORDS.values() for ws in v.values() for w in ws}, key=len,
@@ -91,10 +92,10 @@ def test_generate_is_byte_identical_for_same_arguments(tmp_path):
 
 def test_shards_hold_jpg_txt_json_per_key_with_scene_fields(data):
     keys, size = [], ARGS["shard_size"]
-    for split, n_families in (("train", ARGS["train_families"]), ("val", ARGS["eval_families"])):
-        shards = read_shards(data / split)
+    for split, n_samples in (("train", 8 * ARGS["train_families"]), ("val", 4 * ARGS["eval_families"])):
+        shards = read_shards(data / split)  # a training family has 4 counterfactuals and their shape twins
         assert [name for name, _ in shards] == [f"shard-{i:06d}.tar" for i in range(len(shards))]
-        assert sum(len(files) for _, files in shards) == 3 * 4 * n_families
+        assert sum(len(files) for _, files in shards) == 3 * n_samples
         for _, files in shards:
             by_key = defaultdict(set)
             for name in files:
@@ -130,12 +131,48 @@ def test_held_out_combos_absent_from_train_and_in_every_eval_base(data):
         assert {(o["colour"], o["shape"]) for o in rec["scene"]["objects"]} & HELD_OUT
 
 
+def test_training_families_have_shape_twins_that_differ_only_in_one_objects_shape(data):
+    families = defaultdict(list)
+    for rec in records(data / "train"):
+        families[rec["family"]].append(rec)
+    replaced = Counter()
+    for members in families.values():
+        assert [m["member"] for m in members] == list(MEMBERS) + list(TWIN_MEMBERS)
+        assert [int(m["key"]) for m in members] == list(range(int(members[0]["key"]), int(members[0]["key"]) + 8))
+        changes = set()
+        for original, twin in zip(members[:4], members[4:]):
+            a, b = original["scene"], twin["scene"]
+            assert a["relations"] == b["relations"] and len(a["objects"]) == len(b["objects"])
+            diff = [(i, o["shape"], t["shape"]) for i, (o, t) in enumerate(zip(a["objects"], b["objects"]))
+                    if o != t]
+            assert len(diff) == 1 and all(o == {**t, "shape": o["shape"]} for o, t in zip(a["objects"], b["objects"]))
+            changes.add(diff[0])
+            assert diff[0][2] not in {o["shape"] for o in a["objects"]}  # a shape the scene lacks
+            assert twin["recaption"] != original["recaption"]
+        assert len(changes) == 1  # the same object gets the same new shape in every member
+        replaced[changes.pop()[0]] += 1
+    assert set(replaced) == {0, 1}  # either object
+    for rec in records(data / "val"):
+        assert rec["member"] in MEMBERS  # evaluation families have no twins
+
+
+def test_shape_twins_can_be_turned_off_and_are_checked(tmp_path):
+    generate(tmp_path / "off", **dict(ARGS, train_families=3, eval_families=1, probe_size=2, shard_size=4,
+                                      shape_twins=0))
+    assert len(records(tmp_path / "off" / "train")) == 12
+    with pytest.raises(ValueError, match="shape_twins must be 0 or 1"):
+        generate(tmp_path / "x", **dict(ARGS, shape_twins=2))
+    with pytest.raises(ValueError, match="multiple of a training family's 8 samples"):
+        generate(tmp_path / "x", **dict(ARGS, shard_size=4))
+
+
 def test_family_members_are_the_counterfactuals(data):
     families = defaultdict(list)
     for rec in records(data / "train") + records(data / "val"):
         families[rec["family"]].append(rec)
     assert len(families) == ARGS["train_families"] + ARGS["eval_families"]
     for members in families.values():
+        members = members[:4]  # the shape twins of a training family: the next test
         assert [m["member"] for m in members] == list(MEMBERS)
         assert [int(m["key"]) for m in members] == list(range(int(members[0]["key"]), int(members[0]["key"]) + 4))
         base, colour, position, both = (m["scene"] for m in members)
@@ -341,9 +378,9 @@ def test_docci_uses_whole_families_with_held_out_recaptions(data):
 def test_generate_skips_when_manifest_matches_and_refuses_other_arguments(tmp_path):
     small = dict(ARGS, train_families=2, eval_families=2, probe_size=2)
     first = generate(tmp_path, **small)
-    assert first["skipped"] is False and first["counts"]["train_samples"] == 8
+    assert first["skipped"] is False and first["counts"]["train_samples"] == 16
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["args"] == {k: v for k, v in small.items()} | {"min_objects": 2, "max_objects": 2}
+    assert manifest["args"] == small | {"min_objects": 2, "max_objects": 2, "shape_twins": 1}
     assert "format_version" in manifest
     shard = tmp_path / "train" / "shard-000000.tar"
     stamp = shard.stat().st_mtime_ns
@@ -375,7 +412,7 @@ def test_training_rebuilds_a_world_built_with_other_arguments_or_an_older_genera
     cfg.synth.train_families = 3
     ensure_synth(cfg)
     assert "train_families: 2 -> 3" in capsys.readouterr().out
-    assert json.loads(manifest.read_text())["counts"]["train_samples"] == 12
+    assert json.loads(manifest.read_text())["counts"]["train_samples"] == 24
     monkeypatch.setattr(write, "FORMAT_VERSION", write.FORMAT_VERSION + 1)  # the generator changed since
     ensure_synth(cfg)
     assert "format_version" in capsys.readouterr().out
@@ -402,19 +439,27 @@ def test_hard_negative_stats_on_hand_built_batches():
     colour_swapped = scene("blue circle small", "red square large")
     position_swapped = scene("red circle small", "blue square large", relation=(0, "right of", 1))
     same_described_backwards = scene("blue square large", "red circle small", relation=(0, "right of", 1))
+    other_shape = scene("red star small", "blue square large")
     unrelated = scene("green star small", "white cross small", relation=(0, "above", 1))
-    assert hard_negative_stats([base, colour_swapped]) == {
-        "binding_negative_frac": 1.0, "relation_negative_frac": 0.0, "duplicate_frac": 0.0}
-    assert hard_negative_stats([base, position_swapped, unrelated]) == {
-        "binding_negative_frac": 0.0, "relation_negative_frac": 2 / 3, "duplicate_frac": 0.0}
-    assert hard_negative_stats([base, same_described_backwards, unrelated]) == {
-        "binding_negative_frac": 0.0, "relation_negative_frac": 0.0, "duplicate_frac": 2 / 3}
-    family = sample_family(random.Random(0), 2, "train", 64)
-    assert hard_negative_stats(family) == {"binding_negative_frac": 1.0, "relation_negative_frac": 1.0,
-                                           "duplicate_frac": 0.0}
+    none = {"binding_negative_frac": 0.0, "relation_negative_frac": 0.0, "shape_negative_frac": 0.0,
+            "duplicate_frac": 0.0}
+    assert hard_negative_stats([base, colour_swapped]) == none | {"binding_negative_frac": 1.0}
+    assert hard_negative_stats([base, position_swapped, unrelated]) == none | {"relation_negative_frac": 2 / 3}
+    assert hard_negative_stats([base, same_described_backwards, unrelated]) == none | {"duplicate_frac": 2 / 3}
+    assert hard_negative_stats([base, other_shape, colour_swapped, unrelated]) == none | {
+        "shape_negative_frac": 2 / 4, "binding_negative_frac": 2 / 4}
+    for f in range(2):
+        family = sample_family(random.Random(f), 2, "train", 64)
+        # with equal sizes the both-swapped member is the base with its two shapes exchanged: shape-only too
+        same_size = family[0]["objects"][0]["size"] == family[0]["objects"][1]["size"]
+        assert hard_negative_stats(family) == none | {"binding_negative_frac": 1.0, "relation_negative_frac": 1.0,
+                                                      "shape_negative_frac": float(same_size)}
+    rng = random.Random(0)
+    family = sample_family(rng, 2, "train", 64)
+    assert hard_negative_stats(family + shape_twin(family, rng)) == none | {
+        "binding_negative_frac": 1.0, "relation_negative_frac": 1.0, "shape_negative_frac": 1.0}
     strangers = [sample_family(random.Random(f), 2, "train", 64)[0] for f in range(4)]
-    assert hard_negative_stats(strangers) == {"binding_negative_frac": 0.0, "relation_negative_frac": 0.0,
-                                              "duplicate_frac": 0.0}
+    assert hard_negative_stats(strangers) == none
     with pytest.raises(ValueError, match="at least one scene"):
         hard_negative_stats([])
 

@@ -26,6 +26,7 @@ SIZES = {"small": 0.26, "large": 0.36}  # bbox side as a fraction of the image (
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 MEMBERS = ("base", "swap_colour", "swap_position", "swap_both")  # one family, written in this order
+TWIN_MEMBERS = tuple(f"other_shape_{m}" for m in MEMBERS)  # a training family's shape twin (see shape_twin)
 
 # Latin-square transversal: colour i is held out with shape i + 3, so each colour and each shape exactly once.
 assert len(COLOURS) == len(SHAPES)
@@ -135,6 +136,23 @@ def sample_family(rng: random.Random, n_objects: int, split: str, image_size: in
     return [scene_dict(objs, _jitter(lay, rng, max_side), image_size) for objs, lay in members]
 
 
+def shape_twin(family: list[dict], rng: random.Random) -> list[dict]:
+    """The training family again with one object's shape replaced, in every member, by a shape the scene lacks;
+    colours, sizes, places and jitter are kept, and no member holds a HELD_OUT (colour, shape).
+
+    Without twins a batch asks for shape only through exchanged shapes (the both-swapped member, when the two sizes
+    match) or by chance, and replace-object stayed at 55-72% in every run."""
+    shapes = {o["shape"] for o in family[0]["objects"]}
+    choices = [(k, s) for k in range(len(family[0]["objects"])) for s in SHAPES if s not in shapes]
+    rng.shuffle(choices)
+    for k, shape in choices:
+        twin = [{**scene, "objects": [{**o, "shape": shape} if i == k else o for i, o in enumerate(scene["objects"])]}
+                for scene in family]
+        if not any((o["colour"], o["shape"]) in HELD_OUT for scene in twin for o in scene["objects"]):
+            return twin
+    raise AssertionError("every other shape makes a held-out combination")  # 6 shapes, <= 4 objects: never
+
+
 def _shape_points(shape: str, x: float, y: float, w: float, h: float) -> list[tuple[float, float]]:
     cx, cy = x + w / 2, y + h / 2
     if shape == "square":
@@ -198,25 +216,30 @@ def _relation_triples(scene: dict, ident) -> tuple:
 
 
 def hard_negative_stats(scenes: list[dict]) -> dict[str, float]:
-    """Fractions of a batch's samples that have a binding-only negative, a relation-only negative, a duplicate.
+    """Fractions of a batch's samples that have a binding-only, a relation-only or a shape-only negative, or a
+    duplicate.
 
     binding-only: same multisets of colours, sizes and shapes, a different (colour, shape, size) assignment, and the
     same relations between shapes (the colour-swapped family member). relation-only: same objects, different
-    relations (the position-swapped member). duplicate: same objects and same relations."""
+    relations (the position-swapped member). shape-only: the same scene but for some object's shape (the shape
+    twin). duplicate: same objects and same relations."""
     if not scenes:
         raise ValueError("hard_negative_stats needs at least one scene")
     full = [tuple(sorted((o["colour"], o["shape"], o["size"]) for o in s["objects"])) for s in scenes]
     attrs = [tuple(tuple(sorted(o[k] for o in s["objects"])) for k in ("colour", "shape", "size")) for s in scenes]
     rel_full = [_relation_triples(s, lambda o: (o["colour"], o["shape"], o["size"])) for s in scenes]
     rel_shape = [_relation_triples(s, lambda o: o["shape"]) for s in scenes]
-    binding_groups, relation_groups = defaultdict(set), defaultdict(set)
-    for f, a, rf, rs in zip(full, attrs, rel_full, rel_shape):
+    rel_no_shape = [_relation_triples(s, lambda o: (o["colour"], o["size"])) for s in scenes]
+    binding_groups, relation_groups, shape_groups = defaultdict(set), defaultdict(set), defaultdict(set)
+    for f, a, rf, rs, rn in zip(full, attrs, rel_full, rel_shape, rel_no_shape):
         binding_groups[a, rs].add(f)
         relation_groups[f].add(rf)
+        shape_groups[rn].add(rf)
     descriptions = Counter(zip(full, rel_full))
     n = len(scenes)
     return {
         "binding_negative_frac": sum(len(binding_groups[a, rs]) > 1 for a, rs in zip(attrs, rel_shape)) / n,
         "relation_negative_frac": sum(len(relation_groups[f]) > 1 for f in full) / n,
+        "shape_negative_frac": sum(len(shape_groups[rn]) > 1 for rn in rel_no_shape) / n,
         "duplicate_frac": sum(descriptions[d] > 1 for d in zip(full, rel_full)) / n,
     }

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Iterator
 
 from lit_compclip.synth import captions as cap
-from lit_compclip.synth.world import HELD_OUT, MAX_OBJECTS, MEMBERS, encode, render, sample_family
+from lit_compclip.synth.world import (HELD_OUT, MAX_OBJECTS, MEMBERS, TWIN_MEMBERS, encode, render, sample_family,
+                                      shape_twin)
 
-FORMAT_VERSION = 4  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger shapes;
-# 4: the object list names the leftmost (topmost) object again instead of saying where each object is
+FORMAT_VERSION = 5  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger shapes;
+# 4: the object list names the leftmost (topmost) object again instead of saying where each object is; 5: shape twins,
+# vertical relations trained as above / on top of and below / underneath
 FAMILY_SIZE = len(MEMBERS)
 OUTPUTS = ("manifest.json", "train", "val", "probes")  # everything generate() writes (and overwrite removes)
 BOX_PAD = 0.05  # ARO crop boxes: padding around the two objects, as a fraction of the image
@@ -36,13 +38,22 @@ class Sample:
         return f"{self.key:09d}"
 
 
+def unit_size(split: str, args: dict) -> int:
+    """Samples per family in `split`: the counterfactuals, and in training each shape twin's as well."""
+    return FAMILY_SIZE * (1 + args["shape_twins"]) if split == "train" else FAMILY_SIZE
+
+
 def _families(split: str, first_family: int, n_families: int, first_key: int, args: dict) -> Iterator[Sample]:
+    unit = unit_size(split, args)
     for f in range(first_family, first_family + n_families):
         rng = random.Random(f"{args['seed']}/family/{f}")
         n = rng.randint(args["min_objects"], args["max_objects"])
         scenes = sample_family(rng, n, "train" if split == "train" else "eval", args["image_size"])
+        names = list(MEMBERS)
+        if split == "train" and args["shape_twins"]:  # same family id: a batch holds it too (data.group_key)
+            scenes, names = scenes + shape_twin(scenes, rng), names + list(TWIN_MEMBERS)
         for m, scene in enumerate(scenes):
-            yield Sample(first_key + (f - first_family) * FAMILY_SIZE + m, f, MEMBERS[m], split, scene)
+            yield Sample(first_key + (f - first_family) * unit + m, f, names[m], split, scene)
 
 
 def record(sample: Sample, seed: int) -> dict:
@@ -184,8 +195,11 @@ def _check_args(args: dict) -> None:
     if not args["min_objects"] <= args["max_objects"] <= MAX_OBJECTS:
         raise ValueError(f"synth: need min_objects <= max_objects <= {MAX_OBJECTS}, "
                          f"got min_objects={args['min_objects']} max_objects={args['max_objects']}")
-    if args["shard_size"] < FAMILY_SIZE or args["shard_size"] % FAMILY_SIZE:
-        raise ValueError(f"synth: shard_size must be a positive multiple of the family size {FAMILY_SIZE} "
+    if args["shape_twins"] not in (0, 1):
+        raise ValueError(f"synth: shape_twins must be 0 or 1, got {args['shape_twins']}")
+    unit = unit_size("train", args)
+    if args["shard_size"] < unit or args["shard_size"] % unit:
+        raise ValueError(f"synth: shard_size must be a positive multiple of a training family's {unit} samples "
                          f"(so no family straddles two shards), got {args['shard_size']}")
 
 
@@ -205,11 +219,11 @@ def differs(out_dir, args: dict) -> str | None:
 
 
 def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000, image_size=64,
-             min_objects=2, max_objects=2, seed=0, probe_size=400, overwrite=False) -> dict:
+             min_objects=2, max_objects=2, seed=0, probe_size=400, shape_twins=1, overwrite=False) -> dict:
     """Write shards, probes and manifest.json under `out_dir`; a no-op when its manifest holds the same arguments."""
     args = {"train_families": train_families, "eval_families": eval_families, "shard_size": shard_size,
             "image_size": image_size, "min_objects": min_objects, "max_objects": max_objects, "seed": seed,
-            "probe_size": probe_size}
+            "probe_size": probe_size, "shape_twins": shape_twins}
     _check_args(args)
     out = Path(out_dir)
     manifest_path = out / "manifest.json"
@@ -229,7 +243,7 @@ def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000
             path.unlink()
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    n_train = train_families * FAMILY_SIZE
+    n_train = train_families * unit_size("train", args)
     train = _write_shards(out / "train", _families("train", 0, train_families, 0, args), args)
     evals = list(_families("val", train_families, eval_families, n_train, args))
     val = _write_shards(out / "val", iter(evals), args)
@@ -241,7 +255,7 @@ def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000
                    "probes": probes},
         "stats": {"alt_text_words_mean": round(train["alt_text_words"] / train["samples"], 2),
                   "recaption_words_mean": round(train["recaption_words"] / train["samples"], 2),
-                  "held_out_combos": sorted(f"{c} {s}" for c, s in HELD_OUT), "family_members": list(MEMBERS)},
+                  "held_out_combos": sorted(f"{c} {s}" for c, s in HELD_OUT), "family_members": list(MEMBERS) + list(TWIN_MEMBERS) * shape_twins},
     }
     _dump(manifest_path, manifest)  # last, so a crash leaves no manifest and the next run refuses to skip
     return {**manifest, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 2), "skipped": False}
