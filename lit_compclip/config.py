@@ -132,7 +132,9 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     fast_dev_run: Any = False
     limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
+    # Validation batches per epoch (an int), a fraction of them (a float <= 1.0), or null for all: 8 batches (512 of
+    # the synthetic world's 1,600 validation samples) save about 13 s of the default run's 10 minutes.
+    limit_val_batches: Any = 8
     enable_progress_bar: bool = True
     deterministic: bool = False
     checkpoint_every_n_steps: Optional[int] = None  # also save checkpoints/last.ckpt every N steps (resumable)
@@ -312,6 +314,10 @@ def check_values(cfg: DictConfig) -> None:
          "trainer.checkpoint_every_n_steps", "must be >= 1, or null for checkpoints at epoch ends only")
     need(cfg.resume is None or bool(cfg.resume.strip()), "resume",
          "give a checkpoint path, last, auto, or null")
+    v = cfg.trainer.limit_val_batches
+    need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+         or (isinstance(v, float) and 0.0 <= v <= 1.0), "trainer.limit_val_batches",
+         "give a number of batches (an integer >= 0), a fraction in [0, 1], or null for all")
     need(cfg.model.length_groups >= 1, "model.length_groups", "must be >= 1 (1: one padded batch)")
     need(len(cfg.model.image.crop_scale) == 2, "model.image.crop_scale", "give two numbers [min, max]")
     for key, choices in (("pool", ("model", "flatten")), ("pos_embed", ("learn", "sincos")),

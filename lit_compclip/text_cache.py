@@ -89,11 +89,13 @@ class PrefixCache:
         return t.to(torch.float16).to(t.dtype) if self.dtype is np.float16 else t
 
     def put(self, keys: list[bytes], values: list[torch.Tensor]) -> None:
-        for key, value in zip(keys, values):
-            try:
-                self.store.set(key, value.detach().to("cpu", torch.float32).numpy().astype(self.dtype).tobytes())
-            except Exception as e:  # a full disk: train on without caching (counted and logged)
-                self._error("write", e)
+        rows = [value.detach().to("cpu", torch.float32).numpy().astype(self.dtype).tobytes() for value in values]
+        try:
+            with self.store.transact():  # one SQLite transaction per batch: half the time of one per caption
+                for key, row in zip(keys, rows):
+                    self.store.set(key, row)
+        except Exception as e:  # a full disk: train on without caching (counted and logged)
+            self._error("write", e)
 
     def _error(self, what: str, e: Exception) -> None:
         self.errors += 1

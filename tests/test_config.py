@@ -88,6 +88,11 @@ def test_values_are_range_checked():
     with pytest.raises(ConfigError, match="'model.image.stem': a conv stem has no pretrained weights"):
         load_config([], ["model.image.pretrained=true"])
     assert load_config([], ["model.image.pretrained=true", "model.image.stem=patch"]).model.image.stem == "patch"
+    for bad in ("-1", "1.5", "some", "true"):
+        with pytest.raises(ConfigError, match="'trainer.limit_val_batches': give a number of batches"):
+            load_config([], [f"trainer.limit_val_batches={bad}"])
+    for good, value in (("8", 8), ("0.25", 0.25), ("null", None)):
+        assert load_config([], [f"trainer.limit_val_batches={good}"]).trainer.limit_val_batches == value
 
 
 def test_cli_exits_2_with_one_line_before_building_anything(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import random
 import shutil
 import tarfile
@@ -75,18 +76,41 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_shards(folder: Path, samples: Iterator[Sample], args: dict) -> dict:
+def _files(sample: Sample, args: dict) -> tuple[dict, bytes]:
+    """One sample's KEY.json record and KEY.jpg bytes (a pure function of the sample: any process may make them)."""
+    return record(sample, args["seed"]), image_bytes(sample, args)
+
+
+def _made(samples: Iterator[Sample], args: dict, workers: int) -> Iterator[tuple[Sample, dict, bytes]]:
+    """(sample, record, jpg) in the samples' order; rendered by `workers` processes when more than 1."""
+    if workers <= 1:
+        yield from ((s, *_files(s, args)) for s in samples)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    samples = list(samples)
+    # spawn, not fork: the caller may be a training process with torch's threads running
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        made = pool.map(_files, samples, [args] * len(samples), chunksize=max(1, min(200, len(samples) // workers)))
+        yield from ((s, *m) for s, m in zip(samples, made))
+
+
+def _write_shards(folder: Path, samples: Iterator[Sample], args: dict, workers: int = 1,
+                  keep: dict[int, bytes] | None = None) -> dict:
+    """Shards of args["shard_size"] samples; `keep` (if given) collects each sample's JPEG bytes by key."""
     folder.mkdir(parents=True)
     n = shards = alt_words = recap_words = 0
     tar = None
-    for sample in samples:
+    for sample, rec, jpg in _made(samples, args, workers):
         if n % args["shard_size"] == 0:
             if tar:
                 tar.close()
             tar = tarfile.open(folder / f"shard-{shards:06d}.tar", "w", format=tarfile.USTAR_FORMAT)
             shards += 1
-        rec = record(sample, args["seed"])
-        _add(tar, f"{sample.name}.jpg", image_bytes(sample, args))
+        _add(tar, f"{sample.name}.jpg", jpg)
+        if keep is not None:
+            keep[sample.key] = jpg
         _add(tar, f"{sample.name}.json", json.dumps(rec).encode())
         _add(tar, f"{sample.name}.txt", rec["alt_text"].encode())
         n += 1
@@ -117,16 +141,18 @@ def _dump(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
-def _write_probes(root: Path, evals: list[Sample], args: dict) -> dict[str, int]:
-    """SugarCrepe, ARO VG-R/VG-A, Winoground and DOCCI files from eval families only; returns examples per file."""
-    size, counts = args["image_size"], {}
+def _write_probes(root: Path, evals: list[Sample], args: dict, jpgs: dict[int, bytes] | None = None) -> dict[str, int]:
+    """SugarCrepe, ARO VG-R/VG-A, Winoground and DOCCI files from eval families only; returns examples per file.
+    `jpgs`: the eval samples' JPEG bytes by key, already made for the validation shards."""
+    size, counts, jpgs = args["image_size"], {}, jpgs or {}
     k = min(args["probe_size"], len(evals))
 
     def save(folder: Path, name: str, sample: Sample, fmt: str = "jpg") -> str:
         path = folder / "images" / f"{name}.{fmt}"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(image_bytes(sample, args, fmt))
+            made = jpgs.get(sample.key) if fmt == "jpg" else None
+            path.write_bytes(made or image_bytes(sample, args, fmt))
         return path.name
 
     folder = root / "sugarcrepe"
@@ -219,8 +245,12 @@ def differs(out_dir, args: dict) -> str | None:
 
 
 def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000, image_size=64,
-             min_objects=2, max_objects=2, seed=0, probe_size=400, shape_twins=1, overwrite=False) -> dict:
-    """Write shards, probes and manifest.json under `out_dir`; a no-op when its manifest holds the same arguments."""
+             min_objects=2, max_objects=2, seed=0, probe_size=400, shape_twins=1, overwrite=False,
+             workers: int | None = None) -> dict:
+    """Write shards, probes and manifest.json under `out_dir`; a no-op when its manifest holds the same arguments.
+
+    The shards' images are rendered by `workers` processes (default: one per CPU, at most 8, for worlds of 2,000
+    training samples or more; a process pool costs more than it saves on a small one); the bytes do not depend on it."""
     args = {"train_families": train_families, "eval_families": eval_families, "shard_size": shard_size,
             "image_size": image_size, "min_objects": min_objects, "max_objects": max_objects, "seed": seed,
             "probe_size": probe_size, "shape_twins": shape_twins}
@@ -244,10 +274,13 @@ def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     n_train = train_families * unit_size("train", args)
-    train = _write_shards(out / "train", _families("train", 0, train_families, 0, args), args)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if n_train >= 2000 else 1
+    train = _write_shards(out / "train", _families("train", 0, train_families, 0, args), args, workers)
     evals = list(_families("val", train_families, eval_families, n_train, args))
-    val = _write_shards(out / "val", iter(evals), args)
-    probes = _write_probes(out / "probes", evals, args)
+    jpgs: dict[int, bytes] = {}
+    val = _write_shards(out / "val", iter(evals), args, workers, keep=jpgs)
+    probes = _write_probes(out / "probes", evals, args, jpgs)
     manifest = {
         "format_version": FORMAT_VERSION, "args": args,
         "counts": {"train_samples": train["samples"], "train_shards": train["shards"], "val_samples": val["samples"],
