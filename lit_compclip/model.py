@@ -158,12 +158,19 @@ class CompClip(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=self.local_loss)
         self.log("train/logit_scale", self.logit_scale.detach(), batch_size=n)
         self.log("data/skipped", float(self.skipped), reduce_fx="max", batch_size=n)
-        self.log("train/truncated_fraction", self.text.count_truncated(batch["caption"]) / n, batch_size=n)
+        if self._logs_this_step():  # the count re-tokenizes the captions: only where Lightning writes the value
+            self.log("train/truncated_fraction", self.text.count_truncated(batch["caption"]) / n, batch_size=n)
         if "negatives" in batch:
             self.no_negative += int(batch.get("no_negative", 0))
             self.log("train/negatives_per_sample", len(batch["negatives"]) / n, batch_size=n)
             self.log("data/no_negative", float(self.no_negative), reduce_fx="max", batch_size=n)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's metrics (every trainer.log_every_n_steps; step values logged in
+        between are dropped); True outside a Trainer."""
+        trainer = self._trainer
+        return trainer is None or (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0
 
     def on_train_batch_start(self, batch, batch_idx):
         if self.micro_batch_size and isinstance(self.trainer.strategy, ParallelStrategy):

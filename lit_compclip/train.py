@@ -250,6 +250,7 @@ def train(cfg: DictConfig) -> dict:
     if getattr(model.text, "cache_options", None):
         callbacks.append(TextCacheStats())
     t = trainer_options(cfg, model)
+    t["enable_progress_bar"] = cfg.trainer.enable_progress_bar and sys.stdout.isatty()  # else ProgressLines' lines
     if not model.automatic_optimization:  # GradCache steps and clips by hand: Lightning refuses gradient_clip_val then
         model.manual_clip_val = t.pop("gradient_clip_val")
     trainer = L.Trainer(**t, logger=loggers, callbacks=callbacks, default_root_dir=run_dir,

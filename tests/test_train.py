@@ -1,6 +1,7 @@
 """End to end: every experiment file runs (fast_dev_run), and a short real run leaves every promised output."""
 
 import contextlib
+import csv
 import glob
 import io
 import json
@@ -90,6 +91,9 @@ def test_short_run_writes_every_output(short_run):
     assert [h["epoch"] for h in history] == [1, 2]  # every epoch, and no repeat at the end of fit
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "val/loss", "probe/sugarcrepe/swap_att", "data/skipped"} <= set(header)
+    rows = list(csv.DictReader(io.StringIO((run / "metrics.csv").read_text())))
+    logged = [r for r in rows if r["train/loss"]]  # counted only on the steps Lightning writes: on every one of them
+    assert logged and all(r["train/truncated_fraction"] == "0.0" for r in logged)
     assert "swap_att=" in out and str(run) in out
     ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] > 0 and "log_logit_scale" in ckpt["state_dict"]
