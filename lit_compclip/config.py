@@ -84,7 +84,7 @@ class ModelConfig:
     max_logit_scale: float = 100.0
     local_loss: bool = True  # each process scores only its own rows of the global-batch loss: O(b x B) memory
     # Captions are encoded in this many groups of similar length, each padded only to its own longest (1: one
-    # padded batch): the synthetic recaptions' padding falls from 39% to 21%; the embeddings are the same.
+    # padded batch): 1.30x faster steps on the synthetic world (`make bench`); the embeddings are the same.
     length_groups: int = 2
     compile: bool = False  # torch.compile the image trunk and the text tower; the first steps (and new lengths) compile
     image: ImageConfig = field(default_factory=ImageConfig)
