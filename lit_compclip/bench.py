@@ -119,6 +119,7 @@ def padding(model, batches: list[dict]) -> dict[str, float]:
     """Token positions the text tower runs per batch, padded alike and in `model.length_groups` groups of similar
     length, against the captions' real tokens (batch means)."""
     from lit_compclip.model import batch_texts
+    from lit_compclip.towers import length_groups
 
     groups = max(1, model.length_groups)
     totals = {"real": 0, "padded": 0, "grouped": 0}
@@ -126,7 +127,7 @@ def padding(model, batches: list[dict]) -> dict[str, float]:
         lengths = model.text.tokenize(batch_texts(batch))["attention_mask"].sum(1)
         totals["real"] += int(lengths.sum())
         totals["padded"] += int(lengths.max()) * len(lengths)
-        totals["grouped"] += sum(int(g.max()) * len(g) for g in lengths.sort().values.chunk(groups))
+        totals["grouped"] += sum(int(lengths[rows].max()) * len(rows) for rows in length_groups(lengths, groups))
     return {k: v / len(batches) for k, v in totals.items()} | {"groups": groups}
 
 

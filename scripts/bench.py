@@ -193,8 +193,9 @@ def run(args) -> dict:
         "raw": {"default": default, "vit_b16": large, "cost_split_s": split, "reference_step_s": step_s,
                 "flops": {"per_step": flops["total"], "image_per_step": flops["image"], "text_per_step": flops["text"],
                           "achieved_per_s": achieved, "matmul_peak_per_s": peak},
-                "text_cache": cache, "length_groups": grouped, "text_cache_by_trained_layers": {k: {x: v for x, v in c.items()}
-                                                                      for k, c in by_trained.items()}, "data": data,
+                "text_cache": cache, "length_groups": grouped,
+                "text_cache_by_trained_layers": {k: {x: v for x, v in c.items()} for k, c in by_trained.items()},
+                "data": data,
                 "probes": {**probes, "steps_per_epoch": per_epoch, "epoch_s": epoch_s}},
         "torch_threads": torch.get_num_threads(),
     })

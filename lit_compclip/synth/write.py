@@ -288,7 +288,8 @@ def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000
                    "probes": probes},
         "stats": {"alt_text_words_mean": round(train["alt_text_words"] / train["samples"], 2),
                   "recaption_words_mean": round(train["recaption_words"] / train["samples"], 2),
-                  "held_out_combos": sorted(f"{c} {s}" for c, s in HELD_OUT), "family_members": list(MEMBERS) + list(TWIN_MEMBERS) * shape_twins},
+                  "held_out_combos": sorted(f"{c} {s}" for c, s in HELD_OUT),
+                  "family_members": list(MEMBERS) + list(TWIN_MEMBERS) * shape_twins},
     }
     _dump(manifest_path, manifest)  # last, so a crash leaves no manifest and the next run refuses to skip
     return {**manifest, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 2), "skipped": False}
