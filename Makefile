@@ -56,7 +56,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -e '.[bench]'
 	@touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)  ## training speed vs open_clip, step cost split, FLOP/s, data vs model, probe overhead -> bench.json (ARGS="--quick")
+bench: $(BENCH_STAMP)  ## CPU, A B B A rounds: ours vs open_clip (like for like; its padding and dropout factors), text cache, length groups, step cost split, FLOP/s, data vs model, probe overhead -> bench.json (ARGS="--quick")
 	$(PY) scripts/bench.py $(ARGS)
 
 bench-gpu: $(BENCH_STAMP)  ## on one GPU, bf16: samples/s and FLOP utilisation of ViT-B/16 + MiniLM / + a 12x768 BERT, beside open_clip

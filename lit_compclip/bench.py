@@ -1,12 +1,12 @@
 """Measurements behind `make bench`: our training loop's step time, its cost split and FLOPs, the data pipeline,
-the probes; every figure is taken in the calling process so that ratios compare like with like."""
+the probes, and the A B B A rounds its ratios come from; every figure is taken in the calling process."""
 
 from __future__ import annotations
 
 import statistics
 import time
 import warnings
-from typing import Any, Iterable
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,10 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_compclip.losses import info_nce
 
-# open_clip's ViT patchifies and pools with its class token, so ours does too when the two are compared (the default's
-# conv stem and projection of all patch tokens are small in FLOPs, but no open_clip model has them).
-# open_clip pads every caption of a batch alike, so ours does too there (`model.length_groups` is measured on its own).
-LIKE_FOR_LIKE = ["model.image.pool=model", "model.image.stem=patch", "model.length_groups=1"]
+# Ours made comparable to open_clip (`make bench`'s "ours" arm, `make bench-gpu`): open_clip's ViT patchifies and
+# pools with its class token, pads every caption of a batch to one length, and has no text cache. The shipped
+# default's own stem, pooling, length groups and cache are measured on their own (`make bench`'s "shipped" arms).
+LIKE_FOR_LIKE = ["model.image.pool=model", "model.image.stem=patch", "model.length_groups=1",
+                 "model.text.cache_dir=null"]
 
 
 def steady(intervals: list[float], warmup: int) -> list[float]:
@@ -77,42 +78,54 @@ class Cycle:
             yield self.batches[i % len(self.batches)]
 
 
+def cache_counts(model) -> tuple[int, int] | None:
+    """(hits, misses) of the text tower's prefix cache so far; None without one (or before its first use)."""
+    cache = getattr(model.text, "cache", None)
+    return None if cache is None else (cache.hits, cache.misses)
+
+
 class StepTimer(L.Callback):
     """Wall time between consecutive training-batch ends: one full step each (data fetch, fwd, bwd, optimizer,
-    logging)."""
+    logging); and the text cache's counts at each end, so that a hit rate covers the timed steps only."""
 
     def __init__(self):
         self.ends: list[float] = []
+        self.counts: list[tuple[int, int] | None] = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if module.device.type == "cuda":
             torch.cuda.synchronize()  # the step's kernels are queued, not done
         self.ends.append(time.perf_counter())
+        self.counts.append(cache_counts(module))
 
     @property
     def intervals(self) -> list[float]:
         return [b - a for a, b in zip(self.ends, self.ends[1:])]  # step k+1 for k = 0, 1, ...
 
 
-def time_ours(cfg: DictConfig, batches: list[dict], steps: int, warmup: int, accelerator: str = "cpu",
-              precision: str = "32-true") -> dict[str, Any]:
+def time_ours(cfg: DictConfig | None, batches: list[dict], steps: int, warmup: int, accelerator: str = "cpu",
+              precision: str = "32-true", model=None) -> dict[str, Any]:
     """Step times of a real `Trainer.fit` of the CompClip module over `batches` (no loggers, checkpoints or
-    probes): {"intervals": steady step seconds, "samples_per_s", "model"}."""
+    probes): {"intervals": steady step seconds, "samples_per_s", "model", "cache": the text cache's hits and misses
+    in the timed steps (None without a cache)}. `model`: train this one again instead of building one from `cfg`
+    (the rounds of `alternate`: a new Trainer and optimizer each time, the weights and the cache kept)."""
     assert warmup >= 1, "the first step has no start time"
     # Expected here and noise in the output: no loader workers, frozen text layers in eval mode, no val loop.
     for pattern in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*", ".*treespec.*",
                     ".*no `val_dataloader`.*"):
         warnings.filterwarnings("ignore", pattern)
     total = warmup + steps
-    model = build_model(cfg, total)
+    model = model if model is not None else build_model(cfg, total)
     timer = StepTimer()
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=total, max_epochs=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(model, train_dataloaders=Cycle(batches, total))
     intervals = steady(timer.intervals, warmup - 1)  # intervals[k] is step k + 1
+    start, end = timer.counts[warmup - 1], timer.counts[-1]  # the counts before the first timed step, after the last
+    cache = None if end is None else {"hits": end[0] - (start or (0, 0))[0], "misses": end[1] - (start or (0, 0))[1]}
     return {"intervals": intervals, "samples_per_s": median_rate(intervals, len(batches[0]["caption"])),
-            "model": model}
+            "model": model, "cache": cache}
 
 
 def padding(model, batches: list[dict]) -> dict[str, float]:
@@ -151,6 +164,8 @@ def data_rate(dm, batches: int) -> dict[str, float]:
 def cost_split(model, batch: dict, repeats: int) -> dict[str, float]:
     """Median seconds of each part of one training step, run apart: tokenising, image tower fwd+bwd, text tower
     fwd+bwd, the loss fwd+bwd (on the embeddings) and the optimizer step. The first of `repeats` is warm-up."""
+    from lit_compclip.towers import encode_by_length
+
     optimizer = model.configure_optimizers()["optimizer"]
     model.train()
     images, captions = batch["image"], list(batch["caption"])
@@ -163,7 +178,8 @@ def cost_split(model, batch: dict, repeats: int) -> dict[str, float]:
         image_emb = model.encode_image(images)  # (B, D)
         image_emb.backward(torch.randn_like(image_emb))
         t.append(time.perf_counter())
-        text_emb = F.normalize(model.text(tokens), dim=-1)  # (B, D), as encode_text without its tokenising
+        # (B, D), as encode_text without its tokenising: in the model's length groups
+        text_emb = F.normalize(encode_by_length(model.text, tokens, model.length_groups), dim=-1)
         text_emb.backward(torch.randn_like(text_emb))
         t.append(time.perf_counter())
         loss = info_nce(image_emb.detach().requires_grad_(), text_emb.detach().requires_grad_(), model.logit_scale)
@@ -179,14 +195,23 @@ def cost_split(model, batch: dict, repeats: int) -> dict[str, float]:
 
 def frozen_seconds(model, batch: dict, repeats: int) -> float:
     """Median seconds of the text tower's frozen part alone on this batch (what its prefix cache saves): the
-    layers below the first trained one, or the whole tower when none is trained. The first repeat is warm-up."""
+    layers below the first trained one, or the whole tower when none is trained, in the model's length groups as
+    its step runs them. The first repeat is warm-up."""
+    from lit_compclip.towers import length_groups
+
     text = model.text
     tokens = text.tokenize(list(batch["caption"]))
+    lengths = tokens["attention_mask"].sum(1)
+    parts = []  # each group cut to its own longest caption, as encode_by_length cuts it
+    for rows in length_groups(lengths, max(1, model.length_groups)):
+        n = int(lengths[rows].max())
+        parts.append({k: v[rows][:, :n] for k, v in tokens.items()})
     times = []
     with torch.no_grad():
         for _ in range(repeats):
             start = time.perf_counter()
-            text.frozen_output(tokens)
+            for part in parts:
+                text.frozen_output(part)
             times.append(time.perf_counter() - start)
     return statistics.median(times[1:] or times)
 
@@ -288,6 +313,49 @@ def timed(label: str, fn, *args, **kwargs):
     return out
 
 
-def pooled(runs: Iterable[dict]) -> list[float]:
-    """Steady step times of several rounds, pooled."""
-    return [x for r in runs for x in r["intervals"]]
+# -- rounds: every ratio's two sides in A B B A order ------------------------------------------------------------
+
+def abba_order(arms: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(block, arm) in run order: each block runs the arms forwards, then backwards (A B B A for two arms), so that
+    any two arms' runs sit symmetrically in it and a load that rises or falls steadily slows both alike."""
+    if rounds < 1 or not arms or len(set(arms)) != len(arms):
+        raise ValueError(f"abba_order needs rounds >= 1 and distinct arms, got {rounds} and {arms}")
+    return [(block, arm) for block in range(rounds) for arm in [*arms, *reversed(arms)]]
+
+
+def alternate(arms: dict, rounds: int, label: str = "") -> dict[str, dict]:
+    """Run `arms` (name -> a callable taking `first`, true on the arm's first run, and returning {"intervals": step
+    seconds, ...}) in `abba_order`. Returns {"times": {arm: [block 0's step seconds (its two runs pooled), ...]},
+    "last": {arm: its last run's result}}."""
+    times: dict[str, list[list[float]]] = {name: [[] for _ in range(rounds)] for name in arms}
+    last: dict[str, dict] = {}
+    for block, name in abba_order(list(arms), rounds):
+        start = time.perf_counter()
+        last[name] = arms[name](name not in last)
+        times[name][block].extend(last[name]["intervals"])
+        print(f"[bench] {label}block {block + 1}/{rounds} {name}: {statistics.median(last[name]['intervals']):.3f} "
+              f"s/step ({time.perf_counter() - start:.1f} s)", flush=True)
+    return {"times": times, "last": last}
+
+
+def speedups(times: dict[str, list[list[float]]], fast: str, slow: str) -> list[float]:
+    """Per block: `slow`'s median step time over `fast`'s (above 1: `fast` is faster), both from the same block."""
+    return [statistics.median(s) / statistics.median(f) for f, s in zip(times[fast], times[slow])]
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """A ratio over rounds: its median, min and max, and every value."""
+    if not values:
+        raise ValueError("a spread needs at least one value")
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": len(values),
+            "values": list(values)}
+
+
+def step_seconds(times: dict[str, list[list[float]]], arm: str) -> float:
+    """An arm's median step time over every block."""
+    return statistics.median([x for block in times[arm] for x in block])
+
+
+def describe(s: dict[str, Any]) -> str:
+    """A spread as the table prints it: `1.02x (0.98-1.05, 3 rounds)`."""
+    return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f}, {s['rounds']} round{'s' * (s['rounds'] != 1)})"

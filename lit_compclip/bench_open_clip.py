@@ -60,13 +60,15 @@ def build_open_clip(cfg: DictConfig):
 
 class TimedLoader:
     """What train_one_epoch iterates: our batches as (images, token ids), tokenised on the fly (our loop tokenises
-    inside its step too), with the time each batch is asked for (the previous step's end)."""
+    inside its step too), with the time each batch is asked for (the previous step's end) and the token positions
+    each batch hands the text tower."""
 
     def __init__(self, batches: list[dict], n: int, tokenizer, device: str = "cpu"):
         self.batches, self.num_batches, self.tokenizer = batches, n, tokenizer
         self.cuda = device.startswith("cuda")
         self.num_samples = n * len(batches[0]["caption"])
         self.requests: list[float] = []
+        self.positions: list[int] = []
 
     def __len__(self) -> int:
         return self.num_batches
@@ -77,7 +79,9 @@ class TimedLoader:
                 torch.cuda.synchronize()  # the previous step's kernels are queued, not done
             self.requests.append(time.perf_counter())
             batch = self.batches[i % len(self.batches)]
-            yield batch["image"], self.tokenizer(list(batch["caption"]))  # (B, 3, H, W), (B, context)
+            ids = self.tokenizer(list(batch["caption"]))  # (B, context), or (B, longest) with our token ids
+            self.positions.append(ids.numel())
+            yield batch["image"], ids  # (B, 3, H, W), (B, L)
 
 
 class _Data:
@@ -88,6 +92,40 @@ class _Data:
 
     def set_epoch(self, epoch: int) -> None:
         pass
+
+
+def our_token_ids(text_tower):
+    """A tokenizer for open_clip's loop that gives our text tower's token ids: padded to the batch's longest caption
+    (open_clip's HF tower masks by the pad id, so its attention mask is ours too)."""
+    return lambda captions: text_tower.tokenize(captions)["input_ids"]
+
+
+def same_token_ids(tokenizer, ours, batches: list[dict]) -> bool:
+    """Whether open_clip's tokenizer gives our ids on these batches, only padded further (its pad id past our
+    longest caption): then the two differ in padding alone."""
+    pad = tokenizer.tokenizer.pad_token_id
+    for batch in batches:
+        theirs, mine = tokenizer(list(batch["caption"])), ours(list(batch["caption"]))  # (B, context), (B, L)
+        n = mine.shape[1]
+        if theirs.shape[1] < n or not torch.equal(theirs[:, :n], mine) or not (theirs[:, n:] == pad).all():
+            return False
+    return True
+
+
+def locked_layers_in_eval(model) -> None:
+    """Make `model.train()` leave open_clip's locked text layers (the embeddings and every layer with no trained
+    weight) in eval mode, as our tower keeps its frozen ones: no dropout in them, the trained ones unchanged."""
+    transformer = model.text.transformer
+    trained = [m for m in transformer.encoder.layer if any(p.requires_grad for p in m.parameters())]
+
+    def train(mode: bool = True):
+        type(model).train(model, mode)
+        transformer.eval()
+        for layer in trained:
+            layer.train(mode)
+        return model
+
+    model.train = train  # an instance attribute: train_one_epoch's model.train() calls it
 
 
 def _optimizer(model, optim: dict) -> torch.optim.Optimizer:
@@ -136,5 +174,8 @@ def time_open_clip(model, tokenizer, batches: list[dict], steps: int, warmup: in
     intervals = steady([b - a for a, b in zip(loader.requests, ends)], warmup)
     changed = {k: not torch.equal(before[k], v.detach()) for k, v in _watched(model).items()}
     assert math.isfinite(model.logit_scale.item()), "open_clip training diverged"
+    layers = model.text.transformer.encoder.layer
     return {"intervals": intervals, "samples_per_s": median_rate(intervals, batch_size), "changed": changed,
-            "steps": len(loader.requests)}
+            "steps": len(loader.requests), "positions_per_batch": sum(loader.positions) / len(loader.positions),
+            # the modes train_one_epoch ran in: dropout in the first (locked) and the last (trained) text layer
+            "locked_layer_training": layers[0].training, "trained_layer_training": layers[-1].training}

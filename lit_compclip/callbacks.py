@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from typing import Any, Mapping
 
 import lightning as L
@@ -202,3 +203,123 @@ class TextCacheStats(L.Callback):
         n = len(batch["caption"])
         for key in ("hit_rate", "size_mb", "errors"):
             module.log(f"text_cache/{key}", stats[key], batch_size=n)
+
+
+def _reduced(counts: Mapping[str, int], device) -> dict[str, int]:
+    """Skip counts (reason -> count) summed over every process; a collective, so every rank must call it."""
+    from lit_compclip.data.datamodule import SKIP_REASONS
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return {r: n for r, n in counts.items() if n}
+    assert set(counts) <= set(SKIP_REASONS), sorted(counts)
+    # int64 on the module's device (NCCL reduces GPU tensors only): exact at any count
+    vector = torch.tensor([int(counts.get(r, 0)) for r in SKIP_REASONS], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(vector)
+    return {r: n for r, n in zip(SKIP_REASONS, vector.tolist()) if n}
+
+
+def _skips_of(batch) -> Counter:
+    skipped = batch.get("skipped") if isinstance(batch, Mapping) else None
+    return Counter(skipped) if isinstance(skipped, Mapping) else Counter()
+
+
+def _held(loaders) -> Counter:
+    """Counts a StreamLoader received after its epoch's last batch (see stream.SKIPS_ONLY)."""
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    return sum((Counter(loader.take_held()) for loader in loaders if hasattr(loader, "take_held")), Counter())
+
+
+def skip_line(record: Mapping, path: str | None = None) -> str:
+    """The one summary line of data_skips.json's `record`."""
+    def part(split: Mapping, what: str) -> str:
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(split["by_reason"].items()))
+        return f"{split['total']} {what}" + (f" ({reasons})" if reasons else "")
+
+    text = f"data: skipped {part(record['train'], 'training samples')}"
+    if "val" in record:
+        text += f", {part(record['val'], 'in the last validation pass')}"
+    return text + (f"; see {path}" if path else "")
+
+
+class DataSkips(L.Callback):
+    """The exact count of skipped samples by reason, summed over loader workers and ranks: training's over the whole
+    run (a resumed run goes on from the checkpoint's), validation's of its latest pass (it re-reads the same data).
+
+    Logged as data/skipped (and data/val_skipped) where Lightning writes metrics; when training ends, a final row with
+    data/skipped/<reason> goes to every logger, rank 0 writes <run_dir>/data_skips.json and prints one line. The
+    training totals live in the module (skipped, skipped_by_reason), which saves them in the checkpoint."""
+
+    def __init__(self, run_dir: str | None = None):
+        self.run_dir = run_dir
+        self.before: Counter = Counter()  # every rank's total when this fit started (restored from a checkpoint)
+        self.local: Counter = Counter()  # this rank's own since then
+        self.val: dict[str, int] = {}  # the latest validation pass, every rank's
+        self._val_pass: Counter = Counter()
+        self.validated = False  # whether self.val holds a pass (this fit's or the checkpoint's)
+        self.record: dict | None = None  # what data_skips.json holds, once training ended
+
+    def _sync(self, module) -> dict[str, int]:
+        """Every rank's training total into module.skipped(_by_reason); a collective under DDP."""
+        total = Counter(self.before) + Counter(_reduced(self.local, module.device))
+        module.skipped_by_reason, module.skipped = dict(total), sum(total.values())
+        return module.skipped_by_reason
+
+    def on_train_start(self, trainer, module):
+        self.before, self.local = Counter(getattr(module, "skipped_by_reason", {}) or {}), Counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.local += _skips_of(batch) + _held(trainer.train_dataloader)
+        if trainer._logger_connector.should_update_logs:  # the same step on every rank: the collective is safe
+            self._sync(module)
+            module.log("data/skipped", float(module.skipped), reduce_fx="max", batch_size=1)
+
+    def on_validation_epoch_start(self, trainer, module):
+        self._val_pass = Counter()
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._val_pass += _skips_of(batch)
+
+    def on_validation_epoch_end(self, trainer, module):
+        if trainer.sanity_checking:
+            return
+        # ranks may hold different numbers of validation batches: one collective here, none per batch
+        self.val = _reduced(self._val_pass + _held(trainer.val_dataloaders), module.device)
+        self.validated = True
+        # already every rank's: "max" leaves it as it is (and quiets Lightning's epoch-level sync warning)
+        module.log("data/val_skipped", float(sum(self.val.values())), batch_size=1, sync_dist=True, reduce_fx="max")
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        # every rank saves together (ModelCheckpoint), so the sum is the run's; the module writes it (data_counts)
+        self._sync(module)
+        if self.validated:
+            checkpoint.setdefault("data_counts", {})["val_skipped_by_reason"] = dict(self.val)
+
+    def on_load_checkpoint(self, trainer, module, checkpoint):
+        val = checkpoint.get("data_counts", {}).get("val_skipped_by_reason")
+        self.val, self.validated = dict(val or {}), val is not None
+
+    def on_train_end(self, trainer, module):
+        self.local += _held(trainer.train_dataloader)
+        train = self._sync(module)
+        self.record = {"train": {"total": module.skipped, "by_reason": dict(sorted(train.items())),
+                                 "counts": "every training sample skipped in this run (resumes included), summed over "
+                                           "ranks and loader workers; a sample read in two passes counts twice"}}
+        if self.validated:
+            self.record["val"] = {"total": sum(self.val.values()), "by_reason": dict(sorted(self.val.items())),
+                                  "counts": "the last validation pass, summed over ranks and loader workers"}
+        if not trainer.is_global_zero:
+            return
+        final = {"data/skipped": module.skipped, **{f"data/skipped/{r}": n for r, n in train.items()}}
+        if "val" in self.record:
+            final.update({"data/val_skipped": self.record["val"]["total"],
+                          **{f"data/val_skipped/{r}": n for r, n in self.val.items()}})
+        for logger in trainer.loggers:
+            logger.log_metrics(final, step=trainer.global_step)
+            logger.save()  # the CSV logger writes only every log_every_n_steps otherwise
+        path = None
+        if self.run_dir:
+            os.makedirs(self.run_dir, exist_ok=True)
+            path = os.path.join(self.run_dir, "data_skips.json")
+            with open(path, "w") as f:
+                json.dump(self.record, f, indent=1)
+        print(skip_line(self.record, path), flush=True)

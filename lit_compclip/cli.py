@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from lit_compclip.config import ConfigError, load_config
+from lit_compclip.config import ConfigError, load_config, split_args
 
 USAGE = """compclip train  [EXP.yaml ...] [key=value | --key value ...]   train an experiment (defaults + files + overrides)
 compclip synth  [EXP.yaml ...] [synth.key=value ...] [--overwrite]  build the synthetic world (data + probe sets)
@@ -21,25 +22,6 @@ compclip recaption INPUT_SHARDS OUTPUT_DIR --backend scene|openai|transformers [
 compclip probe  --ckpt PATH [EXP.yaml ...] [key=value ...] [--probe NAME option=value ...] [--dump DIR] [--out DIR]
                 score a checkpoint: prints the table, writes probes.json and failures.md (and with --dump
                 one JSON-lines file of per-example results per probe subset)"""
-
-
-def split_args(args: list[str]) -> tuple[list[str], list[str]]:
-    """Experiment files are the leading *.yaml/*.yml arguments without '=', then any `--experiment PATH` (the form a
-    W&B sweep passes, `--experiment=PATH` too); everything else is an override."""
-    args, files, rest = list(args), [], []
-    while args and args[0].endswith((".yaml", ".yml")) and "=" not in args[0] and not args[0].startswith("--"):
-        files.append(args.pop(0))
-    while args:
-        arg = args.pop(0)
-        if arg == "--experiment":
-            if not args:
-                raise ConfigError("--experiment needs a path to an experiment YAML file")
-            files.append(args.pop(0))
-        elif arg.startswith("--experiment="):
-            files.append(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-    return files, rest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         from lit_compclip.sweep import main as sweep
 
         return sweep(rest)
+    # transformers draws a "Loading weights" bar on stderr for every pretrained tower: noise around a run's lines,
+    # and it would turn a one-line error into three (set HF_HUB_DISABLE_PROGRESS_BARS=0 to see it)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     overwrite = "--overwrite" in rest
     rest = [a for a in rest if a != "--overwrite"]
     handler = logging.StreamHandler()
@@ -84,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "batch-stats":
             from lit_compclip.synth.batches import batch_stats
-            from lit_compclip.train import ensure_synth
+            from lit_compclip.synth import ensure_synth
 
             ensure_synth(cfg)
             print(f"fraction of samples with an in-batch negative (batch size {cfg.data.batch_size}):")
@@ -92,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {label:<18} " + "  ".join(f"{k}={v:.3f}" for k, v in stats.items()))
             return 0
         if command == "synth":
-            from lit_compclip.train import build_synth
+            from lit_compclip.synth import build_synth
 
             summary = build_synth(cfg, overwrite=overwrite)
             print(f"synthetic world in {cfg.synth.out_dir}: {summary}")
@@ -108,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + format_table(result["probes"]))
     run_dir = result["run_dir"]
     print(f"\nrun folder: {run_dir}  (config.yaml, metrics.csv, probes.json, probes.png, failures.md, "
-          f"checkpoints/last.ckpt)")
+          f"data_skips.json, checkpoints/last.ckpt)")
     if result["wandb_dir"]:
         hint = f"; sync with: wandb sync {result['wandb_dir']}" if result["wandb_mode"] == "offline" else ""
         print(f"W&B ({result['wandb_mode']}): {result['wandb_dir']}{hint}")

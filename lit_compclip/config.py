@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -19,6 +20,44 @@ FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
 
 class ConfigError(ValueError):
     """A user-caused configuration problem, reported as one line (the CLI exits with status 2)."""
+
+
+# What libraries (timm, transformers, sentence-transformers, Lightning) raise for a value they cannot build from.
+BUILD_ERRORS = (ValueError, OSError, RuntimeError, KeyError, ImportError)
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first non-empty message line (its type's name when it has none)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # KeyError's str() adds quotes
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+
+
+def _named_option(msg: str, options: dict[str, Any]) -> str | None:
+    """Which of `options` (name -> value) a library's message is about: the first one it names (`devices`), else the
+    one whose text value it holds (DeepSpeedStrategy for strategy=deepspeed)."""
+    named = [(m.start(), k) for k in options for m in [re.search(rf"\b{k}\b", msg, re.IGNORECASE)] if m]
+    if named:
+        return min(named)[1]
+    return next((k for k, v in options.items()
+                 if isinstance(v, str) and len(v) >= 3 and v != "auto" and v.lower() in msg.lower()), None)
+
+
+@contextlib.contextmanager
+def reported_as(key: str, errors: tuple[type[BaseException], ...] = BUILD_ERRORS, options: dict | None = None):
+    """Turn `errors` raised while something is built from config key `key` (model, trainer, ...) into one ConfigError
+    line: the library's first message line, after the key (`key.option` for the one of `options` it is about) unless
+    it already names a key under `key`. Other exceptions (bugs) pass as they are."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except errors as e:
+        msg = first_line(e)
+        if re.search(rf"(?<![\w.]){re.escape(key)}[.=:]", msg):  # e.g. "model.text.cache_dir: ..."
+            raise ConfigError(msg) from e
+        option = _named_option(msg, options or {})
+        name = f"{key}.{option}" if option else key
+        raise ConfigError(f"config key {name!r}: {msg}") from e
 
 
 @dataclass
@@ -71,6 +110,8 @@ class ImageConfig:
     # only); "model": the trunk's own pooling (a ViT's class token must first learn to carry place).
     pool: str = "flatten"
     stem: str = "conv"  # 3x3 convolutions of stride 2 (shapes are told apart sooner); "patch": the ViT's own patchify
+    stem_norm: str = "group"  # the conv stem's norm: GroupNorm per image, or "batch" (BatchNorm: depends on the batch)
+    stem_groups: int = 8  # GroupNorm's groups (1: one mean and variance per image)
     augment: bool = True
     crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
     grad_checkpointing: bool = False  # recompute the trunk's blocks in backward: less memory, ~30% more compute
@@ -225,6 +266,25 @@ def normalise_overrides(args: list[str]) -> list[str]:
     return out
 
 
+def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Experiment files are the leading *.yaml/*.yml arguments without '=', then any `--experiment PATH` (the form a
+    W&B sweep passes, `--experiment=PATH` too); everything else is an override."""
+    args, files, rest = list(args), [], []
+    while args and args[0].endswith((".yaml", ".yml")) and "=" not in args[0] and not args[0].startswith("--"):
+        files.append(args.pop(0))
+    while args:
+        arg = args.pop(0)
+        if arg == "--experiment":
+            if not args:
+                raise ConfigError("--experiment needs a path to an experiment YAML file")
+            files.append(args.pop(0))
+        elif arg.startswith("--experiment="):
+            files.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return files, rest
+
+
 # Maps whose meaning depends on a name inside them: a new tower or a new probe list replaces, never merges.
 def _clear_replaced(cfg: DictConfig, new: DictConfig, whole_suites: bool = True, whole_fields: bool = True) -> None:
     text = OmegaConf.select(new, "model.text", default=None)
@@ -308,8 +368,20 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.probes.every_n_epochs >= 1, "probes.every_n_epochs", "must be >= 1")
     need(cfg.probes.failures >= 0, "probes.failures", "must be >= 0")
     need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(cfg.optim.lr >= 0, "optim.lr", "must be >= 0")
+    need(cfg.optim.text_lr is None or cfg.optim.text_lr >= 0, "optim.text_lr", "must be >= 0, or null for optim.lr")
+    need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(cfg.optim.eps > 0, "optim.eps", "must be > 0")
+    need(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",
+         "give two numbers in [0, 1)")
+    need(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    need(cfg.optim.text_frozen_steps >= 0, "optim.text_frozen_steps", "must be >= 0")
+    need(not (cfg.optim.micro_batch_size and cfg.model.image.stem == "conv" and cfg.model.image.stem_norm == "batch"),
+         "optim.micro_batch_size", "GradCache with model.image.stem_norm=batch would normalise each micro-batch on "
+         "its own, so its gradients would not be the whole batch's; use model.image.stem_norm=group")
     need(cfg.optim.micro_batch_size is None or cfg.optim.micro_batch_size >= 1, "optim.micro_batch_size",
          "must be >= 1 samples, or null for no micro-batches")
+    check_trainer(cfg.trainer, need)
     need(cfg.trainer.checkpoint_every_n_steps is None or cfg.trainer.checkpoint_every_n_steps >= 1,
          "trainer.checkpoint_every_n_steps", "must be >= 1, or null for checkpoints at epoch ends only")
     need(cfg.resume is None or bool(cfg.resume.strip()), "resume",
@@ -319,9 +391,17 @@ def check_values(cfg: DictConfig) -> None:
          or (isinstance(v, float) and 0.0 <= v <= 1.0), "trainer.limit_val_batches",
          "give a number of batches (an integer >= 0), a fraction in [0, 1], or null for all")
     need(cfg.model.length_groups >= 1, "model.length_groups", "must be >= 1 (1: one padded batch)")
-    need(len(cfg.model.image.crop_scale) == 2, "model.image.crop_scale", "give two numbers [min, max]")
+    need(cfg.model.embed_dim >= 1, "model.embed_dim", "must be >= 1")
+    need(cfg.model.max_logit_scale > 0, "model.max_logit_scale", "must be > 0")
+    for key in ("img_size", "patch_size", "depth", "width", "heads"):
+        need(cfg.model.image[key] is None or cfg.model.image[key] >= 1, f"model.image.{key}",
+             "must be >= 1, or null for the timm model's own")
+    need(cfg.model.image.stem_groups >= 1, "model.image.stem_groups", "must be >= 1")
+    crop = cfg.model.image.crop_scale
+    need(len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1, "model.image.crop_scale",
+         "give two numbers [min, max] with 0 < min <= max <= 1")
     for key, choices in (("pool", ("model", "flatten")), ("pos_embed", ("learn", "sincos")),
-                         ("stem", ("patch", "conv"))):
+                         ("stem", ("patch", "conv")), ("stem_norm", ("group", "batch"))):
         need(cfg.model.image[key] in choices, f"model.image.{key}", f"choose {' or '.join(choices)}")
     need(not (cfg.model.image.pretrained and cfg.model.image.stem == "conv"), "model.image.stem",
          "a conv stem has no pretrained weights; set model.image.stem=patch with model.image.pretrained=true")
@@ -329,12 +409,20 @@ def check_values(cfg: DictConfig) -> None:
          f"choose one of {', '.join(FSDP_SHARDING)}")
     need(cfg.trainer.fsdp.state_dict_type in ("full", "sharded"), "trainer.fsdp.state_dict_type",
          "choose full or sharded")
+    name, text = split_tower_options(cfg.model.text)
     try:
-        name, text = split_tower_options(cfg.model.text)
         tower = resolve(TEXT_TOWERS, name, "text tower")
+    except ValueError as e:
+        raise ConfigError(f"config key 'model.text.tower': {e}") from None
+    try:
         check_options(tower, text, "model.text", given=("embed_dim",))
+        check_option_types(tower, text, "model.text")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    # Counts of the shipped towers; whether unfreeze_layers fits the model's layers is known once it is loaded.
+    for key, low in (("unfreeze_layers", 0), ("max_seq_len", 1), ("layers", 1), ("width", 1), ("heads", 1)):
+        value = text.get(key)
+        need(not isinstance(value, (int, float)) or value >= low, f"model.text.{key}", f"must be >= {low}")
     for name, suite in cfg.probes.suites.items():
         kind, options = split_suite(name, suite)
         try:
@@ -343,5 +431,86 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"probes.suites.{name}: {e}") from None
         try:
             check_options(probe, options, f"probes.suites.{name}", given=("limit",))
+            check_option_types(probe, options, f"probes.suites.{name}")
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+_PLAIN_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}
+
+
+def _accepts(value, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, never to a config
+        return bool in types
+    return isinstance(value, types) or (float in types and isinstance(value, int))
+
+
+def check_option_types(fn, options, where: str) -> None:
+    """ValueError for an option whose parameter is annotated as plain bool/int/float/str (or `X | None`) and which
+    holds another type: `model.text.unfreeze_layers=abc` fails here, not as a TypeError deep in the tower."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    for key, value in options.items():
+        p = params.get(key)
+        if p is None:
+            continue
+        note = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        parts = [t.strip() for t in str(note).split("|")]
+        if not parts or not all(t in _PLAIN_TYPES for t in parts):
+            continue  # a richer annotation (Sequence[str], ...): the constructor checks it
+        types = tuple(_PLAIN_TYPES[t] for t in parts)
+        if not _accepts(value, types):
+            raise ValueError(f"{where}.{key}={value!r}: must be {' or '.join(parts)}")
+
+
+def _devices_ok(devices) -> bool:
+    """The forms Lightning takes for trainer.devices: auto, N >= 1, -1 (all), a list of ids, or "0,1"."""
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices) > 0 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    text = str(devices).strip()
+    return text == "auto" or (re.fullmatch(r"-1|\d+|(\d+\s*,\s*)+\d*", text) is not None and text != "0")
+
+
+def check_trainer(t: DictConfig, need) -> None:
+    """Trainer values Lightning would refuse (names checked against its registries), before anything is built;
+    whether a named accelerator is present here is left to the Trainer (`compclip config` runs anywhere)."""
+    need(t.max_steps == -1 or t.max_steps >= 1, "trainer.max_steps", "must be >= 1, or -1 for trainer.max_epochs")
+    need(t.max_epochs >= 1 or (t.max_epochs == -1 and t.max_steps >= 1), "trainer.max_epochs",
+         "must be >= 1 (or -1 with trainer.max_steps set)")
+    need(t.num_nodes >= 1, "trainer.num_nodes", "must be >= 1")
+    need(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
+    need(t.gradient_clip_val is None or t.gradient_clip_val >= 0, "trainer.gradient_clip_val",
+         "must be >= 0, or null for no clipping")
+    need(_devices_ok(t.devices), "trainer.devices",
+         f"{t.devices!r} is not a device count (>= 1, or -1 for all), a list of device ids, or auto")
+    if t.strategy != "auto":
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        names = StrategyRegistry.available_strategies()
+        shown = [n for n in names if "find_unused" not in n]  # the variants would fill the line
+        need(t.strategy.lower() in names, "trainer.strategy", f"unknown strategy {t.strategy!r}"
+             f"{suggest(t.strategy, names)}; choose auto or one of {', '.join(shown)} (or a *_find_unused_* variant)")
+    if t.accelerator not in ("auto", "gpu"):
+        from lightning.pytorch.accelerators import AcceleratorRegistry
+
+        names = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+        need(t.accelerator in names, "trainer.accelerator",
+             f"unknown accelerator {t.accelerator!r}{suggest(t.accelerator, names)}; choose one of {', '.join(names)}")
+    if t.precision is not None:
+        try:  # Lightning's own list of precision flags (a private name: if it moves, the Trainer still checks)
+            from typing import get_args
+
+            from lightning.fabric.connector import (_PRECISION_INPUT_INT, _PRECISION_INPUT_STR,
+                                                    _PRECISION_INPUT_STR_ALIAS)
+        except ImportError:
+            return
+        names = [str(p) for p in get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS)
+                 + get_args(_PRECISION_INPUT_INT)]
+        need(t.precision in names, "trainer.precision", f"unknown precision {t.precision!r}"
+             f"{suggest(t.precision, names)}; choose one of {', '.join(dict.fromkeys(names))}, or null (bf16-mixed "
+             f"on GPU, 32-true on CPU)")

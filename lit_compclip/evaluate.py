@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from lit_compclip.checkpoints import load_module, read_checkpoint_file
 from lit_compclip.config import ConfigError, load_config
 
 USAGE = ("compclip probe --ckpt PATH [EXP.yaml ...] [key=value ...] [--probe NAME [option=value ...]]... "
@@ -53,38 +54,6 @@ def parse_args(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def read_checkpoint_file(path: str, mmap: bool = False):
-    """What the torch file at `path` holds (memory-mapped tensors with `mmap`), or a one-line ConfigError."""
-    import torch
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path!r} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except Exception as e:  # truncated, not a torch file, ...
-        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-                          ) from None
-
-
-def load_module(path: str):
-    """The trained CompClip on the CPU in eval mode, or a one-line ConfigError naming the file."""
-    from lit_compclip.model import CompClip
-
-    checkpoint = read_checkpoint_file(path)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ConfigError(f"checkpoint {path!r} is not a lit_compclip training checkpoint (no state_dict or "
-                          f"hyper_parameters)")
-    hp = checkpoint["hyper_parameters"]
-    try:
-        # scored eagerly: compiling for one pass over the probes costs more than it saves
-        module = CompClip({**hp["model"], "compile": False}, hp["optim"], hp.get("total_steps"))
-        module.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"checkpoint {path!r} does not match this version's model ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]})") from None
-    return module.eval()
-
-
 def suites_for(cfg: DictConfig, named: dict[str, dict]) -> dict[str, dict]:
     """The config's probe suites, or only the `--probe` ones (a configured name starts from its options)."""
     configured = OmegaConf.to_container(cfg.probes.suites)
@@ -95,8 +64,7 @@ def suites_for(cfg: DictConfig, named: dict[str, dict]) -> dict[str, dict]:
 
 def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     """Run `compclip probe`; returns {"probes": metrics, "out": folder, "dump": folder or None, "seconds"}."""
-    from lit_compclip.callbacks import build_probes, run_probes, write_results
-    from lit_compclip.train import ensure_synth
+    from lit_compclip.synth import ensure_synth
 
     start = time.perf_counter()
     parsed = parse_args(list(args))
@@ -107,6 +75,8 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     if not parsed["probes"]:
         read_checkpoint_file(parsed["ckpt"], mmap=True)  # a bad checkpoint stops us before the world is built
         ensure_synth(cfg)  # the default suites are the synthetic world's probe sets
+    from lit_compclip.callbacks import build_probes, run_probes, write_results  # Lightning: seconds to import
+
     try:
         probes = build_probes(suites, cfg.probes.get("limit"))
     except (ValueError, FileNotFoundError) as e:

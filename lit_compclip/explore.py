@@ -72,7 +72,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def load_checkpoint(run: dict[str, Any]):
     """The run's checkpoints/last.ckpt as a CompClip on the CPU in eval mode."""
-    from lit_compclip.evaluate import load_module
+    from lit_compclip.checkpoints import load_module
 
     if run["checkpoint"] is None:
         found = sorted(p.name for p in (run["dir"] / "checkpoints").glob("*.ckpt"))

@@ -99,7 +99,8 @@ class CompClip(L.LightningModule):
         self.optim = optim
         self.total_steps = total_steps
         self.train_transform, self.eval_transform = self.image.transforms()
-        self.skipped = 0
+        # Training samples skipped, the sum over every rank (callbacks.DataSkips counts them and keeps these current)
+        self.skipped, self.skipped_by_reason = 0, {}
         self.no_negative = 0  # training samples for which the hard-negative source made nothing
         # The loss and the step, see docs/SCALING.md (.get: checkpoints from before these keys).
         self.local_loss = bool(model.get("local_loss", True))
@@ -152,12 +153,10 @@ class CompClip(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._grad_cache_step(batch) if self.micro_batch_size else self._loss(batch)[0]
-        self.skipped += int(batch.get("skipped", 0))
         n = len(batch["caption"])
         # A local loss is this process's share; their mean (sync_dist) is the global-batch loss.
         self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=self.local_loss)
         self.log("train/logit_scale", self.logit_scale.detach(), batch_size=n)
-        self.log("data/skipped", float(self.skipped), reduce_fx="max", batch_size=n)
         if self._logs_this_step():  # the count re-tokenizes the captions: only where Lightning writes the value
             self.log("train/truncated_fraction", self.text.count_truncated(batch["caption"]) / n, batch_size=n)
         if "negatives" in batch:
@@ -244,11 +243,15 @@ class CompClip(L.LightningModule):
 
     # The skip counters are running totals of the whole run: a resumed run goes on counting from the checkpoint's.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["data_counts"] = {"skipped": self.skipped, "no_negative": self.no_negative}
+        checkpoint.setdefault("data_counts", {}).update(  # beside what callbacks (DataSkips) put there
+            skipped=self.skipped, skipped_by_reason=dict(self.skipped_by_reason), no_negative=self.no_negative)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         counts = checkpoint.get("data_counts", {})
         self.skipped, self.no_negative = counts.get("skipped", 0), counts.get("no_negative", 0)
+        # a checkpoint from before the count by reason: its total, its reasons unknown
+        self.skipped_by_reason = dict(counts.get("skipped_by_reason") or ({"unknown": self.skipped} if self.skipped
+                                                                           else {}))
 
     def validation_step(self, batch, batch_idx):
         # Per-process batches: ranks may hold different numbers of validation batches, so no collective here.

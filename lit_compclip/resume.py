@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 from lit_compclip.config import ConfigError
 
 RESUME_ENV = "LIT_COMPCLIP_RESUME"  # rank 0's checkpoint ("" = a fresh run), inherited by the processes it launches
-TRAINING_KEYS = ("state_dict", "hyper_parameters", "loops", "optimizer_states", "global_step")
 
 
 @dataclass
@@ -48,18 +47,18 @@ def run_dir_of(checkpoint: str) -> str | None:
     return run if in_checkpoints and os.path.isfile(os.path.join(run, "config.yaml")) else None
 
 
-def read_checkpoint(path: str) -> dict:
-    """The checkpoint's dict with its tensors memory-mapped (nothing big is read), or a one-line ConfigError."""
-    from lit_compclip.evaluate import read_checkpoint_file
+def read_checkpoint(path: str) -> dict | None:
+    """The training checkpoint file's dict with its tensors memory-mapped (nothing big is read), or None for a
+    sharded FSDP folder once every pickle in it is checked; a one-line ConfigError otherwise."""
+    from lit_compclip.checkpoints import check_sharded, read_training_checkpoint
 
     try:
-        checkpoint = read_checkpoint_file(path, mmap=True)
+        if os.path.isdir(path):
+            check_sharded(path)
+            return None
+        return read_training_checkpoint(path)
     except ConfigError as e:
         raise ConfigError(f"resume: {e}") from None
-    if not isinstance(checkpoint, dict) or not set(TRAINING_KEYS) <= set(checkpoint):
-        raise ConfigError(f"resume: {path!r} is not a lit_compclip training checkpoint (no loop and optimizer "
-                          f"state); to start from its weights only, use init_from")
-    return checkpoint
 
 
 def resume_point(cfg: DictConfig, launched_rank: bool) -> Resume | None:
@@ -79,9 +78,9 @@ def resume_point(cfg: DictConfig, launched_rank: bool) -> Resume | None:
             where = " or ".join(os.path.join(d, "checkpoints", "last.ckpt") for d in run_candidates(cfg)[:3])
             raise ConfigError(f"resume=last: no checkpoint at {where}; set run_dir to the run's folder, name a "
                               f"checkpoint file, or use resume=auto to start fresh when there is none")
-    if os.path.isdir(path):  # a sharded (FSDP) checkpoint: Lightning reads and checks it
-        return Resume(path, cfg.run_dir or run_dir_of(path), None, None)
     checkpoint = read_checkpoint(path)
+    if checkpoint is None:  # a sharded (FSDP) folder: Lightning checks its weights' shapes
+        return Resume(path, cfg.run_dir or run_dir_of(path), None, None)
     shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if hasattr(v, "shape")}
     return Resume(path, cfg.run_dir or run_dir_of(path), int(checkpoint["global_step"]), shapes)
 

@@ -23,8 +23,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from lit_compclip.cli import split_args
-from lit_compclip.config import ConfigError, load_config
+from lit_compclip.config import ConfigError, load_config, split_args
 from lit_compclip.registry import suggest
 
 SPEC_KEYS = ("name", "description", "program", "method", "metric", "parameters", "command", "early_terminate",
@@ -176,7 +175,7 @@ def execute(runs: list[dict], out: Path, jobs: int | None = None, echo=print) ->
         echo(f"{len(status['skipped'])} run(s) already finished, not redone: {', '.join(status['skipped'])}")
     if not todo:
         return status
-    from lit_compclip.train import ensure_synth
+    from lit_compclip.synth import ensure_synth
 
     ensure_synth(todo[0]["cfg"])  # once, before parallel runs could race to build it
     jobs, envs = _slots(jobs)

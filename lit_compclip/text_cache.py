@@ -4,7 +4,8 @@ With all but the last N layers of a pretrained text tower frozen (and in eval mo
 changes, so it is computed once and read back in every later epoch, run and process (LLM2CLIP caches the final
 embedding of a fully frozen tower the same way). Entries are keyed by the caption's token ids, so a different
 tokenizer or truncation length can never hit a wrong entry; a namespace per (model, frozen weights, depth, dtype)
-keeps different towers apart. Storage is diskcache (SQLite + files): process-safe, with an eviction budget.
+keeps different towers apart. Storage is diskcache (SQLite + files): process-safe, with an eviction budget. Each row
+carries a checksum, so a damaged entry (a flipped byte, a truncated value) is counted, logged and recomputed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ import torch
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
+FORMAT = "v2"  # a row's bytes then its checksum; entries of another format live in another folder
+CHECKSUM_BYTES = 8
+PAGE = 4096  # SQLite's page size
+
+
+def checksum(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=CHECKSUM_BYTES).digest()
+
+
+class DamagedEntry(ValueError):
+    """A stored row whose checksum or length does not match: it is recomputed."""
 
 
 def check_options(budget_gb: float, dtype: str) -> None:
@@ -49,7 +61,7 @@ class PrefixCache:
 
     def __init__(self, directory: str, namespace: str, budget_gb: float, dtype: str = "float32"):
         check_options(budget_gb, dtype)
-        self.path, self.budget_gb = os.path.join(directory, namespace), budget_gb
+        self.path, self.budget_gb = os.path.join(directory, f"{namespace}-{FORMAT}"), budget_gb
         try:
             self.store = self._open()
         except Exception as e:  # unwritable folder, a file in the way, a corrupt database
@@ -62,10 +74,23 @@ class PrefixCache:
     def _open(self):
         import diskcache
 
+        class BytesOnly(diskcache.Disk):
+            """Reads back raw bytes only: diskcache unpickles a row stored in its pickle mode, and a shared or
+            tampered cache folder must never run code (such a row is a damaged entry: recomputed)."""
+
+            def fetch(self, mode, filename, value, read):
+                if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):  # bytes in the row or a file
+                    raise DamagedEntry(f"a row stored in diskcache mode {mode}, not raw bytes")
+                return super().fetch(mode, filename, value, read)
+
         # Values live in SQLite up to 4 MB (one row per caption, no file per entry); evict the oldest-stored entries
-        # beyond the budget, which (unlike LRU) needs no write on a read.
-        return diskcache.Cache(self.path, size_limit=int(self.budget_gb * 2 ** 30), disk_min_file_size=2 ** 22,
-                               eviction_policy="least-recently-stored")
+        # beyond the budget, which (unlike LRU) needs no write on a read. The budget counts the database only, so
+        # its write-ahead log is checkpointed and cut back at 1/16 of the budget (SQLite's 4 MB default at most).
+        limit = int(self.budget_gb * 2 ** 30)
+        wal_pages = max(16, min(1000, limit // PAGE // 16))
+        return diskcache.Cache(self.path, size_limit=limit, disk_min_file_size=2 ** 22,
+                               eviction_policy="least-recently-stored", sqlite_wal_autocheckpoint=wal_pages,
+                               sqlite_journal_size_limit=wal_pages * PAGE, disk=BytesOnly)
 
     def get(self, keys: list[bytes], width: int) -> tuple[dict[int, torch.Tensor], list[int]]:
         """({row: (n_tokens, width) or (width,) tensor} for the cached rows, [rows to compute])."""
@@ -73,23 +98,31 @@ class PrefixCache:
         for i, key in enumerate(keys):
             try:
                 raw = self.store.get(key)
+                if raw is not None:
+                    found[i] = self._decode(raw, width)
+                    continue
             except Exception as e:  # a damaged entry or database costs a recompute, never the run
                 self._error("read", e)
-                raw = None
-            if raw is None:
-                missing.append(i)
-                continue
-            found[i] = torch.from_numpy(np.frombuffer(raw, dtype=self.dtype).reshape(-1, width).astype(np.float32))
+            missing.append(i)
         self.hits += len(found)
         self.misses += len(missing)
         return found, missing
 
+    def _decode(self, raw: bytes, width: int) -> torch.Tensor:
+        data, tag = raw[:-CHECKSUM_BYTES], raw[-CHECKSUM_BYTES:]
+        row_bytes = width * np.dtype(self.dtype).itemsize
+        if len(raw) <= CHECKSUM_BYTES or len(data) % row_bytes or checksum(data) != tag:
+            raise DamagedEntry(f"damaged entry ({len(raw)} bytes, checksum or length wrong)")
+        return torch.from_numpy(np.frombuffer(data, dtype=self.dtype).reshape(-1, width).astype(np.float32))
+
     def round(self, t: torch.Tensor) -> torch.Tensor:
-        """`t` as it will read back (float16 storage rounds), so a fresh row equals its later cached copy."""
-        return t.to(torch.float16).to(t.dtype) if self.dtype is np.float16 else t
+        """`t` as it will read back (storage in another dtype rounds), so a fresh row equals its later cached copy."""
+        stored = torch.float16 if self.dtype is np.float16 else torch.float32
+        return t.to(stored).to(t.dtype) if t.dtype != stored else t
 
     def put(self, keys: list[bytes], values: list[torch.Tensor]) -> None:
         rows = [value.detach().to("cpu", torch.float32).numpy().astype(self.dtype).tobytes() for value in values]
+        rows = [row + checksum(row) for row in rows]
         try:
             with self.store.transact():  # one SQLite transaction per batch: half the time of one per caption
                 for key, row in zip(keys, rows):

@@ -12,26 +12,13 @@ import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
-from lit_compclip.config import ConfigError
+from lit_compclip.config import BUILD_ERRORS, ConfigError, reported_as
+from lit_compclip.ranks import launched_apart as _launched_apart, launched_rank as _launched_rank
 
 log = logging.getLogger(__name__)
 
 
 RUN_DIR_ENV = "LIT_COMPCLIP_RUN_DIR"  # rank 0's choice, inherited by the processes Lightning launches
-
-
-def _launched_rank() -> bool:
-    """True in a process started as a non-zero rank (Lightning's launcher, torchrun or SLURM)."""
-    return any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK"))
-
-
-def _launched_apart() -> bool:
-    """True when torchrun or srun started every rank, rank 0 too: no rank can hand its run folder to the others."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
-    if TorchElasticEnvironment.detect():
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
 def unique_run_dir(cfg: DictConfig) -> str:
@@ -54,45 +41,6 @@ def unique_run_dir(cfg: DictConfig) -> str:
     return path
 
 
-def ensure_synth(cfg: DictConfig) -> None:
-    """Build the synthetic world on first use when the configured data lives inside `synth.out_dir`."""
-    from lit_compclip.synth.write import differs
-
-    out = os.path.normpath(cfg.synth.out_dir)
-    paths = [cfg.data.train_shards, cfg.data.val_shards or ""]
-    paths += [str(v) for suite in cfg.probes.suites.values() for v in suite.values()]
-    uses_synth = any(os.path.normpath(p).startswith(out + os.sep) for p in paths if p)
-    if not (cfg.synth.auto and uses_synth):
-        return
-    why = differs(out, synth_args(cfg))
-    if why == "":
-        return
-    if _launched_apart():  # every rank would write the same files at once
-        state = "is not built" if why is None else f"was built differently ({why})"
-        raise ConfigError(f"synth.out_dir: the synthetic world in {out} {state}; build it once before "
-                          f"starting the ranks: compclip synth EXP.yaml ...")
-    if why is None:
-        print(f"building the synthetic world in {out} (once) ...", flush=True)
-    else:  # derived data: rebuilt from the config, never trained on silently when it no longer matches
-        print(f"rebuilding the synthetic world in {out}: it was built differently ({why}) ...", flush=True)
-    build_synth(cfg, overwrite=why is not None)
-
-
-def synth_args(cfg: DictConfig) -> dict:
-    """The generator's arguments in `cfg.synth` (without out_dir and auto)."""
-    args = OmegaConf.to_container(cfg.synth)
-    args.pop("out_dir")
-    args.pop("auto")
-    return args
-
-
-def build_synth(cfg: DictConfig, overwrite: bool = False) -> dict:
-    """Generate the synthetic world described by `cfg.synth`; returns the generator's summary."""
-    from lit_compclip.synth import generate
-
-    return generate(cfg.synth.out_dir, overwrite=overwrite, **synth_args(cfg))
-
-
 def count_samples(urls: list[str]) -> int | None:
     """Samples in local shards (one per distinct key), reading tar headers only; None for remote shards."""
     total = 0
@@ -112,13 +60,15 @@ def check_inputs(cfg: DictConfig):
     from lit_compclip.callbacks import build_probes
     from lit_compclip.data.datamodule import expand_shards
 
-    try:
-        for key in ("train_shards", "val_shards"):
-            if cfg.data[key]:
+    for key in ("train_shards", "val_shards"):
+        if cfg.data[key]:
+            with reported_as(f"data.{key}", (FileNotFoundError, ValueError)):
                 expand_shards(cfg.data[key])
-        return build_probes(cfg.probes.suites, cfg.probes.get("limit"))
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+    probes = {}
+    for name, suite in cfg.probes.suites.items():  # one at a time, so that the error names its suite
+        with reported_as(f"probes.suites.{name}", (FileNotFoundError, ValueError)):
+            probes.update(build_probes({name: suite}, cfg.probes.get("limit")))
+    return probes
 
 
 def total_steps(cfg: DictConfig) -> int:
@@ -143,7 +93,7 @@ def _world_size(cfg: DictConfig) -> int:
 def init_weights(model, path: str) -> None:
     """Copy checkpoint `path`'s weights into `model`, nothing else (the run keeps a fresh optimizer, schedule and
     step); a missing, unreadable or differently shaped checkpoint is a one-line ConfigError naming `init_from`."""
-    from lit_compclip.evaluate import load_module
+    from lit_compclip.checkpoints import load_module
     from lit_compclip.resume import weight_problems
 
     try:
@@ -207,19 +157,18 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: str) -> list:
 def train(cfg: DictConfig) -> dict:
     """Run one experiment; returns {"run_dir", "probes" (final results), "wandb_mode"}."""
     import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from lit_compclip.callbacks import ProbeCallback, ProgressLines, TextCacheStats
+    from lit_compclip.callbacks import DataSkips, ProbeCallback, ProgressLines, TextCacheStats
     from lit_compclip.data.datamodule import WebDataModule
     from lit_compclip.model import CompClip
     from lit_compclip.resume import RESUME_ENV, RandomState, check_fits, resume_point
+    from lit_compclip.synth import ensure_synth
 
     if cfg.init_from and not os.path.isfile(cfg.init_from):  # before the synthetic world is built (minutes)
         raise ConfigError(f"init_from: checkpoint {cfg.init_from!r} not found")
     resume = resume_point(cfg, _launched_rank())  # a missing, unreadable or weights-only checkpoint fails here
-    ensure_synth(cfg)
-    probes = check_inputs(cfg)
-    steps = total_steps(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # Expected here, and alarming to a newcomer: frozen text layers are in eval mode on purpose, config.yaml is
     # written into the run folder before the CSV logger starts, and one loader worker is the CPU default.
@@ -227,37 +176,53 @@ def train(cfg: DictConfig) -> dict:
                     ".*treespec.*"):
         warnings.filterwarnings("ignore", pattern)
 
-    model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=steps)
+    # Everything a bad value can stop is built before the run folder exists; the model first, before the synthetic
+    # world (minutes): a tower, timm or transformers error is one line naming its key (reported_as).
+    with reported_as("model"):
+        model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim))
     if resume is not None:
         check_fits(resume, model)  # before the run folder is touched; its weights replace any init_from
     elif cfg.init_from:
         init_weights(model, cfg.init_from)  # before the run folder exists: a bad checkpoint leaves nothing behind
+    ensure_synth(cfg)
+    probes = check_inputs(cfg)
+    steps = model.total_steps = total_steps(cfg)  # the cosine schedule's length counts the data
+    model.save_hyperparameters({**model.hparams, "total_steps": steps})  # checkpoints record it as before
     run_dir = (resume and resume.run_dir) or unique_run_dir(cfg)
-    if not _launched_rank():
-        os.makedirs(run_dir, exist_ok=True)
-        # a resumed run keeps the config it started with and records its own beside it
-        kept = resume is not None and os.path.isfile(os.path.join(run_dir, "config.yaml"))
-        OmegaConf.save(cfg, os.path.join(run_dir, "config.resume.yaml" if kept else "config.yaml"), resolve=True)
-        os.environ[RUN_DIR_ENV] = run_dir
-        os.environ[RESUME_ENV] = resume.path if resume else ""
-    data = WebDataModule(**OmegaConf.to_container(cfg.data), seed=cfg.seed,
-                         train_transform=model.train_transform, eval_transform=model.eval_transform)
-    loggers, mode = build_loggers(cfg, run_dir, resume)
+    with reported_as("data"):
+        data = WebDataModule(**OmegaConf.to_container(cfg.data), seed=cfg.seed,
+                             train_transform=model.train_transform, eval_transform=model.eval_transform)
+    with reported_as("wandb"):
+        loggers, mode = build_loggers(cfg, run_dir, resume)  # no folder yet: both loggers write from fit on
     probe_cb = ProbeCallback(probes, cfg.probes.every_n_epochs, run_dir, cfg.probes.dump, cfg.probes.failures)
     callbacks = [probe_cb, LearningRateMonitor("step"), RandomState(), *checkpoint_callbacks(cfg, run_dir)]
+    callbacks.append(DataSkips(run_dir))  # exact skip counts: the final metrics row, data_skips.json, one line
     if not (sys.stdout.isatty() and cfg.trainer.enable_progress_bar):
         callbacks.append(ProgressLines(steps))  # a progress bar is invisible in logs and pipes
     if getattr(model.text, "cache_options", None):
         callbacks.append(TextCacheStats())
-    t = trainer_options(cfg, model)
-    t["enable_progress_bar"] = cfg.trainer.enable_progress_bar and sys.stdout.isatty()  # else ProgressLines' lines
-    if not model.automatic_optimization:  # GradCache steps and clips by hand: Lightning refuses gradient_clip_val then
-        model.manual_clip_val = t.pop("gradient_clip_val")
-    trainer = L.Trainer(**t, logger=loggers, callbacks=callbacks, default_root_dir=run_dir,
-                        num_sanity_val_steps=0)
+    # Lightning checks strategy, accelerator, devices and precision against this machine here (it raises
+    # MisconfigurationException, and TypeError for devices a CPU cannot take): one line naming the trainer key.
+    flags = {k: cfg.trainer[k] for k in ("strategy", "accelerator", "devices", "precision", "num_nodes")}
+    with reported_as("trainer", BUILD_ERRORS + (TypeError, MisconfigurationException), options=flags):
+        t = trainer_options(cfg, model)
+        t["enable_progress_bar"] = cfg.trainer.enable_progress_bar and sys.stdout.isatty()  # else ProgressLines
+        if not model.automatic_optimization:  # GradCache steps and clips by hand: Lightning refuses gradient_clip_val
+            model.manual_clip_val = t.pop("gradient_clip_val")
+        trainer = L.Trainer(**t, logger=loggers, callbacks=callbacks, default_root_dir=run_dir,
+                            num_sanity_val_steps=0)
+    if not _launched_rank():  # only now: a run stopped by a bad value above leaves no folder behind
+        os.makedirs(run_dir, exist_ok=True)
+        # a resumed run keeps the config it started with and records its own beside it
+        kept = resume is not None and os.path.isfile(os.path.join(run_dir, "config.yaml"))
+        OmegaConf.save(cfg, os.path.join(run_dir, "config.resume.yaml" if kept else "config.yaml"), resolve=True)
+        os.environ[RUN_DIR_ENV] = run_dir  # read by the ranks Lightning launches, at fit
+        os.environ[RESUME_ENV] = resume.path if resume else ""
     try:
-        # Lightning restores step, epoch, optimizer, schedule, callbacks and the train loader's position
-        trainer.fit(model, data, ckpt_path=resume.path if resume else None)
+        # Lightning restores step, epoch, optimizer, schedule, callbacks and the train loader's position; it reads the
+        # file with weights_only=True (never a pickle's code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says), after
+        # resume_point checked it (lit_compclip.checkpoints)
+        trainer.fit(model, data, ckpt_path=resume.path if resume else None, weights_only=True)
     finally:
         finish_wandb(loggers)
     return {"run_dir": run_dir, "is_global_zero": trainer.is_global_zero, "probes": probe_cb.final, "wandb_mode": mode,
@@ -276,10 +241,14 @@ def trainer_options(cfg: DictConfig, model) -> dict:
     gpu = torch.cuda.is_available() and t["accelerator"] in ("auto", "gpu", "cuda")
     if t["precision"] is None:
         t["precision"] = "bf16-mixed" if gpu else "32-true"
-    # BatchNorm (the default conv stem) normalises over each process's share of the batch; synced across GPUs, the
-    # loss stays the global batch's. torch syncs it only on GPUs: on CPU each process keeps its own statistics.
-    t["sync_batchnorm"] = gpu and model is not None and any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    # BatchNorm (model.image.stem_norm=batch) normalises over each process's share of the batch; synced across GPUs,
+    # the loss stays the global batch's. torch syncs it only on GPUs: on CPU each process would keep its own.
+    batchnorm = model is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    t["sync_batchnorm"] = gpu and batchnorm
+    processes = t["num_nodes"] * (t["devices"] if isinstance(t["devices"], int) else len(str(t["devices"]).split(",")))
+    if batchnorm and not gpu and (processes > 1 or t["devices"] == -1):
+        raise ConfigError("model.image.stem_norm=batch: BatchNorm cannot be synced across CPU processes (torch syncs "
+                          "it on GPUs only), so the loss would not be the global batch's; use model.image.stem_norm=group")
     if t["strategy"] == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 

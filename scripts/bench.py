@@ -1,20 +1,25 @@
-"""Training throughput against open_clip, the cost split of one step, FLOP/s, data vs model and probe overhead.
+"""Training throughput against open_clip, the shipped default's own speed-ups, the cost split of one step, FLOP/s,
+data vs model and probe overhead.
 
 Usage: python scripts/bench.py [--quick] [--steps N] [--rounds R] [--out bench.json] [key=value ...]
-Every figure is taken in this one process and every key figure is a ratio against a baseline measured in the same
-run: our Lightning loop against open_clip's own `train_one_epoch` on the same model sizes and the same batches,
-rounds alternating so that a busy machine slows both alike. Overrides (key=value) apply to the default experiment.
+Every figure is taken in this one process and every key figure is a ratio of two loops ("arms") timed in the same
+run. The arms of a ratio run in blocks of A B B A order (`lit_compclip.bench.abba_order`), each block gives one value
+of every ratio, and each ratio is reported as its median over the blocks with its min-max spread. Overrides
+(key=value) apply to the default experiment (`load_config([], overrides)`), which every arm starts from.
+docs/BENCHMARKS.md says what each arm and row is.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import statistics
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled MiniLM only: never wait on the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,148 +31,253 @@ VIT_B16 = ["model.image.width=768", "model.image.depth=12", "model.image.heads=1
 QUICK_VIT = ["model.image.width=64", "model.image.depth=1", "model.image.heads=2"]  # --quick: the code path only
 COLLECTED = 8  # distinct batches held in memory and cycled through
 
+# Each ratio: (the faster-expected arm, the other), both from the same block; the value is the other's median step
+# time over the first's (above 1: the first is faster). The main block's arms, in run order (then reversed):
+MAIN_ARMS = ["ours_shipped_one_group", "ours_shipped_no_cache", "ours_shipped", "open_clip_shipped",
+             "open_clip_pad64_eval", "open_clip_like_for_like", "ours_like_for_like"]
+MAIN_RATIOS = {
+    "train_vs_open_clip_like_for_like": ("ours_like_for_like", "open_clip_like_for_like"),  # the loops alone
+    "open_clip_padding_factor": ("open_clip_like_for_like", "open_clip_pad64_eval"),  # 64 tokens vs ours, eval both
+    "open_clip_dropout_factor": ("open_clip_pad64_eval", "open_clip_shipped"),  # locked layers train vs eval mode
+    "train_vs_open_clip": ("ours_like_for_like", "open_clip_shipped"),  # = the product of the three above
+    "train_vs_open_clip_as_shipped": ("ours_shipped", "open_clip_shipped"),  # each as a user runs it
+    "text_cache_speedup": ("ours_shipped", "ours_shipped_no_cache"),
+    "length_groups_speedup": ("ours_shipped_no_cache", "ours_shipped_one_group"),
+}
+VIT_ARMS = ["open_clip_shipped", "open_clip_like_for_like", "ours_like_for_like"]
+VIT_RATIOS = {"train_vs_open_clip_vit_b16_like_for_like": ("ours_like_for_like", "open_clip_like_for_like"),
+              "train_vs_open_clip_vit_b16": ("ours_like_for_like", "open_clip_shipped")}
+CACHE_LAYERS = (1, 0)  # trained MiniLM layers of the extra cache pairs (the default trains 2)
+
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a few steps and a toy second model: a smoke test")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per loop and round (default 20; quick 2)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds of ours/open_clip (default 2)")
+    p.add_argument("--quick", action="store_true", help="one block, one step per run, toy second model: a smoke test")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per run (default 3, the ViT-B/16-sized case half that; quick 1)")
+    p.add_argument("--rounds", type=int, default=None, help="A B B A blocks per ratio (default 3; quick 1)")
     p.add_argument("--out", default="bench.json")
     p.add_argument("overrides", nargs="*", help="key=value config overrides of the default experiment")
     args = p.parse_args(argv)
-    args.steps = args.steps or (2 if args.quick else 20)
-    args.rounds = args.rounds or (1 if args.quick else 2)
+    # 3 steps x 2 runs per arm and block x 3 blocks, ~50 runs in all: few steps per run keep the whole run short
+    args.steps = args.steps or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     if args.steps < 1 or args.rounds < 1:
         p.error("--steps and --rounds must be >= 1")
     return args
 
 
-def compare(cfg, batches, steps: int, warmup: int, rounds: int) -> dict:
-    """Our Trainer.fit and open_clip's train_one_epoch on the same batches, `rounds` times each, alternating."""
+class Ours:
+    """An arm of our Lightning loop: one model, trained again by a new Trainer on each run (its first run warms it
+    up and, with a text cache, fills the cache with one pass over the batches first)."""
+
+    def __init__(self, cfg, batches, steps: int, warmup: int):
+        from lit_compclip import bench
+
+        self.fill = len(batches) if cfg.model.text.get("cache_dir") else 0
+        self.batches, self.steps, self.warmup = batches, steps, warmup
+        self.model = bench.build_model(cfg, warmup + self.fill + steps)
+        self.runs: list[dict] = []
+
+    def __call__(self, first: bool) -> dict:
+        from lit_compclip import bench
+
+        out = bench.time_ours(None, self.batches, self.steps, self.warmup + self.fill if first else 1,
+                              model=self.model)
+        self.runs.append({k: v for k, v in out.items() if k != "model"})
+        return out
+
+    def hit_rate(self) -> float | None:
+        """The text cache's hit rate over every timed step of every run (None without a cache)."""
+        counts = [r["cache"] for r in self.runs if r["cache"] is not None]
+        seen = sum(c["hits"] + c["misses"] for c in counts)
+        return sum(c["hits"] for c in counts) / seen if seen else None
+
+
+class OpenClip:
+    """An arm of open_clip's own `train_one_epoch` on one model: fed open_clip's tokenizer (every caption padded to
+    the context length) or `tokenizer`; its locked text layers in train mode (as it ships) or in eval mode."""
+
+    def __init__(self, cfg, batches, steps: int, warmup: int, tokenizer=None, locked_eval: bool = False):
+        from omegaconf import OmegaConf
+
+        from lit_compclip.bench_open_clip import build_open_clip, locked_layers_in_eval
+
+        self.model, self.own_tokenizer = build_open_clip(cfg)
+        if locked_eval:
+            locked_layers_in_eval(self.model)
+        self.tokenizer = tokenizer or self.own_tokenizer
+        self.batches, self.steps, self.warmup = batches, steps, warmup
+        self.optim = OmegaConf.to_container(cfg.optim)
+        self.runs: list[dict] = []
+
+    def __call__(self, first: bool) -> dict:
+        from lit_compclip.bench_open_clip import time_open_clip
+
+        out = time_open_clip(self.model, self.tokenizer, self.batches, self.steps, self.warmup if first else 1,
+                             self.optim)
+        self.runs.append(out)
+        return out
+
+    def summary(self) -> dict:
+        runs = self.runs
+        return {"steps_run": sum(r["steps"] for r in runs), "timed_steps": sum(len(r["intervals"]) for r in runs),
+                "changed": {k: all(r["changed"][k] for r in runs) for k in runs[0]["changed"]},
+                "positions_per_batch": runs[-1]["positions_per_batch"],
+                "locked_layer_training": runs[-1]["locked_layer_training"],
+                "trained_layer_training": runs[-1]["trained_layer_training"]}
+
+
+def open_clip_arms(cfg_like, batches, steps: int, warmup: int, names: list[str]) -> dict:
+    """Our like-for-like arm and those of the three open_clip arms in `names`, each one setting away from the
+    next: as shipped; 64-token padding with its locked layers in eval; our token ids with them in eval."""
+    from lit_compclip.bench_open_clip import our_token_ids
+
+    ours = Ours(cfg_like, batches, steps, warmup)
+    settings = {"open_clip_shipped": {}, "open_clip_pad64_eval": {"locked_eval": True},
+                "open_clip_like_for_like": {"tokenizer": our_token_ids(ours.model.text), "locked_eval": True}}
+    return {"ours_like_for_like": ours, **{name: OpenClip(cfg_like, batches, steps, warmup, **settings[name])
+                                           for name in names if name in settings}}
+
+
+def ratios(times, table: dict) -> dict:
     from lit_compclip import bench
-    from omegaconf import OmegaConf
 
-    from lit_compclip.bench_open_clip import build_open_clip, time_open_clip
-
-    ours, theirs = [], []
-    optim = OmegaConf.to_container(cfg.optim)
-    for r in range(rounds):
-        ours.append(bench.timed(f"  ours, round {r + 1}/{rounds}", bench.time_ours, cfg, batches, steps, warmup))
-        model, tokenizer = build_open_clip(cfg)
-        theirs.append(bench.timed(f"  open_clip, round {r + 1}/{rounds}", time_open_clip, model, tokenizer,
-                                  batches, steps, warmup, optim))
-    b = len(batches[0]["caption"])
-    ours_s, theirs_s = bench.pooled(ours), bench.pooled(theirs)
-    return {"ours_samples_per_s": bench.median_rate(ours_s, b),
-            "open_clip_samples_per_s": bench.median_rate(theirs_s, b),
-            "ours_step_s": statistics.median(ours_s), "open_clip_step_s": statistics.median(theirs_s),
-            "batch_size": b, "timed_steps": len(ours_s), "warmup_steps": warmup, "rounds": rounds,
-            "open_clip_changed": {k: all(t["changed"][k] for t in theirs) for k in theirs[0]["changed"]},
-            "open_clip_steps_run": sum(t["steps"] for t in theirs), "model": ours[-1]["model"]}
+    return {key: bench.spread(bench.speedups(times, fast, slow)) for key, (fast, slow) in table.items()}
 
 
-def text_cache(cfg_for, batches, steps: int, warmup: int, off: dict, unfrozen: int | None = None) -> dict:
-    """Step time with the text tower's prefix cache warm against `off` (the same batches, frozen layers recomputed);
-    `unfrozen` trains that many MiniLM layers instead of the default's (then `off` is measured here too).
-
-    Also the bound the cache cannot beat: a step without it, over the same step minus the frozen part's own time."""
+def arm_summary(times, arms: dict) -> dict:
     from lit_compclip import bench
 
-    base = [] if unfrozen is None else [f"model.text.unfreeze_layers={unfrozen}"]
-    if off is None:
-        off = bench.timed(f"  text cache off ({unfrozen} trained layers)", bench.time_ours,
-                          cfg_for(base + ["model.text.cache_dir=null"]), batches, steps, warmup)
-    with tempfile.TemporaryDirectory() as folder:
-        cached = cfg_for(base + [f"model.text.cache_dir={folder}"])
-        # the first pass over the batches fills the cache; every timed step after it reads it
-        label = "  text cache on" + ("" if unfrozen is None else f" ({unfrozen} trained layers)")
-        on = bench.timed(label, bench.time_ours, cached, batches, steps, warmup + len(batches))
-        stats = on["model"].text.cache_stats()
-    off_s, on_s = statistics.median(off["intervals"]), statistics.median(on["intervals"])
-    frozen_s = bench.frozen_seconds(off["model"], batches[0], 4)
-    return {"off_step_s": off_s, "on_step_s": on_s, "speedup": off_s / on_s, "stats": stats,
-            "frozen_part_s": frozen_s, "bound": off_s / max(1e-9, off_s - frozen_s),
-            "trained_layers": off["model"].hparams["model"]["text"]["unfreeze_layers"]}
+    out = {}
+    for name, arm in arms.items():
+        out[name] = {"step_s": bench.step_seconds(times, name), "timed_steps": sum(map(len, times[name])),
+                     "block_step_s": [statistics.median(b) for b in times[name]]}
+        if isinstance(arm, OpenClip):
+            out[name].update(arm.summary())
+        elif arm.hit_rate() is not None:
+            out[name]["cache_hit_rate"] = arm.hit_rate()
+    return out
 
 
-def length_groups(cfg_for, groups: int, batches, steps: int, warmup: int, rounds: int) -> dict:
-    """Step time of the default experiment with its captions encoded in `model.length_groups` groups of similar
-    length, against the same model padding every caption of a batch alike; rounds alternate (cache off both)."""
+def cache_pairs(cfg_for, folder: str, batches, steps: int, warmup: int, rounds: int) -> dict:
+    """The text cache with fewer trained MiniLM layers (more of the tower frozen and cached): warm cache against
+    the frozen layers recomputed, in A B B A blocks, with the bound no cache can beat."""
     from lit_compclip import bench
 
-    if groups <= 1:
-        raise ValueError("model.length_groups=1 encodes captions in one padded batch: nothing to compare")
-    alike, grouped = [], []
-    for r in range(rounds):
-        alike.append(bench.timed(f"  padded alike, round {r + 1}/{rounds}", bench.time_ours,
-                                 cfg_for(["model.text.cache_dir=null"]), batches, steps, warmup))
-        grouped.append(bench.timed(f"  {groups} length groups, round {r + 1}/{rounds}", bench.time_ours,
-                                   cfg_for(["model.text.cache_dir=null", f"model.length_groups={groups}"]),
-                                   batches, steps, warmup))
-    alike_s, grouped_s = statistics.median(bench.pooled(alike)), statistics.median(bench.pooled(grouped))
-    return {"padded_step_s": alike_s, "grouped_step_s": grouped_s, "speedup": alike_s / grouped_s,
-            "tokens": bench.padding(grouped[-1]["model"], batches)}
+    arms = {}
+    for k in CACHE_LAYERS:
+        base = [f"model.text.unfreeze_layers={k}"]
+        arms[f"on_{k}"] = Ours(cfg_for(base + [f"model.text.cache_dir={folder}"]), batches, steps, warmup)
+        arms[f"off_{k}"] = Ours(cfg_for(base + ["model.text.cache_dir=null"]), batches, steps, warmup)
+    times = bench.alternate({n: arms[n] for n in ("on_1", "off_1", "off_0", "on_0")}, rounds, "3. ")["times"]
+    return {str(k): with_bound(times, arms, f"on_{k}", f"off_{k}", batches) for k in CACHE_LAYERS}
+
+
+def with_bound(times, arms: dict, on: str, off: str, batches) -> dict:
+    """A cache pair's figures: step times, the speed-up's spread, the hit rate and the bound
+    `step / (step - the frozen part's own time)`."""
+    from lit_compclip import bench
+
+    off_s, on_s = bench.step_seconds(times, off), bench.step_seconds(times, on)
+    model = arms[off].model
+    frozen_s = bench.frozen_seconds(model, batches[0], 4)
+    return {"off_step_s": off_s, "on_step_s": on_s, "speedup": bench.spread(bench.speedups(times, on, off)),
+            "hit_rate": arms[on].hit_rate(), "frozen_part_s": frozen_s, "bound": off_s / max(1e-9, off_s - frozen_s),
+            "trained_layers": model.hparams["model"]["text"]["unfreeze_layers"]}
 
 
 def run(args) -> dict:
     import torch
 
     from lit_compclip import bench
+    from lit_compclip.bench_open_clip import same_token_ids
     from lit_compclip.config import load_config
-    from lit_compclip.train import ensure_synth
+    from lit_compclip.synth import ensure_synth
 
-    def cfg_for(extra):
+    def shipped(extra=()):  # the default experiment as shipped
+        return load_config([], list(args.overrides) + list(extra))
+
+    def like(extra=()):  # ours made comparable to open_clip (bench.LIKE_FOR_LIKE)
         return load_config([], bench.LIKE_FOR_LIKE + list(args.overrides) + list(extra))
 
-    # Like for like with open_clip, which has no such cache: the frozen text layers are recomputed every step.
-    # The cache is measured on its own in part 3.
-    cfg = cfg_for(["model.text.cache_dir=null"])
+    began = time.perf_counter()
+    cfg = shipped()
     ensure_synth(cfg)
-    warmup = 1 if args.quick else 3
-    n = min(COLLECTED, args.steps + warmup)
+    first = 1 if args.quick else 3  # warm-up steps of an arm's first run; later runs drop only their first step
     out = {"quick": args.quick, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": bench.machine(), "open_clip_loop": "open_clip_train.train.train_one_epoch"}
+           "machine": bench.machine(), "open_clip_loop": "open_clip_train.train.train_one_epoch",
+           "steps_per_run": args.steps, "rounds": args.rounds}
+    folder = tempfile.mkdtemp(prefix="bench_text_cache_")  # the cache arms' caches, fresh for this run
+    try:
+        print("[bench] 1. the default model: ours against open_clip, and the shipped default's own settings",
+              flush=True)
+        model = bench.build_model(cfg, 1)
+        dm = bench.data_module(cfg, model)
+        del model
+        batches = bench.timed("collect batches", bench.collect_batches, dm, min(COLLECTED, args.steps + first))
+        oc = open_clip_arms(like(), batches, args.steps, first, MAIN_ARMS)
+        arms = {**oc,
+                "ours_shipped": Ours(shipped([f"model.text.cache_dir={folder}"]), batches, args.steps, first),
+                "ours_shipped_no_cache": Ours(shipped(["model.text.cache_dir=null"]), batches, args.steps, first),
+                "ours_shipped_one_group": Ours(shipped(["model.text.cache_dir=null", "model.length_groups=1"]),
+                                               batches, args.steps, first)}
+        times = bench.alternate({name: arms[name] for name in MAIN_ARMS}, args.rounds, "1. ")["times"]
+        main = ratios(times, MAIN_RATIOS)
+        no_cache = arms["ours_shipped_no_cache"]
+        shipped_model = no_cache.model  # the shipped default, frozen layers recomputed: parts 2, 4 and 5
+        raw = {"arms": arm_summary(times, arms),
+               "open_clip_tokens": {"same_token_ids": same_token_ids(oc["open_clip_shipped"].own_tokenizer,
+                                                                     oc["open_clip_like_for_like"].tokenizer,
+                                                                     batches),
+                                    "ours_per_batch": oc["open_clip_like_for_like"].summary()["positions_per_batch"],
+                                    "open_clip_per_batch": oc["open_clip_shipped"].summary()["positions_per_batch"]},
+               "length_groups_tokens": bench.padding(shipped_model, batches),
+               "text_cache_by_trained_layers": {str(cfg.model.text.unfreeze_layers): with_bound(
+                   times, arms, "ours_shipped", "ours_shipped_no_cache", batches)}}
+        product = [a * b * c for a, b, c in zip(*(main[k]["values"] for k in (
+            "train_vs_open_clip_like_for_like", "open_clip_padding_factor", "open_clip_dropout_factor")))]
+        raw["open_clip_factors_product"] = bench.spread(product)
+        del oc
+        for name in list(arms):
+            if name != "ours_shipped_no_cache":
+                del arms[name]
 
-    print("[bench] 1. training throughput: the default experiment", flush=True)
-    model = bench.build_model(cfg, 1)
-    dm = bench.data_module(cfg, model)
-    batches = bench.timed("collect batches", bench.collect_batches, dm, n)
-    default = compare(cfg, batches, args.steps, warmup, args.rounds)
-    trained = default.pop("model")
+        print("[bench] 1b. a ViT-B/16-sized image tower: ours against open_clip", flush=True)
+        large_cfg = like(VIT_B16 + (QUICK_VIT if args.quick else []))
+        large_model = bench.build_model(large_cfg, 1)
+        large_batches = bench.timed("collect batches", bench.collect_batches,
+                                    bench.data_module(large_cfg, large_model), min(COLLECTED, args.steps + first))
+        del large_model
+        large_steps = max(1, args.steps // 2)
+        large_arms = open_clip_arms(large_cfg, large_batches, large_steps, max(1, first - 1), VIT_ARMS)
+        large_times = bench.alternate({n: large_arms[n] for n in VIT_ARMS}, args.rounds, "1b. ")["times"]
+        large = ratios(large_times, VIT_RATIOS)
+        raw["vit_b16"] = {"arms": arm_summary(large_times, large_arms),
+                          "batch_size": len(large_batches[0]["caption"]), "steps_per_run": large_steps,
+                          "image_tower": {k: large_cfg.model.image[k] for k in
+                                          ("width", "depth", "heads", "patch_size", "img_size")}}
+        del large_arms
 
-    print("[bench] 1b. training throughput: a ViT-B/16-sized image tower", flush=True)
-    large_cfg = cfg_for(VIT_B16 + (QUICK_VIT if args.quick else []))
-    large_model = bench.build_model(large_cfg, 1)
-    large_batches = bench.timed("collect batches", bench.collect_batches, bench.data_module(large_cfg, large_model),
-                                n)
-    del large_model
-    large = compare(large_cfg, large_batches, max(1, args.steps // 2), max(1, warmup - 1), args.rounds)
-    large.pop("model")
-    large["image_tower"] = {k: large_cfg.model.image[k] for k in ("width", "depth", "heads", "patch_size", "img_size")}
+        print("[bench] 2. cost split, FLOPs and the matmul peak (the shipped default, frozen layers recomputed)",
+              flush=True)
+        # The split's parts are set against a whole step timed just before them: on a shared machine the load
+        # changes within minutes.
+        reference = bench.timed("  reference steps", no_cache, False)
+        step_s = statistics.median(reference["intervals"])
+        split = bench.timed("cost split", bench.cost_split, shipped_model, batches[0], 2 if args.quick else 6)
+        flops = bench.timed("count FLOPs", bench.count_flops, shipped_model, batches[0])
+        peak = bench.timed("matmul peak", bench.matmul_peak, 256 if args.quick else 2048)
+        achieved = flops["total"] / step_s
 
-    print("[bench] 2. cost split, FLOPs and the matmul peak", flush=True)
-    # The split's parts are set against a whole step timed just before them: on a shared machine the load
-    # changes within minutes. The same run is the text cache's "off" figure.
-    reference = bench.timed("  ours, reference steps", bench.time_ours, cfg, batches, args.steps, warmup)
-    step_s = statistics.median(reference["intervals"])
-    split = bench.timed("cost split", bench.cost_split, model, batches[0], 2 if args.quick else 6)
-    flops = bench.timed("count FLOPs", bench.count_flops, model, batches[0])
-    peak = bench.timed("matmul peak", bench.matmul_peak, 256 if args.quick else 2048)
-    achieved = flops["total"] / step_s
+        if not args.quick:
+            print("[bench] 3. text cache with fewer trained layers", flush=True)
+            raw["text_cache_by_trained_layers"].update(
+                cache_pairs(shipped, folder, batches, args.steps, first, args.rounds))
+    finally:
+        import shutil
 
-    print("[bench] 3. text-tower prefix cache", flush=True)
-    cache = text_cache(cfg_for, batches, args.steps, warmup, reference)
-    # fewer trained layers leave more to the cache: 1 of 6 is the paper's share (4 of Gemma-2-2B's 26), 0 is
-    # LLM2CLIP's fully frozen tower, whose final embedding is cached
-    by_trained = {str(cache["trained_layers"]): cache}
-    if not args.quick:
-        for unfrozen in (1, 0):
-            by_trained[str(unfrozen)] = text_cache(cfg_for, batches, args.steps, warmup, None, unfrozen)
-
-    print("[bench] 3b. captions encoded in groups of similar length", flush=True)
-    # the default experiment's own setting (LIKE_FOR_LIKE turns it off for the comparison with open_clip)
-    groups = load_config([], list(args.overrides)).model.length_groups
-    grouped = length_groups(cfg_for, groups, batches, args.steps, warmup, args.rounds)
+        shutil.rmtree(folder, ignore_errors=True)
 
     print("[bench] 4. data pipeline alone", flush=True)
     data = bench.timed("data pipeline", bench.data_rate, dm, 2 if args.quick else 20)
@@ -175,76 +285,130 @@ def run(args) -> dict:
     split["other (loop, logging)"] = step_s - sum(v for k, v in split.items() if k != "data")
 
     print("[bench] 5. probe overhead", flush=True)
-    probes = bench.timed("probes", bench.probe_seconds, cfg, trained)
-    per_epoch = bench.steps_per_epoch(cfg)
+    probes = bench.timed("probes", bench.probe_seconds, cfg, shipped_model)
+    per_epoch = bench.steps_per_epoch(cfg)  # from the configured data and batch size
+    no_cache_step = raw["arms"]["ours_shipped_no_cache"]["step_s"]
     # the loader runs beside the model, so an epoch lasts as long as the slower of the two
-    epoch_s = per_epoch * max(default["ours_step_s"], split["data"])
+    epoch_s = per_epoch * max(no_cache_step, split["data"])
+    shipped_rate = cfg.data.batch_size / raw["arms"]["ours_shipped"]["step_s"]
 
+    spreads = {**main, **large}
+    out.update({key: s["median"] for key, s in spreads.items()})
     out.update({
-        "train_vs_open_clip": default["ours_samples_per_s"] / default["open_clip_samples_per_s"],
-        "train_vs_open_clip_vit_b16": large["ours_samples_per_s"] / large["open_clip_samples_per_s"],
-        "text_cache_speedup": cache["speedup"],
-        "length_groups_speedup": grouped["speedup"],
-        "train_vs_open_clip_cached": cache["off_step_s"] / cache["on_step_s"] * default["ours_samples_per_s"]
-        / default["open_clip_samples_per_s"],
-        "data_vs_model": data["samples_per_s"] / default["ours_samples_per_s"],
+        "spread": spreads,
+        "data_vs_model": data["samples_per_s"] / shipped_rate,
         "probe_overhead_fraction": probes["seconds"] / epoch_s,
         "flop_utilisation": achieved / peak,
-        "raw": {"default": default, "vit_b16": large, "cost_split_s": split, "reference_step_s": step_s,
-                "flops": {"per_step": flops["total"], "image_per_step": flops["image"], "text_per_step": flops["text"],
-                          "achieved_per_s": achieved, "matmul_peak_per_s": peak},
-                "text_cache": cache, "length_groups": grouped,
-                "text_cache_by_trained_layers": {k: {x: v for x, v in c.items()} for k, c in by_trained.items()},
-                "data": data,
-                "probes": {**probes, "steps_per_epoch": per_epoch, "epoch_s": epoch_s}},
         "torch_threads": torch.get_num_threads(),
     })
+    raw.update({"batch_size": len(batches[0]["caption"]), "cost_split_s": split, "reference_step_s": step_s,
+                "flops": {"per_step": flops["total"], "image_per_step": flops["image"], "text_per_step": flops["text"],
+                          "achieved_per_s": achieved, "matmul_peak_per_s": peak},
+                "data": {**data, "ours_shipped_samples_per_s": shipped_rate},
+                "probes": {**probes, "steps_per_epoch": per_epoch, "step_s": no_cache_step, "epoch_s": epoch_s}})
+    out["raw"] = raw
+    out["wall_s"] = time.perf_counter() - began
     return out
 
 
 def table(r: dict) -> str:
-    raw, lines = r["raw"], []
-    lines.append(f"{'case':<28} {'ours samples/s':>15} {'open_clip samples/s':>20} {'ratio':>7}")
-    for key, label in (("default", "default experiment (no cache)"), ("vit_b16", "ViT-B/16-sized image tower")):
-        c = raw[key]
-        lines.append(f"{label:<28} {c['ours_samples_per_s']:>15.1f} {c['open_clip_samples_per_s']:>20.1f} "
-                     f"{c['ours_samples_per_s'] / c['open_clip_samples_per_s']:>6.2f}x")
-    lines.append("")
+    from lit_compclip.bench import describe
+
+    raw, s, lines = r["raw"], r["spread"], []
+    arms = raw["arms"]
+
+    def ms(arm, where=arms):
+        return f"{where[arm]['step_s'] * 1000:.0f} ms"
+
+    lines.append(f"every ratio: median over {r['rounds']} A B B A block(s) (min-max), {r['steps_per_run']} timed "
+                 f"steps per run; above 1 = the first-named side is faster")
+    lines.append(f"the default model (batch {raw['batch_size']}), ours against open_clip:")
+    rows = [("ours vs open_clip, like for like (the loops)", "train_vs_open_clip_like_for_like",
+             f"{ms('ours_like_for_like')} vs {ms('open_clip_like_for_like')}"),
+            ("  open_clip padding factor (64 tokens vs ours)", "open_clip_padding_factor",
+             f"{ms('open_clip_pad64_eval')} vs {ms('open_clip_like_for_like')}"),
+            ("  open_clip dropout factor (locked layers train mode)", "open_clip_dropout_factor",
+             f"{ms('open_clip_shipped')} vs {ms('open_clip_pad64_eval')}"),
+            ("ours vs open_clip as it ships", "train_vs_open_clip",
+             f"product of the three {raw['open_clip_factors_product']['median']:.2f}x"),
+            ("ours as shipped (cache warm) vs open_clip as shipped", "train_vs_open_clip_as_shipped",
+             f"{ms('ours_shipped')} vs {ms('open_clip_shipped')}; hit rate "
+             f"{arms['ours_shipped']['cache_hit_rate']:.2f}"),
+            ("text cache (warm) vs frozen layers recomputed", "text_cache_speedup",
+             f"{ms('ours_shipped')} vs {ms('ours_shipped_no_cache')}"),
+            ("length groups vs one padded group", "length_groups_speedup",
+             f"{ms('ours_shipped_no_cache')} vs {ms('ours_shipped_one_group')}")]
+    v = raw["vit_b16"]
+    rows += [("ViT-B/16-sized: ours vs open_clip, like for like", "train_vs_open_clip_vit_b16_like_for_like",
+              f"{ms('ours_like_for_like', v['arms'])} vs {ms('open_clip_like_for_like', v['arms'])}, batch "
+              f"{v['batch_size']}"),
+             ("ViT-B/16-sized: ours vs open_clip as it ships", "train_vs_open_clip_vit_b16",
+              f"{ms('ours_like_for_like', v['arms'])} vs {ms('open_clip_shipped', v['arms'])}")]
+    for label, key, detail in rows:
+        lines.append(f"  {label:<54} {describe(s[key]):<26} {detail}")
+    t = raw["open_clip_tokens"]
+    lines.append(f"  text positions per batch: open_clip {t['open_clip_per_batch']:.0f}, ours {t['ours_per_batch']:.0f}"
+                 f"; open_clip's ids are ours padded further: {t['same_token_ids']}")
+    g = raw["length_groups_tokens"]
+    lines.append(f"  length groups: positions per batch {g['padded']:.0f} in one group -> {g['grouped']:.0f} in "
+                 f"{g['groups']} (real tokens {g['real']:.0f})")
+    lines.append("text cache by trained MiniLM layers (bound = step / (step - the frozen layers' own time)):")
+    for trained, c in sorted(raw["text_cache_by_trained_layers"].items(), reverse=True):
+        lines.append(f"  {trained} of 6 trained: {c['off_step_s'] * 1000:.0f} ms recomputed, "
+                     f"{c['on_step_s'] * 1000:.0f} ms cached = {describe(c['speedup'])}, bound {c['bound']:.2f}x; "
+                     f"hit rate {c['hit_rate']:.2f}")
     step = raw["reference_step_s"]
-    lines.append(f"one step of the default experiment ({step * 1000:.0f} ms, batch {raw['default']['batch_size']}; "
-                 f"data runs beside it in the loader):")
-    for part, s in raw["cost_split_s"].items():
-        lines.append(f"  {part:<24} {s * 1000:>8.1f} ms  {s / step:>6.1%}")
+    lines.append(f"one step of the shipped default, frozen layers recomputed ({step * 1000:.0f} ms; data runs beside "
+                 f"it in the loader):")
+    for part, sec in raw["cost_split_s"].items():
+        lines.append(f"  {part:<24} {sec * 1000:>8.1f} ms  {sec / step:>6.1%}")
     f = raw["flops"]
     lines.append(f"model FLOPs per step {f['per_step'] / 1e9:.1f} G (image {f['image_per_step'] / 1e9:.1f} G, text "
                  f"{f['text_per_step'] / 1e9:.1f} G); achieved {f['achieved_per_s'] / 1e9:.1f} GFLOP/s of a measured "
                  f"fp32 matmul peak {f['matmul_peak_per_s'] / 1e9:.1f} GFLOP/s = {r['flop_utilisation']:.1%}")
-    lines.append("text cache (frozen MiniLM layers cached; bound = step / (step - the frozen layers' own time)):")
-    for trained, c in sorted(raw["text_cache_by_trained_layers"].items(), reverse=True):
-        lines.append(f"  {trained} of 6 layers trained: {c['off_step_s'] * 1000:.0f} ms/step recomputed, "
-                     f"{c['on_step_s'] * 1000:.0f} ms/step cached (warm) = {c['speedup']:.2f}x (bound "
-                     f"{c['bound']:.2f}x); hit rate {c['stats']['hit_rate']:.2f}")
-    g = raw["length_groups"]
-    t = g["tokens"]
-    lines.append(f"captions in {t['groups']} length groups: {g['padded_step_s'] * 1000:.0f} ms/step padded alike, "
-                 f"{g['grouped_step_s'] * 1000:.0f} ms/step grouped = {g['speedup']:.2f}x; text-tower positions per "
-                 f"batch {t['padded']:.0f} -> {t['grouped']:.0f} (real tokens {t['real']:.0f})")
-    lines.append(f"the default experiment as shipped (cache warm) against open_clip: "
-                 f"{r['train_vs_open_clip_cached']:.2f}x")
     d, p = raw["data"], raw["probes"]
     lines.append(f"data pipeline: {d['samples_per_s']:.0f} samples/s with {d['num_workers']} worker(s) = "
-                 f"{r['data_vs_model']:.2f}x the model's training rate (>1: the model is the bottleneck)")
+                 f"{r['data_vs_model']:.2f}x the shipped default's training rate, cache warm (>1: the model is the "
+                 f"bottleneck)")
     lines.append(f"probes: {p['seconds']:.1f} s per pass = {r['probe_overhead_fraction']:.1%} of an epoch "
-                 f"({p['steps_per_epoch']} steps, {p['epoch_s']:.0f} s)")
+                 f"({p['steps_per_epoch']} steps x {p['step_s']:.2f} s = {p['epoch_s']:.0f} s)")
     m = r["machine"]
     lines.append(f"machine: {m['device']}, {m['cpu_count']} CPUs, torch {m['torch']}, load average "
-                 f"{m['load_average']:.2f} at the start; {r['date']}")
+                 f"{m['load_average']:.2f} at the start; {r['date']}; the run took {r['wall_s']:.0f} s")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Each of the ~50 runs would print Lightning's banner and the Hugging Face load report: warnings only, while
+    the benchmark runs (restored after: tests call main in their own process)."""
+    import logging
+
+    import lightning.pytorch  # noqa: F401  (importing it sets its loggers' levels: first, so that ours hold)
+    from transformers.utils import logging as hf_logging
+
+    # Lightning's rank-zero messages go through whichever of these two loggers was imported last
+    lightning = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [x.level for x in lightning]
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    for x in lightning:
+        x.setLevel(logging.WARNING)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for x, level in zip(lightning, levels):
+            x.setLevel(level)
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    result = run(args)
+    with quiet():
+        result = run(args)
     print(table(result), flush=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, sort_keys=True)

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         return 1
     from lit_compclip import bench
     from lit_compclip.config import load_config
-    from lit_compclip.train import ensure_synth
+    from lit_compclip.synth import ensure_synth
 
     peak = bench.timed("bf16 matmul peak", bench.matmul_peak, 8192, torch.bfloat16, "cuda", 20)
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

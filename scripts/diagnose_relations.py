@@ -13,7 +13,7 @@ import tarfile
 import torch
 from PIL import Image
 
-from lit_compclip.model import CompClip
+from lit_compclip.checkpoints import load_module
 
 TEXT_PAIRS = {
     "place (top/bottom)": ("There is a small red triangle at the bottom.", "There is a small red triangle at the top."),
@@ -25,10 +25,7 @@ TEXT_PAIRS = {
 
 
 def main(ckpt: str, shard: str = "data/synth/train/shard-000000.tar", n_families: int = 100) -> None:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model = CompClip(**{k: state["hyper_parameters"][k] for k in ("model", "optim", "total_steps")})
-    model.load_state_dict(state["state_dict"])
-    model.eval()
+    model = load_module(ckpt)  # read with weights_only=True: a checkpoint's pickle runs nothing
     records, images = {}, {}
     with tarfile.open(shard) as tar:
         for member in tar:

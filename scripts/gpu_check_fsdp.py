@@ -79,7 +79,7 @@ def compare(case: str, folder: str) -> bool:
         if done.returncode:
             print(f"FAIL  {case}: {'fsdp' if fsdp else 'reference'} step failed:\n{done.stderr[-2000:]}")
             return False
-        weights = torch.load(out, map_location="cpu", weights_only=False)["state_dict"]
+        weights = torch.load(out, map_location="cpu", weights_only=True)["state_dict"]  # plain values only
         results[fsdp] = torch.load(out + ".loss")["loss"], weights
     (loss_ref, ref), (loss_fsdp, got) = results[False], results[True]
     bad = [k for k in ref if k not in got or not torch.allclose(ref[k].float(), got[k].float(), rtol=1e-4, atol=1e-5)]

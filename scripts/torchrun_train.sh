@@ -26,9 +26,9 @@ fi
 # Several nodes: build it beforehand on the shared file system (compclip synth EXP.yaml); ranks refuse to build it.
 if [ "$NNODES" = 1 ]; then
     "$PYTHON" -c 'import sys
-from lit_compclip.cli import split_args
+from lit_compclip.config import split_args
 from lit_compclip.config import ConfigError, load_config
-from lit_compclip.train import ensure_synth
+from lit_compclip.synth import ensure_synth
 try:
     ensure_synth(load_config(*split_args(sys.argv[1:])))
 except ConfigError as e:

@@ -1,20 +1,27 @@
-"""Run as a subprocess by test_ddp.py: one training step of a tiny CompClip per mode, in one process and then in two
-DDP processes (CPU, gloo).
+"""Run as a subprocess by test_ddp.py: one training step of CompClip per mode (a tiny model, and the shipped default),
+in one process and then in two DDP processes (CPU, gloo); then, with mode `skips`, a real epoch over WORK/shards.
 
-Usage: ddp_script.py OUT SINGLE_MODE[,...] DDP_MODE[,...]. Writes {"single": {mode: ...}, "ddp": {mode: ...}} with,
-as rank 0 sees them: the logged train/loss, rank 0's own step loss, the synchronised gradients, the updated weights
-and how many gradient buckets DDP all-reduced.
+Usage: ddp_script.py OUT SINGLE_MODE[,...] DDP_MODE[,...] WORK. Writes {"single": {mode: ...}, "ddp": {mode: ...}}
+with, as rank 0 sees them: the logged train/loss, rank 0's own step loss, the synchronised gradients, the updated
+weights and how many gradient buckets DDP all-reduced; for `skips`, the keys each rank trained on and the run folder
+(WORK/run: metrics.csv, data_skips.json).
 """
 
+import hashlib
 import os
 import sys
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_compclip.model import CompClip, rank_and_world
+from lit_compclip.callbacks import DataSkips
+from lit_compclip.config import load_config
+from lit_compclip.data import WebDataModule
+from lit_compclip.model import CompClip, rank_and_world, rng_state, set_rng_state
 
 GLOBAL_BATCH = 8
 MODEL = {"embed_dim": 16, "init_logit_scale": 2.0, "max_logit_scale": 100.0,
@@ -33,12 +40,39 @@ MODES = {  # name -> (model keys, optim keys, with hard negatives)
     "local_negatives": ({"local_loss": True}, {}, True),
     # per rank: images (2, 2), texts (2, 2, 2) or (2, 2, 1): more text than image micro-batches, an uneven last one
     "grad_cache_negatives": ({"local_loss": True}, {"micro_batch_size": 2}, True),
+    # the shipped model as load_config([], []) builds it: conv stem (GroupNorm), MiniLM whose two trained layers
+    # run dropout, two length groups, the local loss
+    "default": (None, {}, False),
 }
+SKIP_BATCH = 4  # the `skips` epoch: 4 shards of 9 good samples (8 in whole batches), 2 loader workers per rank
 
 
-def global_batch():
+def model_options(mode: str, work: str) -> dict:
+    keys = MODES[mode][0]
+    if keys is None:
+        return OmegaConf.to_container(load_config([], [f"cache_dir={work}/cache"]).model, resolve=True)
+    return {**MODEL, **keys}
+
+
+class SharedMasks(CompClip):
+    """The single-process reference for a model with dropout: each rank's share of the global batch is encoded from
+    the random state every rank starts its step in (they are seeded alike), so the dropout masks are the DDP step's;
+    the loss is then the whole batch's."""
+
+    def _loss(self, batch, gather: bool = True):
+        state, n = rng_state(self.device), len(batch["caption"]) // 2
+        images, texts = [], []
+        for share in (slice(0, n), slice(n, 2 * n)):
+            set_rng_state(state, self.device)
+            images.append(self.encode_image(batch["image"][share]))
+            texts.append(self.encode_text(batch["caption"][share]))
+        image_emb, text_emb = torch.cat(images), torch.cat(texts)  # (B, D) each
+        return self._contrastive(image_emb, text_emb, False, gather), image_emb, text_emb
+
+
+def global_batch(size: int = 16):
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=g)
+    images = torch.randn(GLOBAL_BATCH, 3, size, size, generator=g)
     captions = [f"a {c} {s}" for c, s in zip("red blue green white red blue green white".split(),
                                              "circle square star cross star circle cross square".split())]
     return images, captions
@@ -47,14 +81,14 @@ def global_batch():
 class RankSlice(IterableDataset):
     """Rank r of w gets the r-th contiguous slice of the global batch, so rank order = single-process order."""
 
-    def __init__(self, negatives: bool):
-        self.negatives = negatives
+    def __init__(self, negatives: bool, size: int):
+        self.negatives, self.size = negatives, size
 
     def __iter__(self):
         rank, world = rank_and_world()
-        images, captions = global_batch()
+        images, captions = global_batch(self.size)
         n = GLOBAL_BATCH // world
-        batch = {"image": images[rank * n:(rank + 1) * n], "caption": captions[rank * n:(rank + 1) * n], "skipped": 0}
+        batch = {"image": images[rank * n:(rank + 1) * n], "caption": captions[rank * n:(rank + 1) * n], "skipped": {}}
         if self.negatives:
             batch["negatives"] = NEGATIVES[NEGATIVE_SLICES[world][rank]]
         yield batch
@@ -68,6 +102,13 @@ class Record(L.Callback):
         if trainer.world_size > 1:  # Lightning registers DDP communication hooks on GPUs only: count the all-reduces
             trainer.strategy.model.register_comm_hook(None, self.counting_allreduce)
 
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        # the random state dropout draws from, as each rank starts the step (in rank order)
+        state = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()
+        self.out["rng"] = [state] * trainer.world_size
+        if trainer.world_size > 1:
+            torch.distributed.all_gather_object(self.out["rng"], state)
+
     def counting_allreduce(self, state, bucket):
         self.buckets.append(bucket.index())
         return allreduce_hook(state, bucket)
@@ -80,28 +121,64 @@ class Record(L.Callback):
         self.out["weights"] = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
 
 
-def run(devices: int, mode: str) -> dict:
-    model_keys, optim_keys, negatives = MODES[mode]
+def run(devices: int, mode: str, work: str) -> dict:
+    _, optim_keys, negatives = MODES[mode]
+    options = model_options(mode, work)
     L.seed_everything(0, verbose=False)
-    model = CompClip({**MODEL, **model_keys}, {**OPTIM, **optim_keys}, total_steps=1)
+    # with dropout, one process must draw each rank's masks to be the DDP step's reference (see SharedMasks)
+    kind = SharedMasks if devices == 1 and mode == "default" else CompClip
+    model = kind(options, {**OPTIM, **optim_keys}, total_steps=1)
+    if devices == 1:  # as Lightning's DDP set-up does (reset_seed) after the model is built, so dropout draws alike
+        L.seed_everything(0, verbose=False)
     record = Record()
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[record], use_distributed_sampler=False)
-    trainer.fit(model, DataLoader(RankSlice(negatives), batch_size=None))
+    trainer.fit(model, DataLoader(RankSlice(negatives, options["image"]["img_size"]), batch_size=None))
     logged = trainer.callback_metrics["train/loss"].clone()
     return {**record.out, "loss": logged, "allreduced_buckets": len(record.buckets)}
 
 
-def main(out: str, single_modes: list[str], ddp_modes: list[str]):
+class Keys(L.Callback):
+    """The keys this rank trained on; every rank's, in rank order, once training ends."""
+
+    def __init__(self):
+        self.mine, self.every_rank = [], None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.mine += batch["key"]
+
+    def on_train_end(self, trainer, module):
+        self.every_rank = [None] * trainer.world_size
+        torch.distributed.all_gather_object(self.every_rank, self.mine)
+
+
+def skips_run(work: str) -> dict:
+    """One epoch of the tiny model on WORK/shards (broken samples among them), 2 loader workers per rank."""
+    L.seed_everything(0, verbose=False)
+    model = CompClip(MODEL, OPTIM, total_steps=4)
+    data = WebDataModule(f"{work}/shards", None, {"txt": 1.0}, 0, SKIP_BATCH, 2, 0, True, False,
+                         4 * 8, None, 0, model.train_transform, model.eval_transform)
+    keys, run_dir = Keys(), f"{work}/run"
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, log_every_n_steps=1,
+                        logger=CSVLogger(run_dir, name="", version=""), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[DataSkips(run_dir), keys], use_distributed_sampler=False)
+    trainer.fit(model, data)
+    return {"keys": keys.every_rank, "run_dir": run_dir, "skipped": model.skipped}
+
+
+def main(out: str, single_modes: list[str], ddp_modes: list[str], work: str):
     # One launch for everything (starting Python and DDP is most of the time): the single-process steps run first,
     # before DDP exists; Lightning then re-runs this script as rank 1 (LOCAL_RANK set), which skips them. The DDP
     # processes and their group outlive each fit, so DDP starts once.
-    single = {mode: run(1, mode) for mode in single_modes} if "LOCAL_RANK" not in os.environ else {}
-    ddp = {mode: run(2, mode) for mode in ddp_modes}
+    single = {mode: run(1, mode, work) for mode in single_modes} if "LOCAL_RANK" not in os.environ else {}
+    ddp = {mode: run(2, mode, work) for mode in ddp_modes if mode != "skips"}
+    if "skips" in ddp_modes:
+        ddp["skips"] = skips_run(work)
     if torch.distributed.get_rank() == 0:
         torch.save({"single": single, "ddp": ddp}, out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(","))
+    main(sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(","), sys.argv[4])

@@ -3,7 +3,7 @@
     resume_script.py RECORD KILL_AT_STEP [key=value ...]
 
 Each training step appends {"step", "epoch", "keys", "lr", "log_logit_scale"} (as the step sees them, before its
-update) to the JSON-lines file RECORD. With KILL_AT_STEP >= 0 the process SIGKILLs itself as the step with that
+update) and its "loss" to the JSON-lines file RECORD. With KILL_AT_STEP >= 0 the process SIGKILLs itself as the step with that
 global step begins: no cleanup, no final checkpoint, like a pre-empted job.
 """
 
@@ -24,9 +24,11 @@ def recording(record: str, kill_at: int):
             os.kill(os.getpid(), signal.SIGKILL)
         row = {"step": self.global_step, "epoch": self.current_epoch, "keys": list(batch["key"]),
                "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "log_logit_scale": self.log_logit_scale.item()}
+        loss = train_step(self, batch, batch_idx)
+        row["loss"] = float(loss)  # with dropout in the trained text layers: it depends on the RNG state too
         with open(record, "a") as f:
             f.write(json.dumps(row) + "\n")
-        return train_step(self, batch, batch_idx)
+        return loss
 
     return training_step
 

@@ -1,9 +1,11 @@
 """`make bench` and `make bench-gpu` code paths on a tiny world and a tiny text model: outputs, never timings."""
 
+import glob
 import importlib.util
 import json
 import math
 import os
+import tarfile
 
 import pytest
 import torch
@@ -35,32 +37,121 @@ def tiny(tmp_path_factory):
                                                            "probes.limit=4"]
 
 
+RATIOS = ("train_vs_open_clip_like_for_like", "open_clip_padding_factor", "open_clip_dropout_factor",
+          "train_vs_open_clip", "train_vs_open_clip_as_shipped", "text_cache_speedup", "length_groups_speedup",
+          "train_vs_open_clip_vit_b16_like_for_like", "train_vs_open_clip_vit_b16")
+
+
+def positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
 def test_quick_bench_writes_every_figure_and_open_clip_really_trains(tiny, tmp_path):
     out = tmp_path / "bench.json"
-    assert load_script("bench").main(["--quick", "--out", str(out), *tiny]) == 0
+    # two blocks: each ratio has two values, one per block
+    assert load_script("bench").main(["--quick", "--rounds", "2", "--out", str(out), *tiny]) == 0
     result = json.loads(out.read_text())
-    for key in ("train_vs_open_clip", "train_vs_open_clip_vit_b16", "data_vs_model", "probe_overhead_fraction",
-                "flop_utilisation"):
-        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
-    cache = result["raw"]["text_cache"]
-    assert result["text_cache_speedup"] == cache["speedup"] > 0
-    assert cache["stats"]["hits"] > 0 and cache["stats"]["errors"] == 0  # the "on" run really read the cache
+    for key in RATIOS:
+        spread = result["spread"][key]
+        assert result[key] == spread["median"] and positive(result[key]), key
+        assert spread["rounds"] == len(spread["values"]) == 2 and all(map(positive, spread["values"])), key
+        assert spread["min"] <= spread["median"] <= spread["max"], key
+    for key in ("data_vs_model", "probe_overhead_fraction", "flop_utilisation"):
+        assert positive(result[key]), key
+    # the three open_clip factors are wired to the arms they name: per block their product is the as-shipped ratio
+    product = result["raw"]["open_clip_factors_product"]["values"]
+    for a, b in zip(product, result["spread"]["train_vs_open_clip"]["values"]):
+        assert abs(a - b) <= 1e-9 * b
+    arms = result["raw"]["arms"]
+    # every arm ran its timed steps in both blocks; the warm cache arm read every timed caption from the cache
+    assert all(a["timed_steps"] == 2 * 2 and len(a["block_step_s"]) == 2 for a in arms.values())
+    assert arms["ours_shipped"]["cache_hit_rate"] == 1.0
+    assert "cache_hit_rate" not in arms["ours_shipped_no_cache"]
+    # open_clip's arms differ one setting at a time: padding (64 tokens or ours), then the locked layers' mode
+    shipped, pad64, like = (arms[f"open_clip_{k}"] for k in ("shipped", "pad64_eval", "like_for_like"))
+    assert shipped["locked_layer_training"] and not pad64["locked_layer_training"]
+    assert not like["locked_layer_training"]
+    assert shipped["trained_layer_training"] and pad64["trained_layer_training"] and like["trained_layer_training"]
+    tokens = result["raw"]["open_clip_tokens"]
+    assert tokens["same_token_ids"]  # open_clip's own ids are ours, padded further: padding is the only difference
+    assert shipped["positions_per_batch"] == pad64["positions_per_batch"] == tokens["open_clip_per_batch"]
+    assert like["positions_per_batch"] == tokens["ours_per_batch"] < tokens["open_clip_per_batch"]
+    assert tokens["ours_per_batch"] == result["raw"]["length_groups_tokens"]["padded"]
+    cache = result["raw"]["text_cache_by_trained_layers"]["1"]  # the tiny tower trains 1 of its 2 layers
+    assert cache["speedup"]["median"] == result["text_cache_speedup"] and cache["hit_rate"] == 1.0
     assert cache["bound"] > 1 and cache["frozen_part_s"] > 0
-    assert result["train_vs_open_clip_cached"] > 0
-    grouped = result["raw"]["length_groups"]
-    assert result["length_groups_speedup"] == grouped["speedup"] > 0
-    tokens = grouped["tokens"]  # the tiny world's captions differ in length: groups cut padding, never real tokens
+    tokens = result["raw"]["length_groups_tokens"]  # the tiny world's captions differ in length: groups cut padding
     assert tokens["groups"] == 2 and tokens["real"] <= tokens["grouped"] < tokens["padded"]
-    for case in ("default", "vit_b16"):
-        raw = result["raw"][case]
-        # open_clip's loop ran every batch and moved what it trains, and only that
-        assert raw["open_clip_steps_run"] == (raw["timed_steps"] + raw["warmup_steps"]) * raw["rounds"]
-        assert raw["open_clip_changed"] == {"image_proj": True, "text_proj": True, "text_unlocked_layer": True,
+    for raw in (arms, result["raw"]["vit_b16"]["arms"]):
+        for name in ("open_clip_shipped", "open_clip_like_for_like"):
+            # open_clip's loop ran every batch and moved what it trains, and only that
+            assert raw[name]["steps_run"] == 2 * 2 * (1 + 1)  # 2 runs per block, 1 warm-up + 1 timed step each
+            assert raw[name]["changed"] == {"image_proj": True, "text_proj": True, "text_unlocked_layer": True,
                                             "text_locked_layer": False}
     assert result["raw"]["vit_b16"]["image_tower"]["patch_size"] == 16
     assert set(result["raw"]["cost_split_s"]) >= {"data", "tokenize", "image", "text", "loss", "optimizer"}
     assert result["raw"]["flops"]["image_per_step"] > 0 and result["raw"]["flops"]["text_per_step"] > 0
+    # an epoch is the training shards' samples over the configured batch size, counted here from the tar files
+    cfg = load_config([], tiny)
+    samples = 0
+    for shard in glob.glob(os.path.join(cfg.data.train_shards, "*.tar")):
+        with tarfile.open(shard) as tar:
+            samples += len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()})
+    probes = result["raw"]["probes"]
+    assert probes["steps_per_epoch"] == samples // cfg.data.batch_size > 0 and probes["epoch_s"] > 0
     assert {"cpu_count", "torch", "device"} <= set(result["machine"]) and result["date"]
+
+
+def test_abba_order_puts_every_pair_of_arms_in_a_b_b_a_order():
+    from lit_compclip.bench import abba_order
+
+    arms = ["a", "b", "c", "d"]
+    order = abba_order(arms, 3)
+    assert [block for block, _ in order] == [0] * 8 + [1] * 8 + [2] * 8
+    for block in range(3):
+        runs = [arm for b, arm in order if b == block]
+        for i, x in enumerate(arms):
+            for y in arms[i + 1:]:
+                assert [r for r in runs if r in (x, y)] == [x, y, y, x]
+    assert abba_order(["a", "b"], 1) == [(0, "a"), (0, "b"), (0, "b"), (0, "a")]
+    with pytest.raises(ValueError):
+        abba_order(["a", "a"], 1)
+    with pytest.raises(ValueError):
+        abba_order(["a", "b"], 0)
+
+
+def test_alternate_pools_each_blocks_runs_and_ratios_come_from_one_block():
+    from lit_compclip import bench
+
+    calls = []
+
+    def arm(name, seconds):
+        def run(first):
+            calls.append((name, first))
+            # block k's runs take seconds * (k + 1): a load that changes between blocks
+            return {"intervals": [seconds * (1 + sum(c[0] == name for c in calls[:-1]) // 2)] * 3}
+        return run
+
+    result = bench.alternate({"fast": arm("fast", 1.0), "slow": arm("slow", 3.0)}, 3)
+    assert calls == [("fast", True), ("slow", True), ("slow", False), ("fast", False)] + \
+        [("fast", False), ("slow", False), ("slow", False), ("fast", False)] * 2
+    times = result["times"]
+    assert times["fast"] == [[1.0] * 6, [2.0] * 6, [3.0] * 6] and times["slow"][2] == [9.0] * 6
+    # each block's ratio is 3 although the step times triple from block to block
+    values = bench.speedups(times, "fast", "slow")
+    assert len(values) == 3 and all(abs(v - 3.0) <= 1e-12 for v in values)
+    assert bench.step_seconds(times, "fast") == 2.0
+
+
+def test_spread_reports_median_min_max_and_every_value():
+    from lit_compclip.bench import describe, spread
+
+    s = spread([1.05, 0.98, 1.02])
+    assert (s["median"], s["min"], s["max"], s["rounds"]) == (1.02, 0.98, 1.05, 3)
+    assert s["values"] == [1.05, 0.98, 1.02]
+    assert describe(s) == "1.02x (0.98-1.05, 3 rounds)" and describe(spread([2.0])) == "2.00x (2.00-2.00, 1 round)"
+    with pytest.raises(ValueError):
+        spread([])
 
 
 def test_open_clip_baseline_has_our_sizes_and_trains_the_same_text_layers(tiny):
@@ -77,6 +168,29 @@ def test_open_clip_baseline_has_our_sizes_and_trains_the_same_text_layers(tiny):
     assert count(theirs.text, True) == count(ours.text, True)  # last layer + projection, nothing else
     assert abs(count(theirs.visual) - count(ours.image)) / count(ours.image) < 0.02
     assert tokenizer(["a red circle"]).shape == (1, ours.text.max_seq_len)
+
+
+def test_open_clip_like_for_like_arm_gets_our_ids_and_keeps_its_locked_layers_in_eval(tiny):
+    from lit_compclip.bench import LIKE_FOR_LIKE, build_model
+    from lit_compclip.bench_open_clip import build_open_clip, locked_layers_in_eval, our_token_ids, same_token_ids
+
+    cfg = load_config([], LIKE_FOR_LIKE + tiny)
+    ours, (theirs, tokenizer) = build_model(cfg, 1), build_open_clip(cfg)
+    captions = ["a red circle", "two small green squares left of a blue triangle"]
+    ids = our_token_ids(ours.text)(captions)
+    assert torch.equal(ids, ours.text.tokenize(captions)["input_ids"]) and ids.shape[1] < ours.text.max_seq_len
+    # open_clip's own tokenizer differs from ours in padding alone; a tokenizer that changes a token does not
+    assert same_token_ids(tokenizer, our_token_ids(ours.text), [{"caption": captions}])
+    assert not same_token_ids(tokenizer, lambda c: our_token_ids(ours.text)(c) + 1, [{"caption": captions}])
+    layers = theirs.text.transformer.encoder.layer
+    theirs.train()  # as it ships: dropout in every text layer, locked or not
+    assert layers[0].training and theirs.text.transformer.embeddings.training
+    locked_layers_in_eval(theirs)
+    theirs.train()
+    assert not layers[0].training and not theirs.text.transformer.embeddings.training
+    assert layers[-1].training and theirs.visual.training and theirs.text.proj.training
+    theirs.eval()
+    assert not layers[-1].training and not theirs.visual.training
 
 
 def test_bench_gpu_builds_its_models_and_stops_in_one_line_without_cuda(tmp_path, tiny, capsys):

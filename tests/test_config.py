@@ -110,8 +110,10 @@ def test_cli_missing_shards_and_probe_files_exit_2(tmp_path, capsys):
             f"+probes.suites.w.type=winoground", f"probes.suites.w.examples={tmp_path}/no.jsonl",
             f"probes.suites.w.images={tmp_path}"]
     assert main([a for a in args if not a.startswith("+")] + ["probes.suites.w.type=winoground"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "no.jsonl" in err
+    # the model is built first (its loading bar may come before); the error is the one line after it
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "error" in line] == err[-1:] and "no.jsonl" in err[-1]
+    assert err[-1].startswith("compclip: error: config key 'probes.suites.w': ")
 
 
 def test_launched_ranks_reuse_rank_zeros_run_folder(tmp_path, monkeypatch):
@@ -135,3 +137,65 @@ def test_an_experiments_caption_fields_replace_the_default_mixture(tmp_path):
     # a dotted key adds one source to the mixture instead
     mixed = load_config([str(exp)], ["data.caption_fields.recaption=0.5"]).data.caption_fields
     assert dict(mixed) == {"alt_text": 1.0, "recaption": 0.5}
+
+
+def test_trainer_values_lightning_would_refuse_fail_in_the_config_check():
+    for override, key in (("trainer.strategy=bogus", "trainer.strategy"),
+                          ("trainer.precision=17-mixed", "trainer.precision"),
+                          ("trainer.accelerator=quantum", "trainer.accelerator"),
+                          ("trainer.devices=0", "trainer.devices"),
+                          ("trainer.devices=-2", "trainer.devices"), ("trainer.devices=[]", "trainer.devices"),
+                          ("trainer.devices=two", "trainer.devices"), ("trainer.num_nodes=0", "trainer.num_nodes"),
+                          ("trainer.max_epochs=-3", "trainer.max_epochs"), ("trainer.max_steps=0", "trainer.max_steps"),
+                          ("optim.lr=-0.1", "optim.lr"), ("optim.betas=[0.9,1.5]", "optim.betas"),
+                          ("model.embed_dim=0", "model.embed_dim"), ("model.image.depth=0", "model.image.depth"),
+                          ("model.image.crop_scale=[0.5,2.0]", "model.image.crop_scale"),
+                          ("model.text.unfreeze_layers=-1", "model.text.unfreeze_layers")):
+        with pytest.raises(ConfigError, match=rf"'{key}'"):
+            load_config([], [override])
+    # what Lightning takes passes: names in any case, device forms, precision aliases, max_steps with max_epochs=-1
+    for good in (["trainer.strategy=DDP"], ["trainer.strategy=ddp_find_unused_parameters_true"],
+                 ["trainer.accelerator=gpu"], ["trainer.accelerator=cpu"], ["trainer.devices=auto"],
+                 ["trainer.devices=-1"], ["trainer.devices=[0,1]"], ["trainer.devices=0,1"], ["trainer.devices=4"],
+                 ["trainer.precision=16"], ["trainer.precision=bf16-mixed"], ["trainer.precision=null"],
+                 ["trainer.max_epochs=-1", "trainer.max_steps=10"]):
+        load_config([], good)
+
+
+def test_tower_and_probe_option_types_are_checked():
+    with pytest.raises(ConfigError, match=r"model.text.unfreeze_layers='abc': must be int"):
+        load_config([], ["model.text.unfreeze_layers=abc"])
+    with pytest.raises(ConfigError, match=r"model.text.grad_checkpointing=1: must be bool"):  # an int is no bool
+        load_config([], ["model.text.grad_checkpointing=1"])
+    with pytest.raises(ConfigError, match=r"probes.suites.aro.batch_size='x': must be int"):
+        load_config([], ["probes.suites.aro.batch_size=x"])
+    with pytest.raises(ConfigError, match=r"'model.text.tower': unknown text tower 'bogus'"):
+        load_config([], ["model.text.tower=bogus"])
+    # an int where a float is expected, and null where None is allowed, pass
+    cfg = load_config([], ["model.text.cache_budget_gb=2", "model.text.cache_dir=null"])
+    assert cfg.model.text.cache_budget_gb == 2 and cfg.model.text.cache_dir is None
+
+
+def test_build_errors_become_one_line_naming_the_key_and_bugs_pass():
+    from lit_compclip.config import reported_as
+
+    def raised(error, key="model", **kw):
+        with pytest.raises(BaseException) as e:
+            with reported_as(key, **kw):
+                raise error
+        return e.value
+
+    e = raised(RuntimeError("weights missing\n  more detail"))
+    assert isinstance(e, ConfigError) and str(e) == "config key 'model': weights missing"
+    assert str(raised(ValueError("model.text.cache_dir: needs BERT"))) == "model.text.cache_dir: needs BERT"
+    assert str(raised(KeyError("qwen9"))) == "config key 'model': qwen9"  # no quotes from KeyError's str()
+    assert str(raised(OSError(""))) == "config key 'model': OSError"
+    # the option a Lightning message is about, by its name or by its value
+    flags = {"strategy": "deepspeed", "accelerator": "cpu", "devices": [0, 1]}
+    assert "'trainer.devices'" in str(raised(TypeError("`devices` selected with `CPUAccelerator` should be an int"),
+                                             "trainer", errors=(TypeError,), options=flags))
+    assert "'trainer.strategy'" in str(raised(ValueError("To use the `DeepSpeedStrategy`, install it"), "trainer",
+                                              options=flags))
+    assert "'trainer': no flag" in str(raised(ValueError("no flag"), "trainer", options=flags))
+    for bug in (TypeError("bad call"), AttributeError("x"), AssertionError("invariant")):  # not user errors
+        assert raised(bug) is bug

@@ -67,6 +67,12 @@ def keys_of(batches):
     return [k for b in batches for k in b["key"]]
 
 
+def skips_of(batches, loader=None) -> dict:
+    """The batches' skip counts by reason, plus what `loader` received after its last batch."""
+    total = sum((Counter(b["skipped"]) for b in batches), Counter())
+    return dict(total + Counter(loader.take_held() if loader is not None else {}))
+
+
 @pytest.fixture(autouse=True)
 def single_process(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
@@ -229,12 +235,44 @@ def test_bad_samples_and_truncated_tar_are_skipped_counted_and_logged(tmp_path, 
             caplog.clear()
             batches = list(loader)
             assert sorted(keys_of(batches)) == sorted(good_keys)
-            assert sum(b["skipped"] for b in batches) == 5  # 4 samples + 1 unreadable shard
+            assert skips_of(batches) == {"bad_image": 1, "bad_json": 1, "no_caption": 1, "no_image": 1,
+                                         "unreadable_shard": 1}
             text = caplog.text
             for key, reason in [("corrupt_jpeg", "bad_image"), ("bad_json", "bad_json"),
                                 ("no_caption", "no_caption"), ("no_image", "no_image")]:
                 assert f"'{key}' of {tmp_path / 'bad' / '000000.tar'}: {reason}" in text
             assert f"shard of {tmp_path / 'bad' / '000001.tar'}: unreadable_shard" in text
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_skip_reaches_a_batch_even_after_the_last_full_batch(tmp_path, num_workers):
+    # 10 good samples per shard in batches of 4: 2 are left over (dropped), and broken samples after the 8th good
+    # one come after the worker's last batch
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for s in range(2):
+        samples = [good(f"s{s}_{i}") for i in range(10)]
+        samples += [{"__key__": f"s{s}_tail{j}", "jpg": b"garbage", "txt": "t"} for j in range(3)]
+        write_shard(folder / f"{s}.tar", samples[:3] + [{"__key__": f"s{s}_head", "txt": "no image"}] + samples[3:])
+    loader = make_dm(folder, num_workers=num_workers, shuffle_buffer=0).train_dataloader()
+    batches = list(loader)
+    assert len(batches) == (4 if num_workers == 2 else 5)  # one stream of 20 good samples makes 5 batches
+    assert skips_of(batches) == {"bad_image": 6, "no_image": 2} and loader.take_held() == {}
+
+
+def test_a_worker_that_makes_no_batch_still_reports_its_skips(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_shard(folder / "0.tar", [good(f"a{i}") for i in range(8)])
+    # the second worker's shard: 2 broken samples and fewer good ones than a batch
+    write_shard(folder / "1.tar", [good("b0"), {"__key__": "b1", "jpg": b"junk", "txt": "t"}, good("b2"),
+                                   {"__key__": "b3", "jpg": jpeg(), "json": b"{nope"}])
+    for shuffle in (False, True):  # the marker comes before or after worker 0's last batch
+        loader = make_dm(folder, num_workers=2, shard_shuffle=shuffle, shuffle_buffer=0).train_dataloader()
+        batches = list(loader)
+        assert sorted(keys_of(batches)) == [f"a{i}" for i in range(8)]
+        assert skips_of(batches, loader) == {"bad_image": 1, "bad_json": 1}
+        assert loader.take_held() == {}  # handed out once
 
 
 def test_skip_warnings_stop_after_ten_per_reason(tmp_path, caplog):
@@ -243,7 +281,7 @@ def test_skip_warnings_stop_after_ten_per_reason(tmp_path, caplog):
     dm = make_dm(tmp_path / "x.tar", batch_size=1)
     with caplog.at_level(logging.WARNING, logger="lit_compclip.data.datamodule"):
         batches = list(dm.train_dataloader())
-    assert keys_of(batches) == ["fine"] and batches[0]["skipped"] == 15
+    assert keys_of(batches) == ["fine"] and batches[0]["skipped"] == {"bad_image": 15}
     assert sum("bad_image (" in r.message for r in caplog.records) == 10
     assert sum("further 'bad_image' skips counted only" in r.message for r in caplog.records) == 1
 
@@ -298,7 +336,28 @@ def test_samples_per_epoch_is_divided_by_world_size(tmp_path, monkeypatch):
     loader = make_dm(folder, samples_per_epoch=40).train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == 5
-    assert {k.split("_")[0] for k in keys_of(batches)} <= {"s0", "s1", "s2", "s3"}
+    first_pass = keys_of(batches)[:12]  # then the rank's stream is read again, reshuffled
+    shards = {k.split("_")[0] for k in first_pass}
+    assert len(shards) == 2 and sorted(first_pass) == sorted(f"{s}_{i:03d}" for s in shards for i in range(6))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_ranks_read_disjoint_shares_that_make_up_the_whole_epoch(tmp_path, monkeypatch, num_workers):
+    # 32 samples, the 4 shards shuffled per epoch then dealt to ranks (and to each rank's workers). Whole batches per
+    # worker: a worker's partial batch is dropped, and the epoch would then go on into a reshuffled second pass.
+    folder = write_shards(tmp_path / "d", 4, 8)
+    expected = sorted(f"s{s}_{i:03d}" for s in range(4) for i in range(8))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    shares = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        loader = make_dm(folder, samples_per_epoch=32, num_workers=num_workers).train_dataloader()
+        shares[rank] = [keys_of(loader) for _ in range(2)]  # epochs 0 and 1: other shard orders
+    for epoch in (0, 1):
+        mine, theirs = shares[0][epoch], shares[1][epoch]
+        assert len(mine) == len(theirs) == 16 and not set(mine) & set(theirs)
+        assert sorted(mine + theirs) == expected
+    assert shares[0][0] != shares[0][1]  # the split moves with the epoch's shuffle, still a partition
 
 
 def test_resampled_without_samples_per_epoch_is_an_error(tmp_path):

@@ -26,15 +26,28 @@ def group_rates(frozen: int, steps: int = 8):
     return model, optimizer, text, rates
 
 
+# Hand-computed: warm-up (step + 1) / warmup, then 1/2 (1 + cos(pi p)) with p = (step - warmup) / (total - warmup).
+# 8 steps, warm-up 2: p = 0, 1/6, 2/6, ... 5/6 from step 2 (cos(pi/6) = 0.8660254, cos(5 pi/6) = -0.8660254).
+EIGHT_STEPS = [0.5, 1.0, 1.0, 0.9330127, 0.75, 0.5, 0.25, 0.0669873]
+# The text layers after 3 frozen steps: 5 steps, warm-up 2, p = 0, 1/3, 2/3 (cos(pi/3) = 0.5).
+FIVE_STEPS_AFTER_THREE = [0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 0.75, 0.25]
+
+
 def test_pretrained_text_layers_wait_then_warm_up_while_the_rest_trains_from_step_0():
     _, optimizer, text, rates = group_rates(frozen=3)
     assert text, "no parameter group holds the pretrained text layers"
     others = [i for i in range(len(optimizer.param_groups)) if i not in text]
-    for step in range(3):
-        assert all(rates[step][i] == 0.0 for i in text)
-        assert all(rates[step][i] == pytest.approx(1e-3 * cosine_schedule(step, 2, 8)) for i in others)
-    for step in range(3, 8):  # then the text layers' own warm-up and decay over the remaining 5 steps
-        assert all(rates[step][i] == pytest.approx(1e-4 * cosine_schedule(step - 3, 2, 5)) for i in text)
+    for step in range(8):
+        assert all(rates[step][i] == pytest.approx(1e-3 * EIGHT_STEPS[step], rel=1e-6) for i in others), step
+        assert all(rates[step][i] == pytest.approx(1e-4 * FIVE_STEPS_AFTER_THREE[step], rel=1e-6) for i in text), step
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_its_floor():
+    assert [cosine_schedule(s, 2, 8) for s in range(8)] == pytest.approx(EIGHT_STEPS, rel=1e-6)
+    # with a floor of 0.1: 0.1 + 0.9 x the cosine; the floor is reached at `total` and kept after it
+    assert [cosine_schedule(s, 0, 4, 0.1) for s in range(6)] == pytest.approx(
+        [1.0, 0.1 + 0.9 * 0.8535534, 0.55, 0.1 + 0.9 * 0.1464466, 0.1, 0.1], rel=1e-6)
+    assert [cosine_schedule(s, 4, 10) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # linear
 
 
 def test_frozen_text_layers_do_not_move_while_waiting():

@@ -129,10 +129,17 @@ def test_empty_generation_is_an_empty_answer_error(tiny_model):
     assert outcome.text is None and outcome.error == "empty answer" and outcome.tokens == 3
 
 
-def test_sampling_with_a_seed_is_reproducible(tiny_model):
-    b = TransformersBackend(model=tiny_model, max_tokens=8, temperature=1.0, top_p=0.9, seed=3)
-    reqs = [request("a", png((1, 2, 3))), request("b", png((200, 100, 0)))]
-    assert b.caption(reqs) == b.caption(reqs)
+def test_sampling_with_a_seed_is_reproducible_and_another_seed_samples_otherwise(tiny_model):
+    reqs = [request("a", png((1, 2, 3))), request("b", png((200, 100, 0))), request("c", png((0, 90, 255)))]
+
+    def texts(**options):
+        return [o.text for o in TransformersBackend(model=tiny_model, max_tokens=8, **options).caption(reqs)]
+
+    seed3 = texts(temperature=1.0, top_p=0.9, seed=3)
+    assert texts(temperature=1.0, top_p=0.9, seed=3) == seed3  # the same seed: the same samples, in a new backend
+    assert texts(temperature=1.0, top_p=0.9, seed=4) != seed3  # sampling really samples: another seed, other text
+    # (greedy decoding ignores the seed, so it would fail the line above)
+    assert texts(temperature=0.0, seed=3) == texts(temperature=0.0, seed=4)
 
 
 def test_plain_prompt_without_chat_template_gets_the_image_token(tiny_model, tmp_path):

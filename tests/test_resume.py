@@ -1,11 +1,13 @@
 """Resuming: a run killed mid-epoch continues from its last checkpoint exactly (step, epoch, learning rate, logit
-scale, next batch) in its own folder; the stream loader's position; the `resume` key's one-line errors."""
+scale, next batch, the random state its dropout draws from: the same losses and final weights), in its own folder,
+on a small model and on the shipped default; the stream loader's position; the `resume` key's one-line errors."""
 
 import contextlib
 import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import sys
 import lightning
 import pytest
 import torch
+from helpers import assert_close_by_norm, assert_same_tensors, close_by_norm
 from resume_script import recording
 from test_data import make_dm, write_shards
 
@@ -20,24 +23,33 @@ from lit_compclip.cli import main
 from lit_compclip.config import ConfigError, load_config
 from lit_compclip.data.stream import fast_forward_share
 from lit_compclip.model import CompClip
-from lit_compclip.resume import resume_point, wandb_id
+from lit_compclip.resume import RandomState, resume_point, wandb_id
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "resume_script.py")
 TINY = ["model.image.img_size=16", "model.image.patch_size=8", "model.image.depth=1", "model.image.width=32",
         "model.image.heads=2", "model.embed_dim=16", "model.image.crop_scale=[0.5,1.0]",
         "model.text={tower: scratch, width: 32, layers: 1, heads: 2, max_seq_len: 16}"]
+# The configurations resumed: a small image tower with one trained MiniLM layer (dropout on, no cache), and the shipped
+# default model as the config gives it (only batches and steps are small). Both run dropout in the main process, so
+# the losses after a resume match only if the random state was restored.
+MODELS = {"small": TINY[:-1] + ["model.text={tower: sentence_transformers, unfreeze_layers: 1, max_seq_len: 16, "
+                                "cache_dir: null}", "model.length_groups=1"],
+          "default": []}
+# A real (float32) Lightning run on one machine: the resumed run does the same arithmetic, so anything above
+# rounding is a real difference (another dropout mask moves a loss by ~1e-2).
+RTOL = 1e-5
 # 8 batches of 4 per epoch from resampled shards, two loader workers (so a resume lands mid-round), a checkpoint
 # every 3 steps: the run is killed as step 11 begins, and resumes from step 9 = epoch 1's second batch.
 EPOCH, EVERY, KILL, RESUMED_AT = 8, 3, 11, 9
 
 
-def run_overrides(shards):
+def run_overrides(shards, model=()):
     return [f"data.train_shards={shards}", "data.val_shards=null", "data.caption_fields={txt: 1.0}",
             "data.sentence_sample=0", "data.group_key=null", "data.batch_size=4", "data.num_workers=2",
             "data.shuffle_buffer=8", "data.resampled=true", f"data.samples_per_epoch={4 * EPOCH}",
             "trainer.max_epochs=2", "trainer.log_every_n_steps=1", f"trainer.checkpoint_every_n_steps={EVERY}",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "optim.warmup_steps=4",
-            "probes.suites={}", "synth.auto=false", "wandb.mode=disabled", "name=tiny", *TINY]
+            "probes.suites={}", "synth.auto=false", "wandb.mode=disabled", "name=tiny", *model]
 
 
 def killed_run(cwd, record, kill_at, overrides) -> None:
@@ -49,11 +61,13 @@ def killed_run(cwd, record, kill_at, overrides) -> None:
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
 
 
-def recorded_run(cwd, record, overrides):
+def recorded_run(cwd, record, overrides, restore_random_state=True):
     """The run in this process (imports already paid for), its steps recorded as the script records them."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(cwd)
         patch.setattr(CompClip, "training_step", recording(str(record), kill_at=-1))
+        if not restore_random_state:  # the control: a resume that forgets the generators
+            patch.setattr(RandomState, "load_state_dict", lambda self, state: None)
         assert main(["train", *overrides]) == 0
 
 
@@ -61,16 +75,27 @@ def steps(record):
     return {row["step"]: row for row in map(json.loads, open(record))}
 
 
-@pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory):
-    """A reference run, the same run killed at step KILL, and its resumption with resume=last here."""
-    root = tmp_path_factory.mktemp("resume")
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def killed_and_resumed(request, tmp_path_factory):
+    """A reference run, the same run killed at step KILL, its resumption with resume=last here, and (from a copy of
+    the killed run's folder) a resumption that does not restore the random state."""
+    root = tmp_path_factory.mktemp(f"resume_{request.param}")
     shards = write_shards(root / "shards", 3, 10)
-    common = run_overrides(shards)
+    common = run_overrides(shards, MODELS[request.param])
     recorded_run(root, root / "reference.jsonl", common + [f"run_dir={root}/reference"])
     killed_run(root, root / "killed.jsonl", KILL, common)  # in runs/tiny
+    shutil.copytree(root / "runs" / "tiny", root / "forgetful")
     recorded_run(root, root / "resumed.jsonl", common + ["resume=last"])
+    if request.param == "small":  # the control needs one model only (a resume costs ~20 s here)
+        recorded_run(root, root / "forgetful.jsonl", common + [f"resume={root}/forgetful/checkpoints/last.ckpt"],
+                     restore_random_state=False)
     return root
+
+
+def final_weights(run_dir) -> dict:
+    from lit_compclip.checkpoints import read_checkpoint_file  # the project's safe reader
+
+    return read_checkpoint_file(os.path.join(run_dir, "checkpoints", "last.ckpt"))["state_dict"]
 
 
 def test_resumed_run_continues_exactly_where_the_checkpoint_left_off(killed_and_resumed):
@@ -81,15 +106,33 @@ def test_resumed_run_continues_exactly_where_the_checkpoint_left_off(killed_and_
     first = resumed[RESUMED_AT]
     assert first["epoch"] == reference[RESUMED_AT]["epoch"] == 1
     assert first["lr"] == pytest.approx(reference[RESUMED_AT]["lr"], rel=1e-12)
-    assert first["log_logit_scale"] == pytest.approx(reference[RESUMED_AT]["log_logit_scale"], rel=1e-6)
+    assert_close_by_norm(first["log_logit_scale"], reference[RESUMED_AT]["log_logit_scale"], RTOL, "logit scale")
     assert first["log_logit_scale"] != reference[0]["log_logit_scale"]  # trained, so a fresh start would differ
     for step in range(RESUMED_AT, 2 * EPOCH):  # the very batches the uninterrupted run saw, in its order
         assert resumed[step]["keys"] == reference[step]["keys"], step
-    # and the same training: optimizer moments, schedule and augmentations continued, not restarted
-    last = 2 * EPOCH - 1
-    assert resumed[last]["log_logit_scale"] == pytest.approx(reference[last]["log_logit_scale"], rel=1e-5)
-    assert resumed[last]["lr"] == pytest.approx(reference[last]["lr"], rel=1e-12)
     assert [killed[s]["keys"] for s in range(KILL)] == [reference[s]["keys"] for s in range(KILL)]
+    # and the same training: optimizer moments, schedule, augmentations and dropout masks continued, not restarted
+    later = range(RESUMED_AT, 2 * EPOCH)
+    assert_close_by_norm(torch.tensor([resumed[s]["loss"] for s in later]),
+                         torch.tensor([reference[s]["loss"] for s in later]), RTOL, "losses after the resume")
+    assert resumed[2 * EPOCH - 1]["lr"] == pytest.approx(reference[2 * EPOCH - 1]["lr"], rel=1e-12)
+    assert_same_tensors(final_weights(root / "runs" / "tiny"), final_weights(root / "reference"), RTOL,
+                        "final weight", floor=1e-2)
+
+
+def test_a_resume_that_forgets_the_random_state_trains_otherwise(killed_and_resumed):
+    """The control that shows the test above can fail: dropout really runs in the main process, so without the
+    restored generators the same batches give other losses and other weights."""
+    root = killed_and_resumed
+    if not (root / "forgetful.jsonl").exists():
+        pytest.skip("the control runs on the small model")
+    reference, forgetful = steps(root / "reference.jsonl"), steps(root / "forgetful.jsonl")
+    later = range(RESUMED_AT, 2 * EPOCH)
+    assert [forgetful[s]["keys"] for s in later] == [reference[s]["keys"] for s in later]  # the data still continues
+    assert not close_by_norm(torch.tensor([forgetful[s]["loss"] for s in later]),
+                             torch.tensor([reference[s]["loss"] for s in later]), RTOL)
+    weights, want = final_weights(root / "forgetful"), final_weights(root / "reference")
+    assert not all(close_by_norm(weights[n], want[n], RTOL) for n in want if n.startswith("text.st."))
 
 
 def test_resumed_run_appends_to_its_own_folder(killed_and_resumed):
@@ -184,7 +227,8 @@ def test_stream_of_unknown_length_resumes_mid_epoch_under_lightning(tmp_path):
 
 def test_resume_errors_are_one_line_and_come_before_the_run_folder(killed_and_resumed, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = run_overrides(killed_and_resumed / "shards") + [f"run_dir={tmp_path}/new"]
+    # the scratch text tower: these are the resume key's errors (the MiniLM towers' loading is test_cli_errors')
+    common = run_overrides(killed_and_resumed / "shards", TINY) + [f"run_dir={tmp_path}/new"]
     corrupt, weights_only = tmp_path / "corrupt.ckpt", tmp_path / "weights.ckpt"
     corrupt.write_bytes(b"not a checkpoint")
     torch.save({"state_dict": {}, "hyper_parameters": {}}, weights_only)

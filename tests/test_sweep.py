@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from test_train import TINY_MODEL, world, world_overrides  # noqa: F401  (world is a fixture)
 
 from lit_compclip.ablation import COMPOSITE, PAPER_ORDER, aggregate, cell_of, check_order, collect, write_report
-from lit_compclip.cli import main, split_args
+from lit_compclip.cli import main
+from lit_compclip.config import split_args
 from lit_compclip.config import ConfigError, load_config
 from lit_compclip.sweep import expand, load_spec, plan, run_args, run_id
 

@@ -398,7 +398,7 @@ def test_generate_skips_when_manifest_matches_and_refuses_other_arguments(tmp_pa
 def test_training_rebuilds_a_world_built_with_other_arguments_or_an_older_generator(tmp_path, monkeypatch, capsys):
     from lit_compclip.config import load_config
     from lit_compclip.synth import write
-    from lit_compclip.train import ensure_synth
+    from lit_compclip.synth import ensure_synth
 
     out = tmp_path / "synth"
     cfg = load_config(overrides=[f"synth.out_dir={out}", f"data.train_shards={out}/train", "data.val_shards=null",

@@ -143,9 +143,12 @@ def test_probe_command_bad_input_is_one_line_exit_2(short_run, tmp_path, capsys,
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint")
     args = [a.format(run=run, corrupt=corrupt) for a in bad]
-    assert main(["probe", *args]) == 2
+    # the default suites in a world that is not built yet, and may be built: a bad input must stop us before that
+    world = tmp_path / "world"
+    assert main(["probe", *world_overrides(world), "synth.auto=true", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+    assert not world.exists()
 
 
 def test_a_second_run_in_the_same_process_gets_its_own_wandb_run(short_run, world, tmp_path):

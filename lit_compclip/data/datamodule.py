@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import random
@@ -18,12 +19,14 @@ from lit_compclip.negatives import NegativeMaker
 from lit_compclip.shards import expand_shards
 
 from .captions import CaptionPicker
-from .stream import PADDING, StreamLoader, fast_forward_share
+from .stream import PADDING, SKIPS_ONLY, StreamLoader, fast_forward_share
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _LOG_LINES_PER_REASON = 10  # per worker, then one "counted only" line
+# Why a sample (or a shard's rest) is dropped: the keys of every batch's `skipped` and of data_skips.json.
+SKIP_REASONS = ("bad_image", "bad_json", "no_caption", "no_image", "unreadable_shard")
 
 
 def _worker_tag() -> str:
@@ -32,17 +35,19 @@ def _worker_tag() -> str:
 
 
 class _SkipLog:
-    """Per-worker skip counts by reason; `pending` is what the next batch reports in its `skipped` field."""
+    """Per-worker skip counts by reason; `pending` (reason -> count) is what the next batch reports in its `skipped`
+    field."""
 
     def __init__(self, stream: str):
         self.stream = stream
         self.counts: Counter = Counter()
-        self.pending = 0
+        self.pending: Counter = Counter()
 
     def skip(self, reason: str, url, key, detail) -> None:
         """Count and log one skip; returns None so a stage can `return skips.skip(...)` to drop the sample."""
+        assert reason in SKIP_REASONS, reason
         self.counts[reason] += 1
-        self.pending += 1
+        self.pending[reason] += 1
         n = self.counts[reason]
         if n <= _LOG_LINES_PER_REASON:
             what = f"sample {key!r}" if key is not None else "shard"
@@ -52,9 +57,9 @@ class _SkipLog:
         elif n == _LOG_LINES_PER_REASON + 1:
             log.warning("%s data, %s: further %r skips counted only", self.stream, _worker_tag(), reason)
 
-    def take(self) -> int:
-        n, self.pending = self.pending, 0
-        return n
+    def take(self) -> dict[str, int]:
+        taken, self.pending = dict(self.pending), Counter()
+        return taken
 
 
 def _describe(exn: BaseException) -> str:
@@ -80,6 +85,17 @@ class _ReadShards(wds.PipelineStage):
                 yield from wds.tariterators.group_by_keys(self.files(shard["url"]))
             except Exception as exn:  # e.g. a duplicate file name inside the tar
                 self.skips.skip("unreadable_shard", shard["url"], None, _describe(exn))
+
+
+class _RankShare(wds.PipelineStage):
+    """Every `world`-th shard from the `rank`-th: wds.split_by_node's split, with the rank the trainer gives (a loader
+    worker started by spawn or forkserver sees no process group, and webdataset would then give every rank all)."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world = rank, world
+
+    def run(self, src):
+        yield from itertools.islice(src, self.rank, None, self.world)
 
 
 class _PassSeeded(wds.PipelineStage):
@@ -219,8 +235,13 @@ def transform_seeded(transform: Callable, image: Image.Image, seed: int) -> torc
 
 
 class _Collate(wds.PipelineStage):
-    """Lists of records -> batch dicts (images transformed here), reporting the skips since this worker's previous
-    batch; `fast_forward` = k makes the next pass continue at global batch k (see stream.fast_forward_share).
+    """Lists of records -> batch dicts (images transformed here), each reporting by reason the skips this worker met
+    since its previous batch, up to the next batch's records; `fast_forward` = k makes the next pass continue at
+    global batch k (see stream.fast_forward_share).
+
+    Reading one batch ahead gives a worker's last batch the skips met after it (the partial batch training drops,
+    broken samples at a shard's end); a worker that made no batch at all reports its skips in a SKIPS_ONLY marker,
+    which the StreamLoader adds to the next batch. So every skip reaches the module exactly once.
 
     With hard negatives: `negatives` is every record's list flattened (any image's negative is a negative for every
     image), and `no_negative` counts the records that got none."""
@@ -233,19 +254,29 @@ class _Collate(wds.PipelineStage):
         skip, pad = fast_forward_share(self.fast_forward, *((info.id, info.num_workers) if info else (0, 1)))
         if pad:
             yield {PADDING: True}
-        for records in src:
+        src = iter(src)
+        records = next(src, None)
+        made = 0
+        while records is not None:
+            following = next(src, None)  # read ahead, so the skips met reading it are this batch's if it is the last
             if skip:  # decoded and checked (so later draws and skips stay the same), never transformed
                 skip -= 1
                 self.skips.take()
-                continue
-            yield self.collate(records)
+            else:
+                yield self.collate(records)
+            made += 1
+            records = following
+        left = self.skips.take()  # only where no batch came: the last one took the rest
+        if left:
+            assert made == 0, left
+            yield {SKIPS_ONLY: True, "skipped": left}
 
     def collate(self, records: list[dict]) -> dict:
         images = [transform_seeded(self.transform, r["image"], r["seed"]) for r in records]
         batch = {"image": torch.stack(images),  # (B, 3, H, W)
                  "caption": [r["caption"] for r in records],
                  "key": [r["key"] for r in records],
-                 "skipped": self.skips.take()}
+                 "skipped": self.skips.take()}  # reason -> count
         if "negatives" in records[0]:
             batch["negatives"] = [n for r in records for n in r["negatives"]]
             batch["no_negative"] = sum(not r["negatives"] for r in records)
@@ -339,7 +370,7 @@ class WebDataModule(lightning.LightningDataModule):
             workers = self.num_workers
         else:
             # one order for every rank (shuffled before splitting), so ranks still partition the shards
-            shards = [_ShardList(urls, self.shard_shuffle, self.seed), wds.split_by_node, wds.split_by_worker]
+            shards = [_ShardList(urls, self.shard_shuffle, self.seed), _RankShare(rank, world), wds.split_by_worker]
             workers = self._workers_for(urls, rank, world, "train")
         grouped = self.group_key is not None
         collate = _Collate(skips, self.train_transform)
@@ -374,7 +405,7 @@ class WebDataModule(lightning.LightningDataModule):
         urls, (rank, world) = self.val_urls, self.process_info()
         skips = _SkipLog("val")
         pipeline = wds.DataPipeline(
-            wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
+            wds.SimpleShardList(urls), _RankShare(rank, world), wds.split_by_worker,
             _ReadShards(skips),
             _Decode(self.val_picker, skips, self.seed),
             wds.batched(self.batch_size, collation_fn=None, partial=True),

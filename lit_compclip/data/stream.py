@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -10,6 +11,7 @@ import torch
 log = logging.getLogger(__name__)
 
 PADDING = "padding"  # a worker's placeholder batch that keeps the loader's worker round-robin aligned on resume
+SKIPS_ONLY = "skips_only"  # a worker that made no batch: its `skipped` counts, added to the next batch's
 
 
 def fast_forward_share(batches: int, worker: int, workers: int) -> tuple[int, bool]:
@@ -37,6 +39,12 @@ class StreamLoader:
         self.start_pass, self.fast_forward = start_pass, fast_forward
         self.epoch, self.batches, self.complete = -1, 0, False  # the epoch being read and its batches handed out
         self._restored: dict | None = None
+        self._held: Counter = Counter()  # SKIPS_ONLY counts that no later batch of the epoch could carry
+
+    def take_held(self) -> dict[str, int]:
+        """Skip counts (reason -> count) that came after the epoch's last batch; each is handed out once."""
+        held, self._held = dict(self._held), Counter()
+        return held
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -70,6 +78,7 @@ class StreamLoader:
         # A generator: nothing below runs before the first batch is asked for, after Lightning restored the state.
         epoch, skip = self._next_start()
         self.epoch, self.batches, self.complete = epoch, skip, False
+        self._held = Counter()  # an earlier, unfinished iteration's: its batches were never consumed
         # Lightning prefetches one batch ahead of training when the length is unknown, so a batch counts as consumed
         # only once the next one is asked for; with a length it fetches each batch when it trains on it.
         late = self.num_batches is None
@@ -92,10 +101,17 @@ class StreamLoader:
             for batch in self.loader:  # a fresh pass: the workers start with the stages set just above
                 if PADDING in batch:
                     continue
+                if SKIPS_ONLY in batch:
+                    self._held.update(batch["skipped"])
+                    continue
                 came += 1
                 if drop:
                     drop -= 1
+                    self._held = Counter()  # carried by a batch consumed before the checkpoint: counted then
                 else:
+                    if self._held:
+                        batch["skipped"] = dict(Counter(batch["skipped"]) + self._held)
+                        self._held = Counter()
                     yield batch
                 position += 1
                 if self.num_batches is not None and position >= self.num_batches:

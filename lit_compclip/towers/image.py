@@ -35,22 +35,37 @@ def flat_tokens(trunk: nn.Module) -> int:
     return grid[0] * grid[1]
 
 
-def conv_stem(patch_size: int | None, width: int | None):
+STEM_NORMS = ("group", "batch")
+
+
+def conv_stem(patch_size: int | None, width: int | None, norm: str = "group", groups: int = 8):
     """A ViT's patchify stem replaced by 3x3 convolutions of stride 2, one per halving of `patch_size` (timm's
     ConvStem inside its HybridEmbed): "early convolutions help transformers see better" (Xiao et al., 2021). Each
     token then sees across its patch's borders, so shapes that span two or three patches are told apart sooner."""
     from functools import partial
 
+    from timm.layers import GroupNormAct
     from timm.models.vision_transformer_hybrid import ConvStem, HybridEmbed
 
     if not patch_size or patch_size < 2 or patch_size & (patch_size - 1) or not width:
         raise ValueError(f"model.image.stem='conv' needs model.image.patch_size a power of 2 (>= 2) and "
                          f"model.image.width set, not patch_size={patch_size!r}, width={width!r}")
+    if norm not in STEM_NORMS:
+        raise ValueError(f"model.image.stem_norm={norm!r}: choose {' or '.join(STEM_NORMS)}")
     depth = patch_size.bit_length() - 1
     channels = tuple(max(8, width // 2 ** (depth - 1 - i)) for i in range(depth))  # e.g. 32, 64, 128
-    # BatchNorm, as Xiao et al. use (a per-pixel LayerNorm instead lost most of the gain here: swap-att 64, swap-obj 64
-    # after one epoch); its statistics are per process, so trainer_options syncs them across GPUs.
-    backbone = ConvStem(depth=depth, channels=channels, stride=(2,) * depth, act_layer=nn.GELU)
+    if norm == "batch":  # Xiao et al.'s choice; its statistics depend on the batch (see README, "What is exact")
+        norm_layer = nn.BatchNorm2d
+    else:
+        # GroupNorm normalises each image on its own, so an embedding never depends on the rest of the batch:
+        # GradCache's micro-batches, DDP's shards and evaluation compute the function of one whole-batch step.
+        # Measured on the default run, two seeds each (README): 8 groups and 1 group both keep the probes near
+        # BatchNorm's; a per-pixel LayerNorm lost most of the stem's gain.
+        if any(c % groups for c in channels[:-1]):
+            raise ValueError(f"model.image.stem_groups={groups} must divide the conv stem's normalised channels "
+                             f"{channels[:-1]} (from model.image.width={width})")
+        norm_layer = partial(GroupNormAct, num_groups=groups)
+    backbone = ConvStem(depth=depth, channels=channels, stride=(2,) * depth, act_layer=nn.GELU, norm_layer=norm_layer)
     return partial(HybridEmbed, backbone=backbone)
 
 
@@ -61,6 +76,7 @@ class ImageTower(nn.Module):
                  img_size: int | None = 64, patch_size: int | None = 8, depth: int | None = 4,
                  width: int | None = 128, heads: int | None = 4, pos_embed: str = "learn", pool: str = "model",
                  stem: str = "patch",  # the config's default is "conv" (lit_compclip/config.py)
+                 stem_norm: str = "group", stem_groups: int = 8,
                  augment: bool = True, crop_scale: tuple[float, float] = (0.9, 1.0),
                  grad_checkpointing: bool = False, channels_last: bool = False):
         super().__init__()
@@ -68,7 +84,7 @@ class ImageTower(nn.Module):
 
         if not timm.is_model(model):
             from lit_compclip.registry import suggest
-            raise ValueError(f"unknown timm model {model!r}{suggest(model, timm.list_models())}")
+            raise ValueError(f"model.image.model: unknown timm model {model!r}{suggest(model, timm.list_models())}")
         # Only the overrides that are set are passed, so any timm family works with its own defaults.
         overrides = {"img_size": img_size, "patch_size": patch_size, "depth": depth, "embed_dim": width,
                      "num_heads": heads}
@@ -77,21 +93,25 @@ class ImageTower(nn.Module):
             if pretrained:
                 raise ValueError("model.image.stem='conv' has no pretrained weights (they hold a patchify stem); "
                                  "set model.image.stem=patch with model.image.pretrained=true")
-            overrides.update(embed_layer=conv_stem(patch_size, width), patch_size=1)
+            overrides.update(embed_layer=conv_stem(patch_size, width, stem_norm, stem_groups), patch_size=1)
         elif stem != "patch":
             raise ValueError(f"model.image.stem={stem!r}: choose 'patch' or 'conv'")
+        sizes = {k: v for k, v in overrides.items() if k != "embed_layer"}
         try:
             self.trunk = timm.create_model(model, pretrained=pretrained, num_classes=0, **overrides)
         except TypeError as e:
-            sizes = {k: v for k, v in overrides.items() if k != "embed_layer"}
             hint = "; model.image.stem='conv' needs a ViT: set model.image.stem=patch" if stem == "conv" else ""
-            raise ValueError(f"timm model {model!r} does not take these size overrides {sizes}: {e}{hint}") from None
+            raise ValueError(f"model.image.model: timm model {model!r} does not take these size overrides {sizes}: "
+                             f"{e}{hint}") from None
         except Exception as e:  # hub/network failures surface as many exception types
-            if not pretrained:
-                raise
-            raise RuntimeError(f"pretrained weights for timm model {model!r} are not available offline "
-                               f"({type(e).__name__}); set model.image.pretrained=false or put the weights in the "
-                               f"Hugging Face cache first") from None
+            if pretrained:
+                raise RuntimeError(f"model.image.pretrained: pretrained weights for timm model {model!r} are not "
+                                   f"available offline ({type(e).__name__}); set model.image.pretrained=false or put "
+                                   f"the weights in the Hugging Face cache first") from None
+            if isinstance(e, (ValueError, AssertionError)):  # timm checks the sizes it is given with these
+                first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+                raise ValueError(f"model.image: timm cannot build {model!r} with {sizes}: {first}") from e
+            raise
         if pos_embed == "sincos":
             fix_sincos_pos_embed(self.trunk)
         elif pos_embed != "learn":

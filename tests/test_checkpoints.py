@@ -1,0 +1,208 @@
+"""Checkpoints are read so that nothing in them runs: a malicious file is refused with one line on every path (probe,
+init_from, resume, Lightning's own restore, sharded FSDP folders), and the project's own checkpoints still load."""
+
+import os
+import pickle
+import shlex
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_data import write_shards
+from test_train import TINY_MODEL, tiny_checkpoint, world, world_overrides  # noqa: F401 (fixtures)
+
+from lit_compclip.checkpoints import (SAFE_GLOBALS, check_sharded, load_module, read_checkpoint_file,
+                                      read_training_checkpoint)
+from lit_compclip.config import ConfigError, load_config
+from lit_compclip.model import CompClip
+from lit_compclip.train import init_weights, train
+
+TINY_RUN = ["model.image.img_size=16", "model.image.patch_size=8", "model.image.depth=1", "model.image.width=32",
+            "model.image.heads=2", "model.embed_dim=16",
+            "model.text={tower: scratch, width: 32, layers: 1, heads: 2, max_seq_len: 16}",
+            "data.val_shards=null", "data.caption_fields={txt: 1.0}", "data.sentence_sample=0", "data.group_key=null",
+            "data.batch_size=4", "data.num_workers=0", "data.shuffle_buffer=8", "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false", "probes.suites={}", "synth.auto=false", "wandb.mode=disabled"]
+
+
+class RunsCode:
+    """Unpickling this runs `touch MARKER`: what a checkpoint crafted to attack its reader holds."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def malicious(path, marker, base: dict | None = None, zip_format: bool = True):
+    """A torch file at `path` that would create `marker` when loaded with weights_only=False."""
+    torch.save({**(base or {"state_dict": {}, "hyper_parameters": {}}), "payload": RunsCode(marker)}, path,
+               _use_new_zipfile_serialization=zip_format)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), 2, 8)  # 4 batches an epoch: checkpoints mid-epoch
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    """A checkpoint `compclip train` wrote (2 steps of a tiny model): loops, optimizer, callbacks' state."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(load_config([], TINY_RUN + [f"data.train_shards={shards}", "trainer.max_steps=2", f"run_dir={run}"]))
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_the_malicious_file_runs_code_when_read_unsafely(tmp_path):
+    marker = tmp_path / "MARKER"
+    torch.load(malicious(tmp_path / "bad.ckpt", marker), weights_only=False)
+    assert marker.exists()  # so its absence below means the readers ran nothing
+
+
+@pytest.fixture(scope="module")
+def cli_runs(shards, tmp_path_factory):
+    """The malicious checkpoint through the three CLI paths, each a process of its own (run side by side):
+    {path: (completed process, its folder, the marker)}."""
+    started = {}
+    for name in ("probe", "init_from", "resume"):
+        folder = tmp_path_factory.mktemp(name)
+        marker = folder / "MARKER"
+        bad = malicious(folder / "bad.ckpt", marker)
+        run = [*TINY_RUN, f"data.train_shards={shards}", "trainer.max_steps=1", f"run_dir={folder}/run"]
+        args = {"probe": ["probe", "--ckpt", bad, *world_overrides(folder / "world"), "synth.auto=true"],
+                "init_from": ["train", *run, f"init_from={bad}"],
+                "resume": ["train", *run, f"resume={bad}"]}[name]
+        env = dict(os.environ, PYTHONPATH=os.getcwd())
+        started[name] = (subprocess.Popen([sys.executable, "-m", "lit_compclip.cli", *args], cwd=folder, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                         folder, marker, bad)
+    done = {}
+    for name, (process, folder, marker, bad) in started.items():
+        out, err = process.communicate(timeout=300)
+        done[name] = (process.returncode, out, err, folder, marker, bad)
+    return done
+
+
+@pytest.mark.parametrize("path", ["probe", "init_from", "resume"])
+def test_a_malicious_checkpoint_runs_nothing_and_is_refused_with_one_line(cli_runs, path):
+    code, out, err, folder, marker, bad = cli_runs[path]
+    assert code == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("compclip: error:"), err[-2000:]
+    assert bad in lines[0] and "posix.system" in lines[0] and "Traceback" not in err
+    assert not marker.exists()
+    assert not (folder / "run").exists() and not (folder / "runs").exists()  # no run folder left behind
+    assert not (folder / "world").exists()  # probe: refused before the synthetic world is built
+
+
+@pytest.mark.parametrize("zip_format", [True, False])  # torch's format, and its old one (which it cannot map)
+def test_readers_refuse_the_malicious_file_naming_it_and_the_global(tmp_path, zip_format):
+    marker = tmp_path / "MARKER"
+    bad = malicious(tmp_path / "bad.ckpt", marker, zip_format=zip_format)
+    torch.load(bad, weights_only=False)
+    assert marker.exists()  # it does run code when read unsafely
+    marker.unlink()
+    for read in (read_checkpoint_file, load_module, read_training_checkpoint):
+        with pytest.raises(ConfigError) as e:
+            read(bad)
+        assert bad in str(e.value) and "posix.system" in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_only_our_safe_globals_are_allowed_whatever_libraries_added(tmp_path):
+    import torch.distributed  # noqa: F401 (adds every exception class to torch's process-wide safe list)
+
+    path = tmp_path / "exception.ckpt"
+    torch.save({"state_dict": {}, "error": ValueError("x")}, path)
+    before = torch.serialization.get_safe_globals()
+    assert ValueError in before and not SAFE_GLOBALS
+    torch.load(path, weights_only=True)  # torch alone would read it
+    with pytest.raises(ConfigError, match="the global ValueError"):
+        read_checkpoint_file(str(path))
+    assert torch.serialization.get_safe_globals() == before  # the process-wide list is put back
+
+
+def test_the_projects_training_checkpoint_loads_on_every_path(trained, shards, tmp_path):
+    checkpoint = read_training_checkpoint(str(trained))  # resume's check
+    assert checkpoint["global_step"] == 2 and isinstance(checkpoint["callbacks"]["RandomState"]["torch"], torch.Tensor)
+    module = load_module(str(trained))  # probe --ckpt, explore
+    cfg = load_config([], TINY_RUN)
+    fresh = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
+    init_weights(fresh, str(trained))  # init_from
+    for name, weight in checkpoint["state_dict"].items():
+        want = weight.double()
+        for got in (module.state_dict()[name], fresh.state_dict()[name]):
+            assert (got.double() - want).norm() <= 1e-12 * max(want.norm(), 1e-30), name
+    # resume=: Lightning restores it (weights_only=True) and goes on counting
+    run = tmp_path / "resumed"
+    result = train(load_config([], TINY_RUN + [f"data.train_shards={shards}", "trainer.max_steps=3",
+                                                f"resume={trained}", f"run_dir={run}"]))
+    last = read_training_checkpoint(os.path.join(result["run_dir"], "checkpoints", "last.ckpt"))
+    assert last["global_step"] == 3
+
+
+def test_tiny_checkpoint_fixture_loads_safely(tiny_checkpoint):
+    assert read_checkpoint_file(str(tiny_checkpoint))["global_step"] == 50
+    assert not load_module(str(tiny_checkpoint)).training
+
+
+def test_lightnings_own_restore_unpickles_nothing(trained, shards, tmp_path, monkeypatch):
+    """Past our check (a file swapped after it, say), Lightning's restore in trainer.fit still reads with
+    weights_only=True, even where the environment asks torch for weights_only=False."""
+    import lit_compclip.resume
+
+    marker = tmp_path / "MARKER"
+    good = read_training_checkpoint(str(trained))
+    bad = malicious(tmp_path / "bad.ckpt", marker, base=dict(good))
+    monkeypatch.setattr(lit_compclip.resume, "read_checkpoint", lambda path: good)  # our check passes it
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    cfg = load_config([], TINY_RUN + [f"data.train_shards={shards}", "trainer.max_steps=3", f"resume={bad}",
+                                      f"run_dir={tmp_path}/run"])
+    with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+        train(cfg)
+    assert not marker.exists()
+
+
+# ---- sharded FSDP checkpoints (folders of torch.distributed.checkpoint): written here on the CPU, as Lightning does
+
+def sharded(folder, trained, optimizer_extra=None, meta_extra=None):
+    """A sharded checkpoint folder as Lightning's FSDPStrategy writes it: .metadata and .distcp files of the weights
+    and optimizer states (torch.distributed.checkpoint), meta.pt of the rest."""
+    import torch.distributed.checkpoint as dcp
+
+    checkpoint = dict(read_training_checkpoint(str(trained)))
+    state = {"model": {k: v.clone() for k, v in checkpoint.pop("state_dict").items()}}
+    for i, optim in enumerate(checkpoint.pop("optimizer_states")):
+        state[f"optimizer_{i}"] = {**optim, **(optimizer_extra or {})}
+    with warnings.catch_warnings():  # no process group: torch warns that it saves as one process
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=str(folder))
+    torch.save({**checkpoint, **(meta_extra or {})}, folder / "meta.pt")
+    return str(folder)
+
+
+def test_a_sharded_checkpoint_is_checked_pickle_by_pickle(trained, tmp_path):
+    marker = tmp_path / "MARKER"
+    check_sharded(sharded(tmp_path / "good", trained))  # the project's own: every pickle in it plain
+
+    entry = sharded(tmp_path / "entry", trained, optimizer_extra={"extra": RunsCode(marker)})  # in a .distcp file
+    meta = sharded(tmp_path / "meta", trained, meta_extra={"payload": RunsCode(marker)})  # in meta.pt
+    metadata = sharded(tmp_path / "metadata", trained)
+    with open(os.path.join(metadata, ".metadata"), "wb") as f:  # the pickle torch reads with plain pickle.load
+        pickle.dump(RunsCode(marker), f)
+    for folder, named in ((entry, ".distcp"), (meta, "meta.pt"), (metadata, ".metadata")):
+        with pytest.raises(ConfigError, match="posix.system") as e:
+            check_sharded(folder)
+        assert named in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()
+    cfg = load_config([], TINY_RUN + [f"resume={entry}"])
+    from lit_compclip.resume import resume_point
+
+    with pytest.raises(ConfigError, match="resume: .*posix.system"):
+        resume_point(cfg, launched_rank=False)
+    assert not marker.exists()
