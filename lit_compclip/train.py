@@ -108,14 +108,33 @@ def init_weights(model, path: str) -> None:
     model.load_state_dict(source)
 
 
+def has_wandb_key() -> bool:
+    netrc = os.path.expanduser("~/.netrc")
+    return bool(os.environ.get("WANDB_API_KEY") or (os.path.isfile(netrc) and "api.wandb.ai" in open(netrc).read()))
+
+
 def wandb_mode(mode: str) -> str:
     if mode != "auto":
         return mode
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    netrc = os.path.expanduser("~/.netrc")
-    has_key = os.environ.get("WANDB_API_KEY") or (os.path.isfile(netrc) and "api.wandb.ai" in open(netrc).read())
-    return "online" if has_key else "offline"
+    return "online" if has_wandb_key() else "offline"
+
+
+def check_writable(cfg: DictConfig, model) -> None:
+    """What fit would only find out later, leaving a half-made run folder: an unwritable text-cache folder, or
+    W&B online without an API key."""
+    options = getattr(model.text, "cache_options", None)
+    if options:
+        existing = os.path.abspath(options[0])  # the folder is made on first use: its nearest existing ancestor
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+            raise ConfigError(f"model.text.cache_dir: {options[0]!r} cannot be written; set it to a writable folder "
+                              f"or to null")
+    if wandb_mode(cfg.wandb.mode) == "online" and not has_wandb_key():
+        raise ConfigError("wandb.mode: online needs an API key (WANDB_API_KEY or `wandb login`); use wandb.mode=offline "
+                          "to log locally and `wandb sync` later")
 
 
 def build_loggers(cfg: DictConfig, run_dir: str, resume=None):
@@ -184,6 +203,7 @@ def train(cfg: DictConfig) -> dict:
         check_fits(resume, model)  # before the run folder is touched; its weights replace any init_from
     elif cfg.init_from:
         init_weights(model, cfg.init_from)  # before the run folder exists: a bad checkpoint leaves nothing behind
+    check_writable(cfg, model)
     ensure_synth(cfg)
     probes = check_inputs(cfg)
     steps = model.total_steps = total_steps(cfg)  # the cosine schedule's length counts the data

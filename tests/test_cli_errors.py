@@ -59,6 +59,9 @@ CASES = {
     "decoder_without_cache_builds": (["model.text.model={decoder}", "model.text.cache_dir=null", "synth.auto=false",
                                       "data.train_shards={tmp}/none.tar"], "data.train_shards", "none"),
     "width_not_divisible_by_heads": (["model.image.width=65"], "model.image", "none"),
+    # found before the world and the run folder, though fit would meet them only later
+    "text_cache_dir_unwritable": (["model.text.cache_dir={tmp}/afile/cache"], "model.text.cache_dir", "none"),
+    "wandb_online_without_a_key": (["wandb.mode=online"], "wandb.mode", "none"),
     # found where the data and probe files are opened
     "train_shards_missing": (["data.train_shards={tmp}/nothing-{{000..003}}.tar"], "data.train_shards", "given"),
     "probe_file_missing": (["probes.suites.winoground.examples={tmp}/no.jsonl"], "probes.suites.winoground", "given"),
@@ -96,6 +99,7 @@ def world(tmp_path_factory):
 def run_cli(args: list[str], cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_HOME": str(cwd / "hf"),  # an empty hub cache: pretrained weights are absent on every machine
+           "HOME": str(cwd),  # no ~/.netrc: no W&B login, whoever runs the suite
            "WANDB_MODE": "disabled"}
     return subprocess.run([sys.executable, "-m", "lit_compclip.cli", "train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -109,6 +113,7 @@ def results(tmp_path_factory, decoder, world):
         cwd = tmp_path_factory.mktemp(case)
         (cwd / "list.yaml").write_text("- 1\n- 2\n")
         (cwd / "empty").mkdir()
+        (cwd / "afile").write_text("")  # a file where a folder should go
         fill = {"tmp": cwd, "empty": cwd / "empty", "decoder": decoder, "world": world}
         extra = [a.format(**fill) for a in WORLD] if world_use == "given" else []
         files = [a.format(**fill) for a in args if a.endswith(".yaml")]  # experiment files lead

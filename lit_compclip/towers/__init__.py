@@ -33,8 +33,8 @@ def build_text_tower(options: Mapping[str, Any], embed_dim: int):
 def encode_by_length(tower, tokens: Mapping[str, Any], groups: int):
     """`tower(tokens)` with the rows encoded in `groups` runs of similar length, each cut to its own longest row.
 
-    A padded batch pays for its longest caption in every row: a default synthetic batch holds 1,216 real tokens in
-    1,976 padded positions, 1,488 in two groups (`make bench`). Rows are independent given the attention mask (and a
+    A padded batch pays for its longest caption in every row: a default synthetic batch holds 1,208 real tokens in
+    1,973 padded positions, 1,461 in two groups (`make bench`). Rows are independent given the attention mask (and a
     causal tower never reads past a row's last token), so the result equals one padded call up to float rounding."""
     mask = tokens["attention_mask"]  # (B, L)
     if groups <= 1 or len(mask) < 2:
