@@ -16,7 +16,7 @@ from torch import nn
 from lit_compclip.losses import info_nce, info_nce_local, info_nce_with_negatives
 from lit_compclip.towers import build_text_tower, encode_by_length
 from lit_compclip.towers.image import ImageTower
-from lit_compclip.towers.sentence_transformers import transformer_layers
+from lit_compclip.towers.pretrained import transformer_layers
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -273,7 +273,7 @@ class CompClip(L.LightningModule):
             # CLIP's rule: no weight decay on gains, biases, embeddings' norms and the temperature. Shapes are
             # read from the names recorded at build time: FSDP has flattened every parameter to 1-D by now.
             decay = unwrapped_name(name) in self.matrix_names and "logit_scale" not in name
-            pretrained = name.startswith("text.st.")
+            pretrained = unwrapped_name(name).startswith("text." + getattr(self.text, "pretrained_prefix", "\0"))
             key = (decay, pretrained)
             groups.setdefault(key, {"params": [], "weight_decay": o["weight_decay"] if decay else 0.0,
                                     "lr": text_lr if pretrained else o["lr"]})["params"].append(p)

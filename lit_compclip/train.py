@@ -287,7 +287,7 @@ def block_classes(model) -> set[type]:
     largest stack of same-class modules in the image trunk, the longest layer list of the text tower."""
     from torch import nn
 
-    from lit_compclip.towers.sentence_transformers import transformer_layers
+    from lit_compclip.towers.pretrained import transformer_layers
 
     stacks = [m for m in model.image.trunk.modules()
               if isinstance(m, (nn.Sequential, nn.ModuleList)) and len(m) and len({type(c) for c in m}) == 1]

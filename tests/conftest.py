@@ -23,3 +23,22 @@ def float64():
 
     with default_dtype(torch.float64):
         yield
+
+
+@pytest.fixture(scope="session")
+def random_lm(tmp_path_factory):
+    """A factory of tiny random decoder folders (lit_compclip.towers.random_lm), each built once per session:
+    random_lm(family, sentence_transformers=False, padding_side="right", **options) -> folder."""
+    from lit_compclip.towers.random_lm import save_random_lm
+
+    built = {}
+
+    def make(family: str, sentence_transformers: bool = False, padding_side: str = "right", **options) -> str:
+        key = (family, sentence_transformers, padding_side, tuple(sorted(options.items())))
+        if key not in built:
+            folder = tmp_path_factory.mktemp(f"{family}-{'st' if sentence_transformers else 'hf'}-{padding_side}")
+            built[key] = save_random_lm(str(folder), family, sentence_transformers=sentence_transformers,
+                                        padding_side=padding_side, **options)
+        return built[key]
+
+    return make

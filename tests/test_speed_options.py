@@ -289,7 +289,7 @@ def test_fsdp_strategy_wraps_every_transformer_block_of_both_towers(text):
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import ShardingStrategy
 
-    from lit_compclip.towers.sentence_transformers import transformer_layers
+    from lit_compclip.towers.pretrained import transformer_layers
 
     model = CompClip({**MODEL, "text": text}, OPTIM, total_steps=1)
     cfg = load_config([], ["trainer.strategy=fsdp", "trainer.fsdp.sharding_strategy=SHARD_GRAD_OP"])

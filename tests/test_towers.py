@@ -11,8 +11,10 @@ CAPTIONS = ["a large red circle to the left of a small blue square", "a blue squ
 
 
 @pytest.mark.parametrize("name", sorted(TEXT_TOWERS))
-def test_every_text_tower_forward_and_backward(name):
+def test_every_text_tower_forward_and_backward(name, random_lm):
     options = {"tower": name, "max_seq_len": 16}
+    if name == "transformers":  # no default model: a tiny random decoder folder
+        options["model"] = random_lm("qwen2")
     tower = build_text_tower(options, embed_dim=32)
     out = tower(tower.tokenize(CAPTIONS))
     assert out.shape == (3, 32) and torch.isfinite(out).all()

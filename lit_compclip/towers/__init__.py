@@ -10,6 +10,7 @@ from lit_compclip.registry import build, resolve
 
 TEXT_TOWERS = {
     "sentence_transformers": "lit_compclip.towers.sentence_transformers:SentenceTransformerTower",
+    "transformers": "lit_compclip.towers.transformers_lm:TransformersTower",
     "scratch": "lit_compclip.towers.scratch:ScratchTextTower",
 }
 
@@ -42,8 +43,8 @@ def encode_by_length(tower, tokens: Mapping[str, Any], groups: int):
     lengths = mask.sum(1)
     parts, rows_in_order = [], []
     for rows in length_groups(lengths, groups):
-        n = int(lengths[rows].max())
-        parts.append(tower({k: v[rows][:, :n] for k, v in tokens.items()}))
+        columns = mask[rows].bool().any(0)  # the group's real columns, whichever side its rows are padded on
+        parts.append(tower({k: v[rows][:, columns] for k, v in tokens.items()}))
         rows_in_order.append(rows)
     out = torch.cat(parts)
     return out[torch.argsort(torch.cat(rows_in_order))]  # back to the batch's order

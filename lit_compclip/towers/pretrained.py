@@ -1,0 +1,351 @@
+"""What every pretrained text tower shares: a language model frozen but for its last N blocks, optionally made
+bidirectional there, its frozen prefix cached on disk, and a projection into the joint space.
+
+Encoders (BERT, MiniLM) and decoders (Qwen2/3, Llama, Mistral, Gemma 2/3) go through the same code: the model's own
+forward always runs, so it builds its masks, rotary positions and pooling itself; a cached prefix enters by making
+the frozen blocks pass their input through (the last one hands over the cached hidden states), and bidirectional
+blocks get a padding-only mask from transformers' own mask builders. Both are checked on the model when the tower is
+built, so a model or transformers version they do not hold for is refused, never trained silently causal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from torch import nn
+
+from lit_compclip.text_cache import PrefixCache, check_options, fingerprint, token_keys
+
+log = logging.getLogger(__name__)
+
+ATTENTION_BACKENDS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")  # those bidirectional is made for
+FROZEN_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def transformer_layers(module: nn.Module) -> nn.ModuleList:
+    """The model's stack of transformer blocks: its longest ModuleList (encoder.layer in BERT, layers in others)."""
+    stacks = [m for m in module.modules() if isinstance(m, nn.ModuleList)]
+    if not stacks:
+        raise ValueError(f"cannot find the transformer layers of {type(module).__name__}")
+    return max(stacks, key=len)
+
+
+def is_causal_model(layers: nn.ModuleList) -> bool:
+    """Whether the blocks attend causally (a decoder): transformers marks their attention modules `is_causal`."""
+    return any(getattr(m, "is_causal", False) for layer in layers for m in layer.modules())
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of each row's last real token, whichever side the padding is on."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return (positions * mask.bool()).amax(1)
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a caption's tokens sit at 0..n-1 whatever its padding (a
+    left-padded row would otherwise start at its padding length: equal under rotary positions only up to rounding)."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def padding_from_mask(mask) -> torch.Tensor | None:
+    """The (B, L) key-padding mask behind the mask a block was given: a 2-D padding mask (flash attention) as is,
+    a 4-D causal one (boolean, or additive floats with 0 where allowed) as the keys some query may see - every real
+    token sees at least itself, under a causal or a sliding-window mask alike. None: no padding."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 4):
+        raise TypeError(f"an attention mask of type {type(mask).__name__}")
+    if mask.ndim == 2:
+        return mask.bool()
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    return allowed.any(dim=-2)[:, 0]
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted hidden states are in hand."""
+
+
+class PretrainedTextTower(nn.Module):
+    """The paper's lever 2. Subclasses load `self.lm` (the transformers model holding the block stack) and
+    implement `tokenize`, `count_truncated`, `_run(tokens) -> (B, width)` (the model and its pooling) and
+    `_token_states(tokens) -> (B, L, width)` (the last block's output); `_setup` does the rest."""
+
+    pretrained_prefix = "lm."  # parameter names of the pretrained model (their own learning rate: optim.text_lr)
+    lm: nn.Module
+
+    def _setup(self, embed_dim: int, width: int, model_name: str, unfreeze_layers: int, bidirectional: bool,
+               cache_dir: str | None, cache_budget_gb: float, cache_dtype: str, grad_checkpointing: bool,
+               frozen_dtype: str | None, max_seq_len: int) -> None:
+        self.model_name, self.max_seq_len, self.width = model_name, max_seq_len, width
+        try:
+            layers = transformer_layers(self.lm)
+        except ValueError as e:
+            raise ValueError(f"model.text.model: {e} ({model_name!r})") from None
+        if not 0 <= unfreeze_layers <= len(layers):
+            raise ValueError(f"model.text.unfreeze_layers={unfreeze_layers} but {model_name!r} has {len(layers)} layers")
+        if frozen_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"model.text.frozen_dtype={frozen_dtype!r}: choose one of "
+                             f"{', '.join(str(k) for k in FROZEN_DTYPES if k)} or null")
+        check_options(cache_budget_gb, cache_dtype)  # here: the cache itself opens at first use
+        self._stack, self.first_trained = (layers,), len(layers) - unfreeze_layers  # a tuple: no second registration
+        self.causal = is_causal_model(layers)
+        self.lm.requires_grad_(False)
+        self.trainable = list(layers[self.first_trained:])  # a plain list: no second registration
+        for layer in self.trainable:
+            layer.requires_grad_(True)
+        if frozen_dtype:  # the frozen blocks (and embeddings) in a smaller type: memory on GPU; the tail keeps its own
+            trained = {id(p) for layer in self.trainable for p in layer.parameters()}
+            for p in self.frozen_parameters():
+                if id(p) not in trained:
+                    p.data = p.data.to(FROZEN_DTYPES[frozen_dtype])
+            if self.trainable:
+                self.trainable[0].register_forward_pre_hook(self._into_tail_dtype, with_kwargs=True)
+        self.frozen_dtype = frozen_dtype
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+        if grad_checkpointing:
+            try:
+                self.lm.gradient_checkpointing_enable({"use_reentrant": False})
+            except ValueError as e:  # transformers: "... does not support gradient checkpointing"
+                raise ValueError(f"model.text.grad_checkpointing: {str(e).splitlines()[0]}") from None
+        self.bidirectional = bool(bidirectional)
+        if self.bidirectional:
+            self._make_bidirectional()
+        if cache_dir and unfreeze_layers == len(layers):
+            log.warning("model.text.cache_dir: every layer of %s is trained, so there is no frozen prefix to cache; "
+                        "the text cache is off for this run", model_name)
+            cache_dir = None
+        self.cache: PrefixCache | None = None
+        self.cache_options = (cache_dir, cache_budget_gb, cache_dtype) if cache_dir else None
+        self._check_tail()
+
+    # -- the trained tail -----------------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        # Frozen layers stay in eval mode (no dropout), so their output for a caption never changes.
+        super().train(mode)
+        self.lm.eval()
+        for layer in self.trainable:
+            layer.train(mode)
+        return self
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self._stack[0]
+
+    @property
+    def fully_frozen(self) -> bool:
+        return self.first_trained == len(self.layers)
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters below the first trained block (embeddings, frozen blocks): what the cache's output
+        depends on."""
+        after = {id(p) for layer in self.trainable for p in layer.parameters()}
+        if self.fully_frozen:
+            return list(self.lm.parameters())
+        before = []
+        for name, p in self.lm.named_parameters():
+            if id(p) in after:
+                break  # parameters are listed in module order: embeddings, blocks, then the final norm
+            before.append(p)
+        return before
+
+    def _into_tail_dtype(self, module, args, kwargs):
+        """With frozen_dtype set, the hidden states (and rotary tables) enter the trained blocks in their type."""
+        dtype = module.parameters().__next__().dtype
+        cast = (lambda v: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+        args = tuple(cast(a) for a in args)
+        for key in ("hidden_states", "position_embeddings"):
+            if key in kwargs:
+                value = kwargs[key]
+                kwargs[key] = tuple(cast(v) for v in value) if isinstance(value, tuple) else cast(value)
+        return args, kwargs
+
+    def _make_bidirectional(self) -> None:
+        """The trained blocks attend both ways (the paper's choice); the frozen prefix stays causal, as its
+        pretrained weights expect. Each trained block's attention is marked non-causal (SDPA and flash attention
+        read the flag) and gets a padding-only mask in its backend's format, rebuilt from the mask it was given."""
+        if not self.causal:
+            raise ValueError(f"model.text.bidirectional: {self.model_name!r} is an encoder whose layers already attend "
+                             f"both ways; the option is for decoder language models")
+        config = self.lm.config
+        backend = getattr(config, "_attn_implementation", None)
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.text.bidirectional: attention implementation {backend!r} of {self.model_name!r} "
+                             f"is not one bidirectional blocks are built for; set model.text.attn_implementation to "
+                             f"one of {', '.join(ATTENTION_BACKENDS)}")
+        from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
+
+        kinds = getattr(config, "layer_types", None) or ["full_attention"] * len(self.layers)
+        for index in range(self.first_trained, len(self.layers)):
+            layer = self.layers[index]
+            for m in layer.modules():
+                if hasattr(m, "is_causal"):
+                    m.is_causal = False
+            build = (create_bidirectional_sliding_window_mask if kinds[index] == "sliding_attention"
+                     else create_bidirectional_mask)
+
+            def hook(module, args, kwargs, build=build):
+                if "attention_mask" not in kwargs:
+                    raise TypeError("the block's attention mask was not passed by name")
+                hidden = args[0] if args else kwargs["hidden_states"]
+                padding = padding_from_mask(kwargs["attention_mask"])
+                kwargs["attention_mask"] = build(config=config, inputs_embeds=hidden, attention_mask=padding)
+                return args, kwargs
+
+            layer.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def _check_tail(self) -> None:
+        """Two short captions through the built tower: at the entry to the first trained block the first token must
+        not see the last (the prefix stays causal); after the blocks it must see it exactly when bidirectional is
+        on; and padding must not change a caption's outputs. A model or transformers version for which these do
+        not hold is refused here, in one line, rather than trained as something else."""
+        if not (self.causal and self.trainable):
+            return
+        tokens = self.tokenize(["a red circle left of a blue square", "a green star above a large white cross "
+                                                                        "and a small purple diamond"])
+        mask = tokens["attention_mask"]
+        n = int(mask[0].sum())
+        if n < 3:
+            return
+        real = mask[0].bool()
+        ids = tokens["input_ids"].clone()
+        at = int(torch.nonzero(real)[-1])  # the last real token (an appended EOS, where the tower adds one)
+        other = ids.clone()
+        other[0, at] = (ids[0, at] + 1) % max(int(ids.max()) + 1, 2)
+        if other[0, at] == ids[0, at]:
+            return
+        changed = {**tokens, "input_ids": other}
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                first = int(torch.nonzero(real)[0])
+                entry = [self._prefix({k: v[:1] for k, v in t.items()})[0, first] for t in (tokens, changed)]
+                out = [self._token_states({k: v[:1] for k, v in t.items()})[0, first] for t in (tokens, changed)]
+                padded = self._token_states(tokens)[0][real]
+                alone = self._token_states({k: v[:1, real] for k, v in tokens.items()})[0]
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"model.text.bidirectional: the trained blocks of {self.model_name!r} cannot be run with "
+                             f"a rebuilt mask ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        finally:
+            self.train(was)
+        tol = 2e-2 if self.frozen_dtype in ("bfloat16", "float16") else 1e-4
+        sees_last = (out[0] - out[1]).norm() > tol * out[0].norm()
+        problems = []
+        if (entry[0] - entry[1]).norm() > tol * entry[0].norm():
+            problems.append("the frozen prefix is not causal")
+        if sees_last != self.bidirectional:
+            problems.append("the trained blocks stayed causal" if self.bidirectional else
+                            "the trained blocks see later tokens")
+        if (padded - alone).norm() > tol * alone.norm():
+            problems.append("padding changes a caption's output")
+        if problems:
+            import transformers
+
+            raise ValueError(f"model.text: with {self.model_name!r} under attention "
+                             f"{getattr(self.lm.config, '_attn_implementation', None)!r} and transformers "
+                             f"{transformers.__version__}, {'; '.join(problems)}; set model.text.bidirectional=false "
+                             f"or model.text.attn_implementation=eager")
+
+    # -- forward, with the frozen prefix cached -------------------------------------------------------------------
+
+    def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.cache_options is None:
+            pooled = self._run(tokens)  # (B, width), the model's own pooling
+        elif self.fully_frozen:  # the final embedding itself is cached
+            pooled = self._cached(tokens)
+        else:
+            hidden = self._cached(tokens)  # (B, L, width) as the first trained layer sees it
+            with self._prefix_from(hidden):
+                pooled = self._run(tokens)
+        return self.proj(pooled.to(self.proj.weight.dtype))  # (B, embed_dim)
+
+    @contextlib.contextmanager
+    def _prefix_from(self, hidden: torch.Tensor):
+        """Run the model as if its frozen blocks had produced `hidden`: each passes its input through, the last
+        one hands over `hidden`. The model's forward still builds the masks and rotary positions the trained blocks
+        need, and the trained blocks' input is `hidden` itself, so activation checkpointing recomputes from it."""
+        frozen = list(self.layers)[:self.first_trained]
+
+        def passthrough(*args, **kwargs):
+            return args[0] if args else kwargs["hidden_states"]
+
+        def handover(*args, **kwargs):
+            return hidden
+
+        for layer in frozen[:-1]:
+            layer.forward = passthrough
+        frozen[-1].forward = handover
+        try:
+            yield
+        finally:
+            for layer in frozen:
+                del layer.forward
+
+    def _open_cache(self) -> PrefixCache:
+        # Opened at first use, after any checkpoint was loaded: the namespace hashes the frozen weights themselves.
+        if self.cache is None:
+            directory, budget, dtype = self.cache_options
+            what = "pooled" if self.fully_frozen else f"layer{self.first_trained}"
+            extra = (self.model_name, what, self.max_seq_len, dtype) + self.cache_key_extra()
+            space = fingerprint(self.frozen_parameters(), *extra)
+            self.cache = PrefixCache(directory, f"{what}-{space}", budget, dtype)
+        return self.cache
+
+    def cache_key_extra(self) -> tuple:
+        """What else the frozen output depends on (a subclass's pooling, appended tokens)."""
+        return ()
+
+    def _cached(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frozen part's output per row, from the cache where present, computed (and stored) where not."""
+        cache, mask = self._open_cache(), tokens["attention_mask"]
+        keys = token_keys(tokens["input_ids"], mask)
+        found, missing = cache.get(keys, self.width)
+        if missing:
+            with torch.no_grad():
+                new = self.frozen_output({k: v[missing] for k, v in tokens.items()})  # (M, L', width) or (M, width)
+            real = mask[missing].bool()
+            rows = [cache.round(new[j][real[j]] if new.ndim == 3 else new[j]) for j in range(len(missing))]
+            cache.put([keys[i] for i in missing], rows)
+            found.update(zip(missing, rows))
+        device = mask.device
+        dtype = self.trainable[0].parameters().__next__().dtype if self.trainable else self.proj.weight.dtype
+        if self.fully_frozen:
+            return torch.stack([found[i].reshape(self.width).to(device, dtype) for i in range(len(keys))])
+        out = torch.zeros(*mask.shape, self.width, device=device, dtype=dtype)  # (B, L, width); padding stays zero
+        real = mask.bool()
+        for i in range(len(keys)):
+            out[i, real[i]] = found[i].to(device, dtype)  # at the row's real positions, on either padding side
+        return out
+
+    def frozen_output(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the cache holds: the hidden states entering the first trained layer (B, L, width), or the final
+        embedding (B, width) of a fully frozen tower."""
+        return self._run(tokens) if self.fully_frozen else self._prefix(tokens)
+
+    def _prefix(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden states entering the first trained layer; the trained layers are never run for them."""
+        seen = {}
+
+        def grab(module, args, kwargs):
+            seen["hidden"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        handle = self.layers[self.first_trained].register_forward_pre_hook(grab, with_kwargs=True, prepend=True)
+        try:
+            self._token_states(tokens)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return seen["hidden"]  # (B, L, width)
+
+    def cache_stats(self) -> dict[str, float] | None:
+        """Hit rate and size of the text cache so far (None without a cache)."""
+        if self.cache is None:
+            return None
+        c = self.cache
+        return {"hit_rate": c.hit_rate, "hits": float(c.hits), "misses": float(c.misses),
+                "size_mb": c.size_bytes() / 2 ** 20, "errors": float(c.errors)}
