@@ -1,7 +1,7 @@
 """The ablation report: finished sweep runs grouped by cell, mean and std over seeds, the paper's ordering checked.
 
 A run's cell is read from its resolved config.yaml: the caption source with the largest weight (recaption, or
-alt-text for `alt_text` / `txt`) and the text tower (pretrained `sentence_transformers` or `scratch`). Runs whose
+alt-text for `alt_text` / `txt`) and the text tower (pretrained: `sentence_transformers`, `transformers`; or `scratch`). Runs whose
 other parameters differ (beyond `seed`) form separate groups."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def cell_of(cfg: dict[str, Any]) -> str:
     fields = cfg["data"]["caption_fields"]
     main = max(fields, key=fields.get)
     recaption = main not in ("alt_text", "txt")
-    pretrained = cfg["model"]["text"].get("tower") == "sentence_transformers"
+    pretrained = cfg["model"]["text"].get("tower", "sentence_transformers") != "scratch"  # any pretrained tower
     return {(True, True): "both", (True, False): "recaption only", (False, True): "tower only",
             (False, False): "neither"}[(recaption, pretrained)]
 
