@@ -15,7 +15,8 @@ STAMP := $(VENV)/.lit_compclip-installed
 
 .DEFAULT_GOAL := help
 CKPT ?= runs/default/checkpoints/last.ckpt
-.PHONY: help install train finetune probe ablation synth bench bench-gpu bench-recaption test test-all config clean
+.PHONY: help install train finetune probe ablation synth bench bench-gpu bench-decoder bench-gpu-decoder \
+        bench-recaption test test-all config clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -61,6 +62,12 @@ bench: $(BENCH_STAMP)  ## CPU, A B B A rounds: ours vs open_clip (like for like;
 
 bench-gpu: $(BENCH_STAMP)  ## on one GPU, bf16: samples/s and FLOP utilisation of ViT-B/16 + MiniLM / + a 12x768 BERT, beside open_clip
 	$(PY) scripts/bench_gpu.py $(ARGS)
+
+bench-decoder: $(BENCH_STAMP)  ## CPU, A B B A rounds: a 26-layer random decoder text tower: text cache vs its bound, samples/s vs MiniLM, open_clip's HF tower -> bench_decoder.json (ARGS="--quick")
+	$(PY) scripts/bench_decoder.py $(ARGS)
+
+bench-gpu-decoder: $(STAMP)  ## on one GPU, bf16: ViT-B/16 + Qwen3-Embedding-0.6B- and Gemma-2-2B-sized random decoders: samples/s, peak memory, MFU, cache on/off
+	$(PY) scripts/bench_gpu_decoder.py $(ARGS)
 
 bench-recaption: $(STAMP)  ## recaption backends' samples/s, as ratios against a baseline run in the same process
 	$(PY) scripts/bench_recaption.py

@@ -359,3 +359,79 @@ def step_seconds(times: dict[str, list[list[float]]], arm: str) -> float:
 def describe(s: dict[str, Any]) -> str:
     """A spread as the table prints it: `1.02x (0.98-1.05, 3 rounds)`."""
     return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f}, {s['rounds']} round{'s' * (s['rounds'] != 1)})"
+
+
+# -- decoder text towers (`make bench-decoder`, `make bench-gpu-decoder`) ---------------------------------------
+
+def time_steps(step, items: list, steps: int, start: int = 0) -> dict[str, list[float]]:
+    """Wall time of `step(item)` on `items` cycled, from item `start` on: {"intervals": `steps` seconds}. With
+    `start` equal to time_ours' warm-up, the same batches are timed as in a Trainer run of that warm-up."""
+    intervals = []
+    for k in range(start, start + steps):
+        began = time.perf_counter()
+        step(items[k % len(items)])
+        intervals.append(time.perf_counter() - began)
+    return {"intervals": intervals}
+
+
+def text_step(model):
+    """One training step of the text tower alone, optimizer excluded: tokenising the captions, the forward in the
+    model's length groups (through its prefix cache, where it has one) and the backward."""
+    def step(batch: dict) -> None:
+        model.zero_grad(set_to_none=True)
+        emb = model.encode_text(list(batch["caption"]))  # (B, D)
+        emb.backward(torch.ones_like(emb))
+    return step
+
+
+def frozen_parts(model, batch: dict) -> list[dict[str, torch.Tensor]]:
+    """The batch's token ids in the model's length groups, each cut to its own longest caption: what the frozen
+    part of the text tower runs on in a step (tokenised here, so that timing them leaves tokenising out)."""
+    from lit_compclip.towers import length_groups
+
+    tokens = model.text.tokenize(list(batch["caption"]))
+    mask = tokens["attention_mask"]
+    lengths = mask.sum(1)
+    parts = []
+    for rows in length_groups(lengths, max(1, model.length_groups)):
+        columns = mask[rows].bool().any(0)  # the group's real columns, as encode_by_length keeps them
+        parts.append({k: v[rows][:, columns] for k, v in tokens.items()})
+    return parts
+
+
+def frozen_step(model):
+    """The text tower's frozen part alone on one batch's `frozen_parts` (what its prefix cache saves)."""
+    def step(parts: list[dict[str, torch.Tensor]]) -> None:
+        with torch.no_grad():
+            for part in parts:
+                model.text.frozen_output(part)
+    return step
+
+
+def cache_figures(times: dict[str, list[list[float]]], on: str, off: str, frozen: str) -> dict[str, Any]:
+    """A text cache's figures, each per block of `alternate`: the speed-up (off over on), its bound off / (off -
+    frozen) (no cache can beat it: it removes the frozen part and adds nothing) and the speed-up over the bound,
+    which is (off - frozen) / on; with the median step seconds of the three arms."""
+    med = {arm: [statistics.median(b) for b in times[arm]] for arm in (on, off, frozen)}
+    speed = [o / n for o, n in zip(med[off], med[on])]
+    bound = [o / max(1e-9, o - f) for o, f in zip(med[off], med[frozen])]
+    return {"speedup": spread(speed), "bound": spread(bound),
+            "speedup_over_bound": spread([s / b for s, b in zip(speed, bound)]),
+            "on_s": step_seconds(times, on), "off_s": step_seconds(times, off),
+            "frozen_s": step_seconds(times, frozen)}
+
+
+def time_interleaved(steps_by_arm: dict, items_by_arm: dict[str, list], steps: int,
+                     start: int = 0) -> dict[str, list[float]]:
+    """Several step functions timed step by step in turn: on item k (k = start, start + 1, ...) each arm runs once,
+    in the given order on even k and in reverse on odd k (A B C, C B A, ...), so that a load lasting a few seconds
+    slows every arm alike. Returns {arm: `steps` seconds}."""
+    names = list(steps_by_arm)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(start, start + steps):
+        for name in names if k % 2 == 0 else reversed(names):
+            items = items_by_arm[name]
+            began = time.perf_counter()
+            steps_by_arm[name](items[k % len(items)])
+            out[name].append(time.perf_counter() - began)
+    return out
