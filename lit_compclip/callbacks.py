@@ -12,6 +12,8 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
+from lit_compclip.encoders.compclip import ModuleEncoder  # noqa: F401 (its home before lit_compclip.encoders)
+
 log = logging.getLogger(__name__)
 # Not accuracies: kept out of the plot.
 COUNT_METRICS = {"ties", "n", "n_images", "n_texts", "truncated_fraction", "max_tokens"}
@@ -30,51 +32,21 @@ def build_probes(suites: Mapping[str, Mapping[str, Any]], limit: int | None = No
     return probes
 
 
-class ModuleEncoder:
-    """What a probe may see of the model: encode_image / encode_text on the CPU in fp32, nothing else."""
-
-    def __init__(self, module):
-        self.module = module
-
-    @torch.no_grad()
-    def encode_image(self, images) -> torch.Tensor:
-        m = self.module
-        x = torch.stack([m.eval_transform(im.convert("RGB")) for im in images]).to(m.device)  # (N, 3, H, W)
-        with torch.autocast(device_type=m.device.type, enabled=False):
-            return m.encode_image(x).float().cpu()
-
-    @torch.no_grad()
-    def encode_text(self, texts) -> torch.Tensor:
-        m = self.module
-        with torch.autocast(device_type=m.device.type, enabled=False):
-            return m.encode_text(list(texts)).float().cpu()
-
-    def count_truncated(self, texts) -> int:
-        return self.module.text.count_truncated(list(texts))
-
-    @property
-    def max_tokens(self) -> int:
-        """The truncation policy: captions keep their first `max_tokens` tokens (special tokens included)."""
-        return self.module.text.max_seq_len
-
-
-def run_probes(probes: Mapping[str, Any], module, records: dict | None = None) -> dict[str, float]:
+def run_probes(probes: Mapping[str, Any], module, records: dict | None = None, truncation=None,
+               inputs=None) -> dict[str, float]:
     """Score every probe in eval mode; returns flat `probe/<name>/<metric>` -> value plus each probe's wall time.
 
-    With `records` (a dict), also fills records[<name>][<subset>] with per-example results (see probes/report)."""
+    With `records` (a dict), also fills records[<name>][<subset>] with per-example results (see probes/report).
+    `truncation` (encoders.memo.TruncationCounts) and `inputs` (TransformedImages) keep the captions' token counts
+    and the images' model inputs from one pass to the next."""
+    from lit_compclip.probes import run_suite
+
     was_training = module.training
     module.eval()
-    encoder, results = ModuleEncoder(module), {}
     try:
-        for name, probe in probes.items():
-            start = time.perf_counter()
-            found = probe.run(encoder) if records is None else probe.run(encoder, records=records.setdefault(name, {}))
-            for metric, value in found.items():
-                results[f"probe/{name}/{metric}"] = float(value)
-            results[f"probe/{name}/seconds"] = time.perf_counter() - start
+        return run_suite(probes, ModuleEncoder(module, inputs), records, truncation)
     finally:
         module.train(was_training)
-    return results
 
 
 def plot_history(history: list[dict], path: str) -> None:
@@ -125,12 +97,16 @@ class ProbeCallback(L.Callback):
         self.dump, self.failures = dump, failures
         self.history: list[dict] = []
         self.records: dict = {}  # per-example results of the latest probe run
+        from lit_compclip.encoders.memo import TransformedImages, TruncationCounts
+
+        # what does not change with the weights, kept from one pass to the next
+        self.truncation, self.inputs = TruncationCounts(), TransformedImages()
 
     def _run(self, trainer, module) -> None:
         if not self.probes or not trainer.is_global_zero:
             return
         self.records = {}
-        metrics = run_probes(self.probes, module, self.records)
+        metrics = run_probes(self.probes, module, self.records, self.truncation, self.inputs)
         self.history.append({"epoch": trainer.current_epoch + 1, "step": trainer.global_step, "metrics": metrics})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

@@ -19,8 +19,12 @@ compclip batch-stats [EXP.yaml ...] [key=value ...]                 how often tr
                                                                     and relation-only negatives (grouped vs random)
 compclip recaption INPUT_SHARDS OUTPUT_DIR --backend scene|openai|transformers [options]   (--help for options)
                 write new shards whose KEY.json carries a `recaption` from a multimodal model, resumably
-compclip probe  --ckpt PATH [EXP.yaml ...] [key=value ...] [--probe NAME option=value ...] [--dump DIR] [--out DIR]
-                score a checkpoint: prints the table, writes probes.json and failures.md (and with --dump
+compclip compare RUN_OR_RESULT ... [--out DIR] [--names A,B,...]   several models' probe results: one markdown
+                table and one PNG (rows models, columns benchmark subsets)
+compclip probe  (--ckpt PATH | --encoder open_clip:ARCH@TAG_OR_FILE | --encoder hf:PATH_OR_NAME) [EXP.yaml ...]
+                [key=value ...] [--probe NAME option=value ...] [--dump DIR] [--out DIR]
+                score a checkpoint or another model (fp32): prints the table, writes probes.json, failures.md,
+                encoder.json and clip_benchmark/<suite>.json (and with --dump
                 one JSON-lines file of per-example results per probe subset)"""
 
 
@@ -30,13 +34,17 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in ("train", "synth", "config", "batch-stats", "probe", "recaption", "sweep"):
+    if command not in ("train", "synth", "config", "batch-stats", "probe", "recaption", "sweep", "compare"):
         print(f"compclip: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
     if command == "recaption":  # its own argparse: shard paths and backend options, no experiment config
         from lit_compclip.recaption.command import main as recaption
 
         return recaption(rest)
+    if command == "compare":  # its own argparse: run folders or probe outputs, one table and one chart
+        from lit_compclip.compare import main as compare
+
+        return compare(rest)
     if command == "sweep":  # its own argparse: a sweep spec, runner options and overrides for every run
         from lit_compclip.sweep import main as sweep
 

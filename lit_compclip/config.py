@@ -190,9 +190,13 @@ class ProbesConfig:
     # name -> options; `type` picks the probe (default: the name itself); the rest goes to the probe's constructor.
     suites: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
         "sugarcrepe": {"annotations": "data/synth/probes/sugarcrepe", "images": "data/synth/probes/sugarcrepe/images"},
+        # The newer sets follow synth.out_dir, so a world built elsewhere brings them along.
+        "sugarcrepe_pp": {"annotations": "${synth.out_dir}/probes/sugarcrepe_pp",
+                          "images": "${synth.out_dir}/probes/sugarcrepe/images"},  # SugarCrepe's images, as in COCO
         "aro": {"root": "data/synth/probes/aro", "images": "data/synth/probes/aro/images"},
         "winoground": {"examples": "data/synth/probes/winoground/examples.jsonl",
                        "images": "data/synth/probes/winoground/images"},
+        "whatsup": {"root": "${synth.out_dir}/probes/whatsup"},
         "docci": {"type": "retrieval", "annotations": "data/synth/probes/docci/docci_descriptions.jsonlines",
                   "images": "data/synth/probes/docci/images", "format": "docci"},
     })

@@ -97,3 +97,56 @@ def group_mean(correct: Tensor, groups: Sequence[Hashable], min_count: int = 0) 
         rows.setdefault(g, []).append(n)
     values = correct.float()
     return {g: values[idx].mean().item() for g, idx in rows.items() if len(idx) >= min_count}
+
+
+def sugarcrepe_pp_scores(image: Tensor, text: Tensor) -> dict[str, Tensor]:
+    """SugarCrepe++'s two rules per example, (N,) bools `itt`, `tot` and their ties `itt_tied`, `tot_tied`.
+
+    image[n] = sim(image, [caption, caption2, negative]); text[n] = [sim(caption, caption2), sim(caption, negative),
+    sim(caption2, negative)]. ITT: both positives beat the negative; TOT: the positives are closer to each other than
+    either is to the negative. Strict, as Sri-Harsha/scpp's VLMs/test_*.py compare them (`>`): a tie is wrong and
+    `*_tied` marks a deciding comparison that tied. A NaN score is never correct and never a tie."""
+    for name, s in (("image", image), ("text", text)):
+        if s.dim() != 2 or s.shape[1] != 3:
+            raise ValueError(f"sugarcrepe++ {name} scores need shape (N, 3); got {tuple(s.shape)}")
+    if image.shape[0] != text.shape[0]:
+        raise ValueError(f"sugarcrepe++ scores need as many image rows as text rows; got {image.shape[0]} "
+                         f"and {text.shape[0]}")
+    # ITT: the weaker positive decides; torch.minimum passes a NaN on, so a NaN is never right
+    itt, itt_tied = choice_correct(torch.minimum(image[:, 0], image[:, 1]), image[:, 2])
+    tot, tot_tied = choice_correct(text[:, 0], text[:, 1:])
+    return {"itt": itt, "tot": tot, "itt_tied": itt_tied, "tot_tied": tot_tied}
+
+
+def first_option_wins(scores: Tensor) -> Tensor:
+    """(N,) bools: does an argmax over each row of (N, K) scores pick column 0, the true option?
+
+    The official What'sUp / ARO code takes numpy's argmax, which returns the first of equal maxima: with the true
+    option first, a tie counts as right there (beside the strict `choice_correct`). A NaN row is wrong."""
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"option scores need shape (N, K >= 2); got {tuple(scores.shape)}")
+    return (scores[:, 0] >= scores[:, 1:].max(dim=1).values) & ~scores.isnan().any(dim=1)
+
+
+def placement_sets(correct: Tensor, objects: Sequence[Hashable], placements: Sequence[str],
+                   opposites: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """What'sUp Controlled pair and set accuracy over the object pairs photographed in every placement.
+
+    correct[n]: image n's verdict; objects[n]: its object pair; placements[n]: its placement (e.g. 'left').
+    `pair`: the fraction of (object pair, opposite placements) couples with both images right; `set`: the fraction
+    of object pairs with all of their images right; `groups`: the object pairs counted. As in amitakamath/whatsup_vlms
+    (dataset_zoo/aro_datasets.py, Controlled_Images.evaluate_scores) a repeated placement keeps the last verdict;
+    an object pair lacking a placement is left out (the official denominators assume every pair is complete)."""
+    if correct.dim() != 1 or not len(objects) == len(placements) == correct.shape[0]:
+        raise ValueError(f"placement_sets needs correct (N,) and N objects and placements; got "
+                         f"{tuple(correct.shape)}, {len(objects)} and {len(placements)}")
+    wanted = {p for couple in opposites for p in couple}
+    verdicts: dict[Hashable, dict[str, bool]] = {}
+    for ok, obj, place in zip(correct.tolist(), objects, placements):
+        verdicts.setdefault(obj, {})[place] = bool(ok)
+    complete = [v for v in verdicts.values() if wanted <= set(v)]
+    if not complete:
+        return {"pair": float("nan"), "set": float("nan"), "groups": 0.0}
+    pairs = sum(v[a] and v[b] for v in complete for a, b in opposites)
+    return {"pair": pairs / (len(complete) * len(opposites)), "set": sum(all(v[p] for p in wanted) for v in complete)
+            / len(complete), "groups": float(len(complete))}

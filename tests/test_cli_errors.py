@@ -14,7 +14,7 @@ TINY = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64"
 # The world given ready-made (synth.auto=false), and a tiny scratch text tower (MiniLM takes seconds to load): for
 # inputs found once data and model are in hand.
 WORLD = ["model.text.tower=scratch", "model.text.width=32", "model.text.layers=1", "model.text.heads=2",
-         "synth.auto=false", "data.train_shards={world}/train", "data.val_shards={world}/val",
+         "synth.auto=false", "synth.out_dir={world}", "data.train_shards={world}/train", "data.val_shards={world}/val",
          "probes.limit=8", "probes.suites.sugarcrepe.annotations={world}/probes/sugarcrepe",
          "probes.suites.sugarcrepe.images={world}/probes/sugarcrepe/images", "probes.suites.aro.root={world}/probes/aro",
          "probes.suites.aro.images={world}/probes/aro/images",

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lit_compclip.metrics import choice_accuracy, choice_correct, group_mean, recall_at_k, winoground_scores
+from lit_compclip.metrics import (choice_accuracy, choice_correct, first_option_wins, group_mean, placement_sets,
+                                  recall_at_k, sugarcrepe_pp_scores, winoground_scores)
 
 
 def coarse(*shape, generator):
@@ -205,3 +206,93 @@ def test_group_mean_matches_loop_reference():
         rows = [bool(c) for c, grp in zip(correct, groups) if grp == name]
         assert math.isclose(out[name], sum(rows) / len(rows), rel_tol=1e-6)
     assert len(out) == len(set(groups))
+
+
+# ---- SugarCrepe++ ------------------------------------------------------------------------------------------------
+
+def test_sugarcrepe_pp_needs_both_positives_and_counts_ties_wrong():
+    image = torch.tensor([  # sim(image, caption), sim(image, caption2), sim(image, negative)
+        [0.9, 0.8, 0.1],  # both win
+        [0.9, 0.1, 0.5],  # only caption wins: wrong
+        [0.1, 0.9, 0.5],  # only caption2 wins: wrong
+        [0.9, 0.5, 0.5],  # caption2 ties the negative: wrong, tied
+        [float("nan"), 0.9, 0.1],  # NaN: wrong, no tie
+    ])
+    text = torch.tensor([  # sim(caption, caption2), sim(caption, negative), sim(caption2, negative)
+        [0.9, 0.1, 0.2],  # right
+        [0.5, 0.6, 0.1],  # caption is nearer the negative: wrong
+        [0.5, 0.1, 0.6],  # caption2 is nearer the negative: wrong
+        [0.5, 0.1, 0.5],  # tie with caption2 ~ negative: wrong, tied
+        [0.5, 0.4, 0.3],  # right
+    ])
+    out = sugarcrepe_pp_scores(image, text)
+    assert out["itt"].tolist() == [True, False, False, False, False]
+    assert out["itt_tied"].tolist() == [False, False, False, True, False]
+    assert out["tot"].tolist() == [True, False, False, False, True]
+    assert out["tot_tied"].tolist() == [False, False, False, True, False]
+
+
+def test_sugarcrepe_pp_matches_the_official_loop():
+    g = torch.Generator().manual_seed(0)
+    image, text = coarse(300, 3, generator=g), coarse(300, 3, generator=g)
+    out = sugarcrepe_pp_scores(image, text)
+    for n in range(300):
+        p1, p2, neg = image[n].tolist()
+        p1p2, p1n, p2n = text[n].tolist()
+        # Sri-Harsha/scpp VLMs/test_*.py: `cos_p1 > cos_neg and cos_p2 > cos_neg`, `cos_p1p2 > cos_p1_neg and ...`
+        assert bool(out["itt"][n]) == (p1 > neg and p2 > neg)
+        assert bool(out["tot"][n]) == (p1p2 > p1n and p1p2 > p2n)
+        assert bool(out["itt_tied"][n]) == (min(p1, p2) == neg)
+        assert bool(out["tot_tied"][n]) == (p1p2 == max(p1n, p2n))
+    assert out["itt_tied"].any() and out["tot_tied"].any()  # the random case does exercise ties
+
+
+def test_sugarcrepe_pp_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match="image scores need shape"):
+        sugarcrepe_pp_scores(torch.zeros(4, 2), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="as many image rows"):
+        sugarcrepe_pp_scores(torch.zeros(4, 3), torch.zeros(5, 3))
+
+
+# ---- What'sUp ----------------------------------------------------------------------------------------------------
+
+def test_first_option_wins_is_numpys_argmax_with_ties_to_the_first():
+    scores = torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.5, 0.1], [0.1, 0.5, 0.5], [float("nan"), 0.1, 0.2]])
+    assert first_option_wins(scores).tolist() == [True, True, False, False]
+    g = torch.Generator().manual_seed(1)
+    s = coarse(300, 4, generator=g)
+    assert first_option_wins(s).tolist() == (s.numpy().argmax(axis=1) == 0).tolist()
+    with pytest.raises(ValueError, match="option scores"):
+        first_option_wins(torch.zeros(3, 1))
+
+
+def test_placement_sets_hand_computed():
+    correct = torch.tensor([True, True, True, False, True, True, True, True, False])
+    objects = ["mug|table"] * 4 + ["cup|chair"] * 4 + ["pen|box"]  # pen|box lacks three placements: left out
+    places = ["left", "right", "on", "under"] * 2 + ["left"]
+    out = placement_sets(correct, objects, places, (("left", "right"), ("on", "under")))
+    assert out == {"pair": 0.75, "set": 0.5, "groups": 2.0}  # mug|table: left-right only; cup|chair: both couples
+
+
+def test_placement_sets_keeps_the_last_verdict_of_a_repeated_placement_and_reports_no_groups_as_nan():
+    opposites = (("left", "right"), ("on", "under"))
+    correct = torch.tensor([False, True, True, True, True])
+    out = placement_sets(correct, ["a|b"] * 5, ["left", "right", "on", "under", "left"], opposites)
+    assert out == {"pair": 1.0, "set": 1.0, "groups": 1.0}
+    none = placement_sets(torch.tensor([True]), ["a|b"], ["left"], opposites)
+    assert none["groups"] == 0 and math.isnan(none["pair"]) and math.isnan(none["set"])
+
+
+def test_placement_sets_matches_the_official_loop():
+    """Reference: amitakamath/whatsup_vlms Controlled_Images.evaluate_scores on complete object pairs."""
+    g = torch.Generator().manual_seed(2)
+    correct = torch.rand(40 * 4, generator=g) > 0.4
+    objects = [f"o{n // 4}" for n in range(160)]
+    places = ["left", "right", "in-front", "behind"] * 40
+    out = placement_sets(correct, objects, places, (("left", "right"), ("in-front", "behind")))
+    table: dict = {}
+    for ok, obj, place in zip(correct.tolist(), objects, places):
+        table.setdefault(obj, {})[place] = ok
+    pair_correct = sum((d["left"] and d["right"]) + (d["in-front"] and d["behind"]) for d in table.values())
+    set_correct = sum(sum(d.values()) == 4 for d in table.values())
+    assert out["pair"] == pytest.approx(pair_correct / (160 / 2)) and out["set"] == pytest.approx(set_correct / 40)

@@ -8,6 +8,7 @@ per-example dump and the failure pages."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 from lit_compclip.registry import build
@@ -15,8 +16,10 @@ from lit_compclip.registry import build
 # name -> "module:class"; a probe is imported only when chosen. Adding one = one file + one line here.
 PROBES = {
     "sugarcrepe": "lit_compclip.probes.sugarcrepe:SugarCrepe",
+    "sugarcrepe_pp": "lit_compclip.probes.sugarcrepe_pp:SugarCrepePP",
     "aro": "lit_compclip.probes.aro:ARO",
     "winoground": "lit_compclip.probes.winoground:Winoground",
+    "whatsup": "lit_compclip.probes.whatsup:WhatsUp",
     "retrieval": "lit_compclip.probes.retrieval:Retrieval",
     "zeroshot": "lit_compclip.probes.zeroshot:ZeroShot",
 }
@@ -31,3 +34,19 @@ def split_suite(name: str, options: Mapping[str, Any]) -> tuple[str, dict[str, A
     """A `probes.suites.<name>` entry -> (probe type, constructor options); the type defaults to the name."""
     options = dict(options)
     return options.pop("type", name), options
+
+
+def run_suite(probes: Mapping[str, Any], encoder, records: dict | None = None, truncation=None) -> dict[str, float]:
+    """Every probe on `encoder` in one pass, each distinct caption and image encoded once across them (see
+    encoders/memo.py): flat `probe/<name>/<metric>` -> value plus each probe's wall time; with `records`, each
+    probe's per-example records under records[<name>]. Shared by training's probe callback and `compclip probe`."""
+    from lit_compclip.encoders.memo import PassMemo
+
+    memo, results = PassMemo(encoder, truncation), {}
+    for name, probe in probes.items():
+        start = time.perf_counter()
+        found = probe.run(memo) if records is None else probe.run(memo, records=records.setdefault(name, {}))
+        for metric, value in found.items():
+            results[f"probe/{name}/{metric}"] = float(value)
+        results[f"probe/{name}/seconds"] = time.perf_counter() - start
+    return results

@@ -136,8 +136,9 @@ def _encode_batches(encode: Callable[[list], Tensor], items: list, batch_size: i
 
 
 def encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int) -> Tensor:
-    """(len(texts), D) embeddings, each distinct string encoded once."""
-    distinct = list(dict.fromkeys(texts))
+    """(len(texts), D) embeddings, each distinct string encoded once, in batches of similar length (a batch pads
+    to its longest caption; padding is masked, so only the cost changes)."""
+    distinct = sorted(dict.fromkeys(texts), key=len)
     with torch.no_grad():
         emb = _encode_batches(encoder.encode_text, distinct, batch_size, "encode_text")
     row = {t: i for i, t in enumerate(distinct)}

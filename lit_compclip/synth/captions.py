@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from lit_compclip.synth.world import COLOURS, INVERSE, SHAPES, SIZES
+from lit_compclip.synth.world import COLOURS, INVERSE, RELATIONS, SHAPES, SIZES
 
 SPLITS = ("train", "eval")
 
@@ -44,6 +44,8 @@ ALT_TEMPLATES = {  # colour and shape words listed apart, in alphabetical order,
 }
 ALT_INCOMPLETE, ALT_WRONG = 0.20, 0.05  # like crawled alt-text: some miss an object or a colour, a few are wrong
 SUGARCREPE_SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+SUGARCREPE_PP_SUBSETS = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")  # Sri-Harsha/scpp's five
+SECOND_OBJECT = "a {size}{shape} in {colour}"  # SugarCrepe++'s second caption names objects this way (eval only)
 
 
 def _check_split(split: str) -> None:
@@ -174,15 +176,21 @@ def _related_pair(scene: dict, rng: random.Random) -> tuple[dict, str, dict]:
 
 def sugarcrepe_pair(scene: dict, subset: str, rng: random.Random) -> tuple[str, str]:
     """(caption, negative_caption) for one SugarCrepe subset; the negative changes exactly what the subset names."""
+    return sugarcrepe_parts(scene, subset, rng)[:2]
+
+
+def sugarcrepe_parts(scene: dict, subset: str, rng: random.Random) -> tuple[str, str, dict]:
+    """sugarcrepe_pair's (caption, negative_caption) and what the caption says: {a, relation, b, phrase, sized}
+    (a is `relation` of b; `phrase` its words, None for 'a A and a B'; `sized`: the caption names sizes)."""
     if subset not in SUGARCREPE_SUBSETS:
         raise ValueError(f"unknown SugarCrepe subset {subset!r}; choose one of {list(SUGARCREPE_SUBSETS)}")
     a, relation, b = _related_pair(scene, rng)
     phrase = relation_words(relation, rng, "eval") if subset == "replace_rel" or rng.random() < 0.5 else None
     absent_colours = [c for c in COLOURS if c not in {o["colour"] for o in scene["objects"]}]
     absent_shapes = [s for s in SHAPES if s not in {o["shape"] for o in scene["objects"]}]
-    pos = pair_caption(noun(a), noun(b), phrase)
+    pos, sized = pair_caption(noun(a), noun(b), phrase), False
     if subset == "swap_att" and a["size"] != b["size"] and rng.random() < 0.5:
-        pos = pair_caption(noun(a, True), noun(b, True), phrase)
+        pos, sized = pair_caption(noun(a, True), noun(b, True), phrase), True
         neg = pair_caption(noun({**a, "size": b["size"]}, True), noun({**b, "size": a["size"]}, True), phrase)
     elif subset == "swap_att":
         neg = pair_caption(noun({**a, "colour": b["colour"]}), noun({**b, "colour": a["colour"]}), phrase)
@@ -203,7 +211,35 @@ def sugarcrepe_pair(scene: dict, subset: str, rng: random.Random) -> tuple[str, 
             neg = pair_caption(noun(a), noun({**b, "size": wrong[b["shape"]]}, True), phrase)
     else:  # add_obj: an object whose colour and shape are both absent
         neg = f"{pos} and a {rng.choice(absent_colours)} {rng.choice(absent_shapes)}"
-    return pos, neg
+    return pos, neg, {"a": a, "relation": relation, "b": b, "phrase": phrase, "sized": sized}
+
+
+def second_caption(parts: dict, rng: random.Random) -> str:
+    """SugarCrepe++'s caption2: what sugarcrepe_parts' caption says, phrased otherwise (held-out words only).
+
+    Stated from the other object's side ('a square in blue on the right of a circle in red') or as a held-out
+    relation sentence ('The blue square appears on the right of the red circle.'); a caption without a relation
+    lists the objects the other way round or joins them with 'together with'. So caption2 shares fewer words with
+    the caption than the negative does (the point of SugarCrepe++) and the same relation words as a replace_rel
+    negative."""
+    a, b, sized = parts["a"], parts["b"], parts["sized"]
+    inverse = relation_words(INVERSE[parts["relation"]], rng, "eval") if parts["phrase"] else None
+    if rng.random() < 0.5:
+        b_np, a_np = (SECOND_OBJECT.format(size=o["size"] + " " if sized else "", shape=o["shape"],
+                                           colour=o["colour"]) for o in (b, a))
+        return f"{b_np} {inverse} {a_np}" if inverse else rng.choice((f"{b_np} and {a_np}",
+                                                                       f"{a_np} together with {b_np}"))
+    the_b, the_a = (f"the {noun(o, sized)}" for o in (b, a))
+    if not inverse:
+        return f"{_capitalise(the_a)} is shown together with {the_b}."
+    return rng.choice(RELATION_SENTENCES["eval"]).format(subject=_capitalise(the_b), relation=inverse, object=the_a)
+
+
+def whatsup_options(a: dict, b: dict, relation: str, rng: random.Random) -> dict[str, str]:
+    """What'sUp's four options for 'a A <relation> a B' (held-out words), relation -> caption: the true one first,
+    then the other three relations in RELATIONS order."""
+    order = [relation] + [r for r in RELATIONS if r != relation]
+    return {r: pair_caption(noun(a), noun(b), relation_words(r, rng, "eval")) for r in order}
 
 
 def aro_relation(scene: dict, rng: random.Random) -> tuple[str, str, str, tuple[dict, dict]]:

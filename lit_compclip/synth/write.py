@@ -10,20 +10,23 @@ import random
 import shutil
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 from lit_compclip.synth import captions as cap
-from lit_compclip.synth.world import (HELD_OUT, MAX_OBJECTS, MEMBERS, TWIN_MEMBERS, encode, render, sample_family,
-                                      shape_twin)
+from lit_compclip.synth.world import (HELD_OUT, INVERSE, MAX_OBJECTS, MEMBERS, RELATIONS, SIZES, TWIN_MEMBERS,
+                                      _sample_layout, encode, render, sample_family, scene_dict, shape_twin, size_scale)
 
-FORMAT_VERSION = 5  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger shapes;
-# 4: the object list names the leftmost (topmost) object again instead of saying where each object is; 5: shape twins,
-# vertical relations trained as above / on top of and below / underneath
+FORMAT_VERSION = 6  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger
+# shapes; 4: the object list names the leftmost (topmost) object again instead of saying where each object is;
+# 5: shape twins, vertical relations trained as above / on top of and below / underneath; 6: SugarCrepe++ and
+# What'sUp probe sets (the shards and the older probe sets byte for byte as in 5)
 FAMILY_SIZE = len(MEMBERS)
 OUTPUTS = ("manifest.json", "train", "val", "probes")  # everything generate() writes (and overwrite removes)
 BOX_PAD = 0.05  # ARO crop boxes: padding around the two objects, as a fraction of the image
+WHATSUP_PLACEMENTS = {"left of": "left_of", "right of": "right_of", "above": "on", "below": "under"}  # file names
+WHATSUP_NOISE = 17  # in What'sUp images' noise seeds (seed, 17, group, placement): apart from the shards' (seed, key)
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ def _dump(path: Path, obj) -> None:
 
 
 def _write_probes(root: Path, evals: list[Sample], args: dict, jpgs: dict[int, bytes] | None = None) -> dict[str, int]:
-    """SugarCrepe, ARO VG-R/VG-A, Winoground and DOCCI files from eval families only; returns examples per file.
+    """SugarCrepe(++), ARO VG-R/VG-A, Winoground, DOCCI and What'sUp files from eval families only; returns examples
+    per file.
     `jpgs`: the eval samples' JPEG bytes by key, already made for the validation shards."""
     size, counts, jpgs = args["image_size"], {}, jpgs or {}
     k = min(args["probe_size"], len(evals))
@@ -158,13 +162,21 @@ def _write_probes(root: Path, evals: list[Sample], args: dict, jpgs: dict[int, b
     folder = root / "sugarcrepe"
     for subset in cap.SUGARCREPE_SUBSETS:
         rng = random.Random(f"{args['seed']}/sugarcrepe/{subset}")
-        data, key = {}, rng.randrange(5)
+        pp_rng = random.Random(f"{args['seed']}/sugarcrepe_pp/{subset}")  # its own stream: SugarCrepe's stays as it was
+        data, pp, key = {}, [], rng.randrange(5)
         for s in rng.sample(evals, k):
-            pos, neg = cap.sugarcrepe_pair(s.scene, subset, rng)
-            data[str(key)] = {"filename": save(folder, f"{s.key:012d}", s), "caption": pos, "negative_caption": neg}
+            pos, neg, parts = cap.sugarcrepe_parts(s.scene, subset, rng)
+            filename = save(folder, f"{s.key:012d}", s)
+            data[str(key)] = {"filename": filename, "caption": pos, "negative_caption": neg}
             key += rng.randint(1, 3)  # official keys skip numbers; readers must not assume 0..n-1
+            if subset in cap.SUGARCREPE_PP_SUBSETS:  # SugarCrepe++ = SugarCrepe's example + a second true caption
+                pp.append({"id": len(pp), "filename": filename, "caption": pos,
+                           "caption2": cap.second_caption(parts, pp_rng), "negative_caption": neg})
         _dump(folder / f"{subset}.json", data)
         counts[f"sugarcrepe/{subset}"] = len(data)
+        if pp:  # images: SugarCrepe's (the real SugarCrepe++ reuses COCO val2017 too)
+            _dump(root / "sugarcrepe_pp" / f"{subset}.json", pp)
+            counts[f"sugarcrepe_pp/{subset}"] = len(pp)
 
     folder = root / "aro"
     for name, make in (("visual_genome_relation", cap.aro_relation), ("visual_genome_attribution", cap.aro_attribution)):
@@ -207,7 +219,50 @@ def _write_probes(root: Path, evals: list[Sample], args: dict, jpgs: dict[int, b
                           "description": record(s, args["seed"])["recaption"]})
     (folder / "docci_descriptions.jsonlines").write_text("".join(json.dumps(line) + "\n" for line in lines))
     counts["docci"] = len(lines)
+    counts.update(_write_whatsup(root / "whatsup", families, args))
     return counts
+
+
+def _placement_scene(objects: list[tuple[str, str, str]], relation: str, rng: random.Random, size: int) -> dict:
+    """Two objects (shape, colour, size) laid out so that the first is `relation` the second."""
+    layout = _sample_layout(rng, 2, SIZES["large"] * size_scale(2))
+    axis = "h" if relation in ("left of", "right of") else "v"
+    layout = replace(layout, axis=axis, order=(0, 1) if relation in ("left of", "above") else (1, 0))
+    scene = scene_dict(objects, layout, size)
+    assert scene["relations"][0]["relation"] == relation
+    return scene
+
+
+def _write_whatsup(folder: Path, families: list[list[Sample]], args: dict) -> dict[str, int]:
+    """What'sUp-style sets (amitakamath/whatsup_vlms's layout): per group, the first two objects of an eval family's
+    base scene photographed in the four placements (object 0 left of / right of / above / below object 1), freshly
+    laid out and rendered from their own seeds. `controlled_images_dataset.json` (Controlled-A's format: four
+    options, the true one first; placements named left_of, right_of, on (above), under (below) in the file names)
+    and `coco_qa_two_obj.json` (COCO-QA two-object's: the true caption and the opposite relation's) hold the same
+    images. Held-out relation words throughout; the official two-object label rule ('left of', 'right of',
+    'above', else 'below') therefore files 'over' under 'below' in its per-preposition breakdown (the accuracies
+    do not use it)."""
+    rng, size = random.Random(f"{args['seed']}/whatsup"), args["image_size"]
+    groups = rng.sample(families, min(len(families), max(1, math.ceil(args["probe_size"] / len(RELATIONS)))))
+    controlled, two = [], []
+    for g, family in enumerate(groups):
+        objects = [(o["shape"], o["colour"], o["size"]) for o in family[0].scene["objects"][:2]]
+        names = [f"{colour}-{shape}-{g}" for shape, colour, _ in objects]  # the group number keeps pairs apart
+        for m, relation in enumerate(RELATIONS):
+            scene = _placement_scene(objects, relation, rng, size)
+            jpg = encode(render(scene, size, (args["seed"], WHATSUP_NOISE, g, m)), "jpg")
+            name = f"{names[0]}_{WHATSUP_PLACEMENTS[relation]}_{names[1]}.jpeg"
+            image_id = len(two)
+            for path in (folder / "controlled_images" / name, folder / "val2017" / f"{image_id:012d}.jpg"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(jpg)
+            options = cap.whatsup_options(*scene["objects"], relation, rng)  # relation -> caption, the true first
+            controlled.append({"image_path": f"data/controlled_images/{name}",
+                               "caption_options": list(options.values())})
+            two.append([image_id, options[relation], options[INVERSE[relation]]])
+    _dump(folder / "controlled_images_dataset.json", controlled)
+    _dump(folder / "coco_qa_two_obj.json", two)
+    return {"whatsup/controlled_a": len(controlled), "whatsup/coco_qa_two": len(two)}
 
 
 def _check_args(args: dict) -> None:

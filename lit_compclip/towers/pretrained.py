@@ -315,9 +315,8 @@ class PretrainedTextTower(nn.Module):
         if self.fully_frozen:
             return torch.stack([found[i].reshape(self.width).to(device, dtype) for i in range(len(keys))])
         out = torch.zeros(*mask.shape, self.width, device=device, dtype=dtype)  # (B, L, width); padding stays zero
-        real = mask.bool()
-        for i in range(len(keys)):
-            out[i, real[i]] = found[i].to(device, dtype)  # at the row's real positions, on either padding side
+        # each row at its real positions, on either padding side (a boolean index walks the rows in order)
+        out[mask.bool()] = torch.cat([found[i] for i in range(len(keys))]).to(device, dtype)
         return out
 
     def frozen_output(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
