@@ -1,6 +1,7 @@
-"""Every bad `compclip train` input, run through the real CLI: exit 2, one line naming the key, no run folder."""
+"""Every bad `compclip train` input, each run as its own process through the CLI: exit 2, one line naming the key, no
+run folder."""
 
-import concurrent.futures
+import json
 import os
 import subprocess
 import sys
@@ -89,18 +90,37 @@ def world(tmp_path_factory):
     return out
 
 
-def run_cli(args: list[str], cwd) -> subprocess.CompletedProcess:
+class Finished:
+    """What one command line left: its exit status and what it wrote to stdout and stderr."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_cli_all(jobs: dict, tmp) -> dict:
+    """Every job (case -> (cwd, train arguments)) as its own process: forked two at a time from one interpreter
+    that imported the libraries once (tests/cli_forks.py), each in its own working directory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HOME": str(cwd / "hf"),  # an empty hub cache: pretrained weights are absent on every machine
-           "HOME": str(cwd),  # no ~/.netrc: no W&B login, whoever runs the suite
+           "HF_HOME": str(tmp / "hf"),  # an empty hub cache: pretrained weights are absent on every machine
            "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "lit_compclip.cli", "train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    listed = [{"cwd": str(cwd), "argv": ["train", *argv], "out": str(cwd / "stdout.txt"),
+               "err": str(cwd / "stderr.txt")} for cwd, argv in jobs.values()]
+    (tmp / "jobs.json").write_text(json.dumps(listed))
+    runner = os.path.join(os.path.dirname(__file__), "cli_forks.py")
+    subprocess.run([sys.executable, runner, str(tmp / "jobs.json"), str(tmp / "codes.json"), "2"], env=env,
+                   check=True, timeout=900)
+    codes = json.loads((tmp / "codes.json").read_text())
+    done = {}
+    for (case, (cwd, _)), code, job in zip(jobs.items(), codes, listed):
+        done[case] = (cwd, Finished(code, open(job["out"]).read(), open(job["err"]).read()))
+        os.remove(job["out"])
+        os.remove(job["err"])
+    return done
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, decoder, world):
-    """Every case run once, four at a time, each in its own empty working directory (runs/ and data/ go there)."""
+    """Every case run once, each in its own empty working directory (runs/ and data/ go there)."""
     jobs = {}
     for case, (args, _, world_use) in CASES.items():
         cwd = tmp_path_factory.mktemp(case)
@@ -112,9 +132,7 @@ def results(tmp_path_factory, decoder, world):
         files = [a.format(**fill) for a in args if a.endswith(".yaml")]  # experiment files lead
         rest = [a.format(**fill) for a in args if not a.endswith(".yaml")]
         jobs[case] = (cwd, files + TINY + extra + rest)
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = {case: pool.submit(run_cli, argv, cwd) for case, (cwd, argv) in jobs.items()}
-        return {case: (jobs[case][0], future.result()) for case, future in futures.items()}
+    return run_cli_all(jobs, tmp_path_factory.mktemp("runner"))
 
 
 def test_the_table_holds_every_input_the_issue_names():

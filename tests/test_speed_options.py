@@ -186,6 +186,7 @@ def encode_both(model):
     return torch.cat([model.encode_image(images), model.encode_text(CAPTIONS)])  # (8, D)
 
 
+@pytest.mark.slow  # ~30 s of compiling on 2 cores; `make test-all` runs it
 def test_compiled_towers_match_eager_forward_and_backward(monkeypatch):
     # aot_eager traces both towers with dynamo and AOTAutograd as inductor does, minus the C++ code generation
     # (~50 s for a tiny ViT on this CPU; the slow test below runs inductor itself).
