@@ -81,7 +81,7 @@ class ARO:
     `limit` keeps the first records of VG files and the first images of Karpathy files."""
 
     def __init__(self, root: str | None = None, images: str | None = None, subsets: Sequence[str] | None = None,
-                 batch_size: int = 64, limit: int | None = None, min_cases: int = 0,
+                 batch_size: int = 256, limit: int | None = None, min_cases: int = 0,
                  exclude_relations: Sequence[str] | None = None, official_macro: bool = False,
                  coco_order: str | None = None, coco_images: str | None = None, flickr_order: str | None = None,
                  flickr_images: str | None = None, order_seed: int = 0, coco_order_negatives: str | None = None,

@@ -82,7 +82,7 @@ class Retrieval:
     fine-grained IIW). Records naming the same image file are merged into one image with all their captions."""
 
     def __init__(self, annotations: str, images: str, format: str, split: str | None = None,
-                 text_rule: str | None = None, sentence_level: bool = False, batch_size: int = 64,
+                 text_rule: str | None = None, sentence_level: bool = False, batch_size: int = 256,
                  limit: int | None = None):
         check_common("retrieval", batch_size, limit)
         if format not in FORMATS:

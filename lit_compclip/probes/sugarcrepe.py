@@ -17,7 +17,7 @@ class SugarCrepe:
     """Per-subset accuracy, their `mean`, exact `ties` (counted wrong) and `n` examples scored."""
 
     def __init__(self, annotations: str, images: str, subsets: Sequence[str] | None = None,
-                 batch_size: int = 64, limit: int | None = None):
+                 batch_size: int = 256, limit: int | None = None):
         check_common("sugarcrepe", batch_size, limit)
         self.batch_size = batch_size
         root = check_path(annotations, "annotations", "sugarcrepe", is_dir=True)

@@ -32,7 +32,7 @@ class SugarCrepePP:
     `limit` keeps each file's first records."""
 
     def __init__(self, annotations: str, images: str, subsets: Sequence[str] | None = None,
-                 batch_size: int = 64, limit: int | None = None):
+                 batch_size: int = 256, limit: int | None = None):
         check_common("sugarcrepe_pp", batch_size, limit)
         self.batch_size = batch_size
         root = check_path(annotations, "annotations", "sugarcrepe_pp", is_dir=True)

@@ -63,7 +63,7 @@ class WhatsUp:
     QA_TWO_LABELS phrase for two-object QA) go into the records. An image file whose bytes another one repeats is
     encoded once. `limit` keeps each file's first records."""
 
-    def __init__(self, root: str, subsets: Sequence[str] | None = None, batch_size: int = 64,
+    def __init__(self, root: str, subsets: Sequence[str] | None = None, batch_size: int = 256,
                  limit: int | None = None, coco_images: str | None = None, vg_images: str | None = None):
         check_common("whatsup", batch_size, limit)
         self.batch_size = batch_size

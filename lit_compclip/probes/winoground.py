@@ -15,7 +15,7 @@ class Winoground:
     `ties` counts examples where any comparison the scores use is an exact tie (the strict rule counts it wrong).
     Images are `<images>/<image_0>.png`, as in the official release."""
 
-    def __init__(self, examples: str, images: str, batch_size: int = 64, limit: int | None = None):
+    def __init__(self, examples: str, images: str, batch_size: int = 256, limit: int | None = None):
         check_common("winoground", batch_size, limit)
         self.batch_size = batch_size
         path = check_path(examples, "examples", "winoground")

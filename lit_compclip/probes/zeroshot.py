@@ -38,7 +38,7 @@ class ZeroShot:
     >= its true class, so a tie with the true class for first place counts wrong (and in `ties`). Classes are
     the sorted non-hidden subfolders of `images`; their images are found recursively, hidden entries skipped."""
 
-    def __init__(self, images: str, classnames: str, templates: str | None = None, batch_size: int = 64,
+    def __init__(self, images: str, classnames: str, templates: str | None = None, batch_size: int = 256,
                  limit: int | None = None):
         check_common("zeroshot", batch_size, limit)
         self.batch_size = batch_size
