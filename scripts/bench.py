@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -285,11 +286,23 @@ def run(args) -> dict:
     split["other (loop, logging)"] = step_s - sum(v for k, v in split.items() if k != "data")
 
     print("[bench] 5. probe overhead", flush=True)
-    probes = bench.timed("probes", bench.probe_seconds, cfg, shipped_model)
+    # the shipped model as a run has it: the text cache on, in a fresh folder (a run's first pass fills it)
+    from omegaconf import OmegaConf
+
+    probe_cache = tempfile.mkdtemp(prefix="bench_probe_cache_")
+    try:
+        probe_cfg = OmegaConf.merge(cfg, {"model": {"text": {"cache_dir": probe_cache}}})
+        probe_model = bench.build_model(probe_cfg, 1)
+        probe_model.load_state_dict(shipped_model.state_dict())
+        probes = bench.timed("probes", bench.probe_seconds, probe_cfg, probe_model)
+    finally:
+        shutil.rmtree(probe_cache, ignore_errors=True)
     per_epoch = bench.steps_per_epoch(cfg)  # from the configured data and batch size
     no_cache_step = raw["arms"]["ours_shipped_no_cache"]["step_s"]
-    # the loader runs beside the model, so an epoch lasts as long as the slower of the two
-    epoch_s = per_epoch * max(no_cache_step, split["data"])
+    # the loader runs beside the model, so an epoch lasts as long as the slower of the two; a fresh clone's default
+    # run fills its text cache in epoch 1 (steps of the no-cache arm) and reads it in epoch 2 (the cached arm's)
+    cached_step = raw["arms"]["ours_shipped"]["step_s"]
+    epoch_s = per_epoch * max((no_cache_step + cached_step) / 2, split["data"])
     shipped_rate = cfg.data.batch_size / raw["arms"]["ours_shipped"]["step_s"]
 
     spreads = {**main, **large}
@@ -305,7 +318,8 @@ def run(args) -> dict:
                 "flops": {"per_step": flops["total"], "image_per_step": flops["image"], "text_per_step": flops["text"],
                           "achieved_per_s": achieved, "matmul_peak_per_s": peak},
                 "data": {**data, "ours_shipped_samples_per_s": shipped_rate},
-                "probes": {**probes, "steps_per_epoch": per_epoch, "step_s": no_cache_step, "epoch_s": epoch_s}})
+                "probes": {**probes, "steps_per_epoch": per_epoch, "step_s": (no_cache_step + cached_step) / 2,
+                   "epoch_s": epoch_s}})
     out["raw"] = raw
     out["wall_s"] = time.perf_counter() - began
     return out
