@@ -1,8 +1,10 @@
-"""Comparisons for the suite's equality claims: per tensor and scaled to its norm, never per element near zero."""
+"""Comparisons for the suite's equality claims (per tensor and scaled to its norm, never per element near zero),
+and the small file and error helpers the probe tests share."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 
 import torch
 
@@ -49,3 +51,22 @@ def default_dtype(dtype: torch.dtype):
         yield
     finally:
         torch.set_default_dtype(before)
+
+
+def write_json(path, data) -> None:
+    """A probe's annotation file in the test's tmp folder (its parents made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def write_jsonl(path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def one_line_error(excinfo, *parts) -> None:
+    """A pytest.raises result whose message is one line holding every one of `parts`."""
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    for part in parts:
+        assert part in message, message

@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import one_line_error, write_json
+
 from lit_compclip.probes.aro import ARO, OFFICIAL_EXCLUDED_RELATIONS, OFFICIAL_MIN_PAIR_CASES
 from lit_compclip.probes.order import (KINDS, PERTURB, frozen_path, normalize, perturbations, tag, tokenize,
                                        trigrams)
@@ -28,18 +30,6 @@ class Rigged:
         self.texts_seen += texts
         return torch.tensor([UNIT["e1"] if t in self.good else UNIT["e2"] if t in self.bad else UNIT["mid"]
                              for t in texts])
-
-
-def write_json(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-
-
-def one_line_error(excinfo, *parts):
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for part in parts:
-        assert part in message, message
 
 
 def vg_case(right, **group):

@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import one_line_error
+
 from lit_compclip.probes import PROBES, build_probe
 from lit_compclip.probes.zeroshot import TEMPLATES, ZeroShot, class_embeddings
 
@@ -69,13 +71,6 @@ def world(tmp_path):
 
 def probe(world, **options):
     return ZeroShot(str(world / "img"), str(world / "names.txt"), str(world / "templates.txt"), **options)
-
-
-def one_line_error(excinfo, *parts):
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for part in parts:
-        assert part in message, message
 
 
 def test_zeroshot_scores_top1_strictly_counting_the_tie_wrong(world):

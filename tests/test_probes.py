@@ -6,6 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import one_line_error, write_json, write_jsonl
+
 from lit_compclip.probes import PROBES, build_probe
 from lit_compclip.probes.aro import ARO
 from lit_compclip.probes.retrieval import Retrieval
@@ -45,23 +47,6 @@ class Rigged:
 def solid(path, colour, size=(8, 8), mode="RGB"):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).convert(mode).save(path)
-
-
-def write_json(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-
-
-def write_jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def one_line_error(excinfo, *parts):
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for part in parts:
-        assert part in message, message
 
 
 # ---- SugarCrepe --------------------------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """Long-caption retrieval formats (IIW, DCI, Urban1k, ShareGPT4V) score tiny copies in each release's own layout
 exactly as a rigged encoder's known answers dictate, record truncation, and fail in one line on broken files."""
 
-import json
-
 import pytest
 import torch
 from PIL import Image
+
+from helpers import one_line_error, write_json, write_jsonl
 
 from lit_compclip.probes import build_probe
 from lit_compclip.probes.retrieval import Retrieval, apply_text_rule, sentence_pieces, truncation_flags
@@ -46,23 +46,6 @@ class Rigged:
 def picture(path, colour):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), colour).save(path)  # format from the suffix: .jpg files are real JPEGs
-
-
-def write_json(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-
-
-def write_jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def one_line_error(excinfo, *parts):
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for part in parts:
-        assert part in message, message
 
 
 # The same three-image outcome in every layout: red and blue texts right, the green text points at the red image
