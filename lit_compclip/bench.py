@@ -3,6 +3,7 @@ the probes, and the A B B A rounds its ratios come from; every figure is taken i
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import warnings
@@ -441,3 +442,30 @@ def time_interleaved(steps_by_arm: dict, items_by_arm: dict[str, list], steps: i
             steps_by_arm[name](items[k % len(items)])
             out[name].append(time.perf_counter() - began)
     return out
+
+
+@contextlib.contextmanager
+def quiet():
+    """Each of a benchmark's many runs would print Lightning's banner and the Hugging Face load report: warnings
+    only while the benchmark runs (restored after: tests call the scripts' main in their own process)."""
+    import logging
+
+    import lightning.pytorch  # noqa: F401  (importing it sets its loggers' levels: first, so that ours hold)
+    from transformers.utils import logging as hf_logging
+
+    # Lightning's rank-zero messages go through whichever of these two loggers was imported last
+    lightning = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [x.level for x in lightning]
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    for x in lightning:
+        x.setLevel(logging.WARNING)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for x, level in zip(lightning, levels):
+            x.setLevel(level)
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()

@@ -12,7 +12,6 @@ docs/BENCHMARKS.md says what each arm and row is.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -392,36 +391,11 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def quiet():
-    """Each of the ~50 runs would print Lightning's banner and the Hugging Face load report: warnings only, while
-    the benchmark runs (restored after: tests call main in their own process)."""
-    import logging
-
-    import lightning.pytorch  # noqa: F401  (importing it sets its loggers' levels: first, so that ours hold)
-    from transformers.utils import logging as hf_logging
-
-    # Lightning's rank-zero messages go through whichever of these two loggers was imported last
-    lightning = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [x.level for x in lightning]
-    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    for x in lightning:
-        x.setLevel(logging.WARNING)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for x, level in zip(lightning, levels):
-            x.setLevel(level)
-        hf_logging.set_verbosity(verbosity)
-        if bar:
-            hf_logging.enable_progress_bar()
-
-
 def main(argv=None) -> int:
+    from lit_compclip import bench
+
     args = parse(argv)
-    with quiet():
+    with bench.quiet():
         result = run(args)
     print(table(result), flush=True)
     with open(args.out, "w") as f:

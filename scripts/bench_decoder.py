@@ -265,20 +265,11 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def quiet():
-    """scripts/bench.py's `quiet`: Lightning's banners and the Hugging Face load reports silenced while it runs."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_script", os.path.join(os.path.dirname(
-        os.path.abspath(__file__)), "bench.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.quiet()
-
-
 def main(argv=None) -> int:
+    from lit_compclip import bench
+
     args = parse(argv)
-    with quiet():
+    with bench.quiet():
         result = run(args)
     print(table(result), flush=True)
     with open(args.out, "w") as f:
