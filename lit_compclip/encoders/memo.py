@@ -12,6 +12,8 @@ import hashlib
 
 import torch
 
+from lit_compclip.probes.base import truncation_flags
+
 
 def image_key(image) -> tuple:
     """A PIL image's identity by content: the same file read twice, or two files with equal pixels, share it."""
@@ -27,11 +29,7 @@ class TruncationCounts:
     def count(self, count_truncated, texts: list[str]) -> int:
         missing = [t for t in dict.fromkeys(texts) if t not in self.flags]
         if missing:
-            n = int(count_truncated(missing))
-            if n in (0, len(missing)):
-                self.flags.update((t, n > 0) for t in missing)
-            else:
-                self.flags.update((t, int(count_truncated([t])) > 0) for t in missing)
+            self.flags.update(zip(missing, truncation_flags(count_truncated, missing, len(missing))))
         return sum(self.flags[t] for t in texts)
 
 

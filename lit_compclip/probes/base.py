@@ -170,3 +170,14 @@ def choice_record(key: str, ref: ImageRef, captions: Sequence[str], scores: Sequ
         record["box"] = list(ref.box)
     record.update(captions=list(captions), scores=[float(s) for s in scores], correct=bool(correct), **extra)
     return record
+
+
+def truncation_flags(count_truncated, texts: list[str], batch_size: int) -> list[bool]:
+    """Whether each text is cut, from one count per batch; only a batch with some but not all cut is counted again
+    text by text, so a probe whose captions all fit (or are all cut) costs what the plain count did."""
+    flags = []
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        n = int(count_truncated(batch))
+        flags += [n > 0] * len(batch) if n in (0, len(batch)) else [int(count_truncated([t])) > 0 for t in batch]
+    return flags

@@ -12,7 +12,7 @@ import torch
 
 from lit_compclip.metrics import recall_at_k
 from lit_compclip.probes.base import (Encoder, ImageRef, check_common, check_images_exist, check_path, encode_images,
-                                      encode_texts, field, natural_key, read_json, read_jsonl)
+                                      encode_texts, field, natural_key, read_json, read_jsonl, truncation_flags)
 from lit_compclip.registry import suggest
 
 FORMATS = ("docci", "iiw", "dci", "urban1k", "sharegpt4v", "karpathy", "jsonl")
@@ -46,17 +46,6 @@ def apply_text_rule(text: str, rule: str) -> str:
     if rule == "sentences":
         return ". ".join(sentence_pieces(text))
     return text.replace("\n", " ") if rule == "newlines" else text
-
-
-def truncation_flags(count_truncated, texts: list[str], batch_size: int) -> list[bool]:
-    """Whether each text is cut, from one count per batch; only a batch with some but not all cut is counted again
-    text by text, so a probe whose captions all fit (or are all cut) costs what the plain count did."""
-    flags = []
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start:start + batch_size]
-        n = int(count_truncated(batch))
-        flags += [n > 0] * len(batch) if n in (0, len(batch)) else [int(count_truncated([t])) > 0 for t in batch]
-    return flags
 
 
 class Retrieval:
