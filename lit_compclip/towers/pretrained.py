@@ -91,7 +91,7 @@ class PretrainedTextTower(nn.Module):
         check_options(cache_budget_gb, cache_dtype)  # here: the cache itself opens at first use
         self._stack, self.first_trained = (layers,), len(layers) - unfreeze_layers  # a tuple: no second registration
         self.causal = is_causal_model(layers)
-        self.lm.requires_grad_(False)
+        self.pipeline.requires_grad_(False)
         self.trainable = list(layers[self.first_trained:])  # a plain list: no second registration
         for layer in self.trainable:
             layer.requires_grad_(True)
@@ -125,10 +125,16 @@ class PretrainedTextTower(nn.Module):
     def train(self, mode: bool = True):
         # Frozen layers stay in eval mode (no dropout), so their output for a caption never changes.
         super().train(mode)
-        self.lm.eval()
+        self.pipeline.eval()
         for layer in self.trainable:
             layer.train(mode)
         return self
+
+    @property
+    def pipeline(self) -> nn.Module:
+        """Every pretrained part (the model; a sentence-transformers pipeline's pooling and heads too): frozen and
+        in eval mode but for the trained blocks."""
+        return self.lm
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -143,7 +149,7 @@ class PretrainedTextTower(nn.Module):
         depends on."""
         after = {id(p) for layer in self.trainable for p in layer.parameters()}
         if self.fully_frozen:
-            return list(self.lm.parameters())
+            return list(self.pipeline.parameters())
         before = []
         for name, p in self.lm.named_parameters():
             if id(p) in after:

@@ -49,7 +49,6 @@ class SentenceTransformerTower(PretrainedTextTower):
                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give a local folder, a model "
                              f"in the Hugging Face cache or the bundled 'all-MiniLM-L6-v2'") from None
         self.st.max_seq_length = max_seq_len
-        self.st.requires_grad_(False)  # the whole pipeline (a Dense head too); _setup unfreezes the trained blocks
         self._setup(embed_dim, self.st.get_embedding_dimension(), model, unfreeze_layers, bidirectional, cache_dir,
                     cache_budget_gb, cache_dtype, grad_checkpointing, frozen_dtype, max_seq_len)
 
@@ -57,15 +56,9 @@ class SentenceTransformerTower(PretrainedTextTower):
     def lm(self):  # the transformers model inside the sentence-transformers pipeline
         return self.st[0].auto_model
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.st.eval()  # the pipeline's other modules too (a Dense head's dropout)
-        for layer in self.trainable:
-            layer.train(mode)
-        return self
-
-    def frozen_parameters(self):
-        return list(self.st.parameters()) if self.fully_frozen else super().frozen_parameters()
+    @property
+    def pipeline(self):  # the pooling and any Dense head too
+        return self.st
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         features = self.st.preprocess(texts)
