@@ -7,7 +7,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -79,18 +79,11 @@ def suites_for(cfg: DictConfig, named: dict[str, dict]) -> dict[str, dict]:
     return {name: {**configured.get(name, {}), **options} for name, options in named.items()}
 
 
-def score(probes: Mapping[str, Any], encoder, records: dict | None = None) -> dict[str, float]:
-    """Every probe on `encoder`, as training's probe callback runs them (lit_compclip.probes.run_suite)."""
-    from lit_compclip.probes import run_suite
-
-    return run_suite(probes, encoder, records)
-
-
 def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     """Run `compclip probe`; returns {"probes": metrics, "out": folder, "dump": folder or None, "seconds",
     "encoder": what was used, "clip_benchmark": the result files written}."""
     from lit_compclip.encoders import build_encoder, check_encoder
-    from lit_compclip.probes import split_suite
+    from lit_compclip.probes import run_suite, split_suite
     from lit_compclip.probes.export import clip_benchmark_results, write_clip_benchmark
     from lit_compclip.synth import ensure_synth
 
@@ -122,7 +115,7 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
         raise ConfigError(str(e)) from None
     encoder = build_encoder(spec, parsed["device"])  # after the probes: a bad probe option costs no model load
     records: dict = {}
-    metrics = score(probes, encoder, records)
+    metrics = run_suite(probes, encoder, records)  # as training's probe callback runs them
     if parsed["ckpt"]:
         ckpt = os.path.abspath(parsed["ckpt"])
         stem = os.path.splitext(os.path.basename(ckpt))[0]
