@@ -4,6 +4,9 @@ import io
 import json
 import os
 import random
+import shutil
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -255,3 +258,83 @@ def test_progress_bar_and_plain_lines_both_report_rates(world, tmp_path, capsys,
     rc, _, _ = recaption(world / "train", tmp_path / "lines", "--backend", "scene", "--progress", "lines",
                          capsys=capsys)
     assert rc == 0 and "3/3 shards" in caplog.text and "samples/s, ETA" in caplog.text
+
+
+class UnbuiltBackend:
+    """Fails the test if built: errors in the command line must stop the run before any backend loads a model."""
+
+    def __init__(self):
+        raise AssertionError("the backend was built before a command-line error was reported")
+
+
+def shard_paths(world):
+    return sorted(str(world / "train" / n) for n in os.listdir(world / "train"))
+
+
+def test_several_inputs_give_the_bytes_of_the_joined_form(world, tmp_path, capsys):
+    shards = shard_paths(world)
+    assert len(shards) == 3  # what `world/train/*.tar` expands to
+    common = ["--backend", "scene", "--seed", "3", "--provenance-time", TIME]
+    rc, out, _ = recaption(*shards, tmp_path / "separate", *common, capsys=capsys)
+    assert rc == 0 and "24 samples, 24 recaptioned" in out and "3 done" in out
+    rc, _, _ = recaption("::".join(shards), tmp_path / "joined", *common, capsys=capsys)
+    assert rc == 0
+    rc, _, _ = recaption(shards[0], "--backend", "scene", shards[1], "::".join(shards[2:]), tmp_path / "mixed",
+                         *common[2:], capsys=capsys)  # options between the paths, forms mixed
+    assert rc == 0
+    joined = tree_bytes(tmp_path / "joined")
+    assert tree_bytes(tmp_path / "separate") == joined == tree_bytes(tmp_path / "mixed")
+    assert sorted(joined) == [os.path.basename(s) for s in shards]
+
+
+def test_a_shell_glob_is_read_as_several_inputs(world, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(world / "train", src)
+    line = f"{sys.executable} -m lit_compclip.cli recaption {src}/*.tar {tmp_path}/out --backend scene --progress lines"
+    done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "24 samples, 24 recaptioned" in done.stdout, done.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(os.listdir(src))
+    forgot = subprocess.run(["bash", "-c", line.replace(f" {tmp_path}/out", "")], capture_output=True, text=True,
+                            timeout=120)  # the glob's last shard would be taken for OUTPUT_DIR
+    assert forgot.returncode == 2 and forgot.stderr.count("\n") == 1 and "is an existing .tar file" in forgot.stderr
+
+
+def test_a_shard_given_twice_is_recaptioned_once_with_a_warning(world, tmp_path, capsys, caplog):
+    shards = shard_paths(world)
+    common = ["--backend", "scene", "--provenance-time", TIME]
+    rc, _, _ = recaption(world / "train", tmp_path / "once", *common, capsys=capsys)
+    assert rc == 0
+    rc, out, _ = recaption(world / "train", shards[1], f"{shards[0]}::{shards[2]}", tmp_path / "twice", *common,
+                           capsys=capsys)  # overlapping globs
+    assert rc == 0 and "3 done" in out and "3 input shard(s) given more than once" in caplog.text
+    assert tree_bytes(tmp_path / "twice") == tree_bytes(tmp_path / "once")
+
+
+def test_output_inside_an_input_folder_is_allowed_and_resumes(world, tmp_path, capsys):
+    src = tmp_path / "in"
+    shutil.copytree(world / "train", src)
+    rc, _, _ = recaption(src, src / "recap", "--backend", "scene", capsys=capsys)
+    assert rc == 0 and len(os.listdir(src / "recap")) == 3
+    rc, out, _ = recaption(*sorted(src.glob("*.tar")), src / "recap", "--backend", "scene", capsys=capsys)
+    assert rc == 0 and "3 already finished" in out  # the folder spec reads src/*.tar only, not src/recap
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{s0}", "--backend", "unbuilt"], "OUTPUT_DIR is missing: give the output folder after the input shards"),
+    (["{s0}", "{s1}", "--backend", "unbuilt"], "OUTPUT_DIR '{s1}' is an existing .tar file, not a folder"),
+    (["{s0}", "{tmp}/new.tar", "--backend", "unbuilt"], "is a name ending in .tar, not a folder"),
+    (["{s0}", "{tmp}/notes.txt", "--backend", "unbuilt"], "OUTPUT_DIR '{tmp}/notes.txt' is a file, not a folder"),
+    (["{s0}", "{s1}", "{train}", "--backend", "unbuilt"], "holds input shards"),
+    (["{s0}", "{tmp}/nope.tar", "{tmp}/out", "--backend", "unbuilt"], "nope.tar' matches no file"),
+    (["{s0}", "{tmp}/other", "{tmp}/out", "--backend", "unbuilt"], "share the file name 'shard-000000.tar'"),
+    (["{s0}", "{tmp}/out", "--backend", "scene", "--num-shards", "0"], "need 0 <= --shard-index"),
+])
+def test_bad_several_input_command_lines_fail_with_one_line(world, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setitem(BACKENDS, "unbuilt", f"{__name__}:UnbuiltBackend")
+    (tmp_path / "notes.txt").write_text("not a folder")
+    (tmp_path / "other").mkdir()
+    shutil.copy(world / "train" / "shard-000000.tar", tmp_path / "other")  # another file with the same name
+    names = {"s0": shard_paths(world)[0], "s1": shard_paths(world)[1], "train": world / "train", "tmp": tmp_path}
+    rc, _, err = recaption(*[a.format(**names) for a in args], capsys=capsys)
+    assert rc == 2 and message.format(**names) in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -1,4 +1,4 @@
-"""`compclip recaption INPUT_SHARDS OUTPUT_DIR --backend NAME [options]`: argument parsing, the run, its summary."""
+"""`compclip recaption INPUT_SHARDS... OUTPUT_DIR --backend NAME [options]`: argument parsing, the run, its summary."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import datetime
 import inspect
 import logging
+import os
 import sys
+from collections import Counter
 
 from lit_compclip.recaption import BACKENDS, build_backend
 from lit_compclip.recaption.pipeline import Job, input_shards, run, worker_shards
@@ -31,17 +33,27 @@ BACKEND_OPTIONS = (
 )
 PROVENANCE_OPTIONS = ("max_tokens", "temperature", "top_p", "seed", "dtype")  # what shapes the text
 DEFAULT_CHUNK = 16  # requests per backend call when the backend states no batch size or concurrency
+USAGE = "compclip recaption INPUT_SHARDS [INPUT_SHARDS ...] OUTPUT_DIR --backend NAME [options]"
+EXAMPLES = """examples:
+  compclip recaption data/web data/recap --backend scene              every *.tar in data/web
+  compclip recaption data/web/*.tar data/recap --backend scene        what a shell glob gives: several inputs
+  compclip recaption 'data/web/{00000..00099}.tar' data/recap ...     a brace pattern (quoted: expanded here)
+  compclip recaption a/00000.tar::b/00001.tar data/recap ...          paths joined with '::'"""
+
+log = logging.getLogger(__name__)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="compclip recaption",
-        description="Write a copy of img2dataset/WebDataset shards whose KEY.json carries a new `recaption` "
-                    "(and `recaption_provenance`); every original file is kept byte for byte. Rerun the same "
+        prog="compclip recaption", usage=USAGE, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a copy of img2dataset/WebDataset shards whose KEY.json carries a new `recaption`\n"
+                    "(and `recaption_provenance`); every original file is kept byte for byte. Rerun the same\n"
                     "command to resume: finished shards are skipped, a partial one is redone.")
-    p.add_argument("input_shards", metavar="INPUT_SHARDS",
-                   help="a folder of .tar shards, a brace pattern (data/{00000..00099}.tar) or paths joined by '::'")
-    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for the output shards (same file names)")
+    # one list, split in main(): argparse would hand every path to a greedy INPUT_SHARDS and leave OUTPUT_DIR empty
+    p.add_argument("paths", nargs="+", metavar="INPUT_SHARDS ... OUTPUT_DIR",
+                   help="INPUT_SHARDS: one or more of a .tar shard, a folder of .tar shards, a brace pattern "
+                        "(data/{00000..00099}.tar) or paths joined by '::'; a shard given twice is read once. "
+                        "OUTPUT_DIR, always the last: the folder for the output shards (same file names)")
     p.add_argument("--backend", required=True, help=f"one of {sorted(BACKENDS)}")
     p.add_argument("--fields", default=",".join(DEFAULT_FIELDS),
                    help="comma-separated prompt fields: txt = KEY.txt (fills {alt_text}), other names = KEY.json "
@@ -63,9 +75,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
                    help="tqdm bar or one log line per shard (default: bar on a terminal)")
     return p
-
-
-USAGE = parser().format_usage().strip()
 
 
 def backend_options(args: argparse.Namespace, name: str) -> dict:
@@ -103,6 +112,43 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--retries must be >= 0, got {args.retries}")
 
 
+def gather_inputs(specs: list[str]) -> list[str]:
+    """Local shard paths of every INPUT_SHARDS spec (each '::' part expanded by pipeline.input_shards), in order."""
+    paths, seen, repeats = [], set(), []
+    for spec in specs:
+        for part in spec.split("::"):
+            for path in input_shards(part):
+                real = os.path.realpath(path)
+                if real in seen:
+                    repeats.append(path)
+                    continue
+                seen.add(real)
+                paths.append(path)
+    # Overlapping globs (data/0*.tar data/*.tar) name a shard twice; like `cp a a dir/`, warn and take it once:
+    # its output file is named after it, so a second pass could only rewrite the same file.
+    if repeats:
+        log.warning("%d input shard(s) given more than once, recaptioned once: e.g. %s", len(repeats), repeats[0])
+    names = Counter(os.path.basename(p) for p in paths)
+    twice = [n for n, c in names.items() if c > 1]
+    if twice:  # as pipeline.input_shards says for one spec
+        raise ValueError(f"input shards share the file name {twice[0]!r}; output shards keep input names, so each "
+                         f"name must be unique")
+    return paths
+
+
+def check_output(out_dir: str, shards: list[str]) -> None:
+    """Refuse an OUTPUT_DIR that is a file or an input folder before any backend is built."""
+    if out_dir.endswith(".tar") and not os.path.isdir(out_dir):  # a glob swallowed OUTPUT_DIR, or a typo
+        what = "an existing .tar file" if os.path.exists(out_dir) else "a name ending in .tar"
+        raise ValueError(f"OUTPUT_DIR {out_dir!r} is {what}, not a folder; give the output folder as the last "
+                         f"argument, after the input shards")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"OUTPUT_DIR {out_dir!r} is a file, not a folder")
+    out_real = os.path.realpath(out_dir)
+    if any(os.path.dirname(os.path.realpath(s)) == out_real for s in shards):  # run() says it too, after the build
+        raise ValueError(f"output folder {out_dir!r} holds input shards; write the recaptioned shards elsewhere")
+
+
 def format_summary(summary: dict) -> str:
     s = summary
     lines = [f"recaption: {s['samples']} samples, {s['recaptioned']} recaptioned, {s['failed']} failed "
@@ -130,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     2 for a usage error, 130 when interrupted (rerun to resume)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser().parse_args(argv)
+        args = parser().parse_intermixed_args(argv)  # options may sit between the paths
     except SystemExit as exn:  # argparse printed the usage and the error (or --help)
         return int(exn.code or 0)
     _setup_logging()
@@ -141,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--fields is empty; give e.g. txt,title")
         template = load_template(args.prompt, fields)
         options = backend_options(args, args.backend)
-        shards = worker_shards(input_shards(args.input_shards), args.shard_index, args.num_shards)
+        if len(args.paths) < 2:
+            raise ValueError(f"OUTPUT_DIR is missing: give the output folder after the input shards ({USAGE})")
+        *inputs, out_dir = args.paths
+        every = gather_inputs(inputs)
+        check_output(out_dir, every)
+        shards = worker_shards(every, args.shard_index, args.num_shards)
         backend = build_backend(args.backend, options)
     except (ValueError, FileNotFoundError, ImportError) as exn:
         print(f"compclip recaption: error: {exn}", file=sys.stderr)
@@ -154,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     job = Job(backend, fields, template, provenance, chunk)
     progress = None if args.progress == "auto" else args.progress == "bar"
     try:
-        stats = run(shards, args.output_dir, job, overwrite=args.overwrite, progress=progress)
+        stats = run(shards, out_dir, job, overwrite=args.overwrite, progress=progress)
     except ValueError as exn:
         print(f"compclip recaption: error: {exn}", file=sys.stderr)
         return 2
