@@ -93,29 +93,28 @@ def _short(metric: str) -> str:
 
 
 def bar_chart(table: dict[str, dict[str, tuple]], path: Path, metrics=(COMPOSITE,) + ORDER_METRICS) -> Path | None:
-    """Grouped bars: one group per metric, one bar per cell (paper's order first), std over seeds as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """ablation.png: a panel per benchmark (the composite first), a bar per cell (paper's order first) with its mean
+    printed and the std over seeds as error bar, chance dashed (plots.bar_panels)."""
+    from lit_compclip.plots import bar_panels, by_suite, chance
 
     groups = [c for c in PAPER_ORDER if c in table] + sorted(g for g in table if g not in PAPER_ORDER)
     metrics = [m for m in metrics if all(m in table[g] for g in groups)]
     if not groups or not metrics:
         return None
-    width = 0.8 / len(groups)
-    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(metrics)), 4.2))
-    for k, group in enumerate(groups):
-        xs = [i + (k - (len(groups) - 1) / 2) * width for i in range(len(metrics))]
-        ax.bar(xs, [100 * table[group][m][0] for m in metrics], width, yerr=[100 * table[group][m][1] for m in metrics],
-               capsize=2, label=group)
-    ax.set_xticks(range(len(metrics)), [_short(m) for m in metrics], rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel("% (mean over seeds, std as error bar)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    panels = {"summary (mean of 5)": [m for m in metrics if m == COMPOSITE],
+              **by_suite([m for m in metrics if m != COMPOSITE])}
+    panels = {title: cols for title, cols in panels.items() if cols}
+    # the benchmarks' rules (retrieval needs image counts, which the table does not keep: no line there)
+    levels = {f"probe/{k}": v for k, v in chance({"m": {_short(m): table[groups[0]][m][0] for m in metrics
+                                                         if m != COMPOSITE}}).items()}
+    parts = [levels.get(m) for m in ORDER_METRICS[:5]]
+    if None not in parts:
+        levels[COMPOSITE] = statistics.fmean(parts)
+    fig = bar_panels({g: {m: table[g][m][0] for m in metrics} for g in groups}, panels, levels,
+                     errors={g: {m: table[g][m][1] for m in metrics} for g in groups},
+                     ticks={COMPOSITE: COMPOSITE}, scale=100,
+                     ylabel="% (mean over seeds; bar: std)", digits=1)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -49,27 +49,12 @@ def run_probes(probes: Mapping[str, Any], module, records: dict | None = None, t
         module.train(was_training)
 
 
-def plot_history(history: list[dict], path: str) -> None:
-    """probes.png: accuracy per epoch, one line per probe subset."""
-    import matplotlib
+def plot_history(history: list[dict], path: str):
+    """probes.png: a panel per benchmark suite, a line per subset over epochs, chance dashed (see plots.py); returns
+    the figure, or None when the history holds no score."""
+    from lit_compclip.plots import plot_history as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted({k for h in history for k in h["metrics"]
-                   if k.rsplit("/", 1)[-1] not in COUNT_METRICS | {"seconds"}})
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for k in keys:
-        points = [(h["epoch"], h["metrics"][k]) for h in history if k in h["metrics"]]
-        ax.plot(*zip(*points), marker="o", label=k.removeprefix("probe/"))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy / recall")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return draw(history, path)
 
 
 def write_results(metrics: Mapping[str, float], records: Mapping | None, out_dir: str, failures: int = 8,

@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = result["run_dir"]
     print(f"\nrun folder: {run_dir}  (config.yaml, metrics.csv, probes.json, probes.png, failures.md, "
           f"data_skips.json, checkpoints/last.ckpt)")
+    chart = os.path.join(run_dir, "probes.png")
+    if os.path.exists(chart):  # the run's last word: where to look first
+        print(f"probe chart: {chart}  (a panel per benchmark, a line per subset over epochs, chance dashed)")
     if result["wandb_dir"]:
         hint = f"; sync with: wandb sync {result['wandb_dir']}" if result["wandb_mode"] == "offline" else ""
         print(f"W&B ({result['wandb_mode']}): {result['wandb_dir']}{hint}")

@@ -6,36 +6,16 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-Table = dict[str, dict[str, float]]  # model -> column ("<suite>/<metric>") -> value
+# The columns' order and chance levels live with the charts that draw them; their names stay importable from here.
+from lit_compclip.plots import (CHANCE_RULES, COUNT_METRICS, NOT_SCORES, RECALL, SUITE_ORDER, SUMMARY,  # noqa: F401
+                                WHATSUP_SUBSETS, bar_panels, by_suite, chance, chance_of, natural_key, order_columns,
+                                retrieval_chance)
 
-# callbacks.COUNT_METRICS (a test keeps them equal), copied so that comparing needs no lightning import
-COUNT_METRICS = {"ties", "n", "n_images", "n_texts", "truncated_fraction", "max_tokens"}
-NOT_SCORES = COUNT_METRICS | {"seconds"}
-SUMMARY = re.compile(r"(.*_)?mean")  # a suite's average of its subsets (mean, itt_mean): shown after them
-SUITE_ORDER = ("sugarcrepe", "sugarcrepe_pp", "aro", "winoground", "whatsup")  # as papers' tables; others follow
-# Chance under random scores, (suite pattern, metric pattern, level); a suite is matched by its name, so a suite
-# renamed in the config (probes.suites.mine.type=sugarcrepe) gets no chance line. Retrieval: see retrieval_chance.
-CHANCE_RULES = (
-    (r"sugarcrepe_?pp|scpp", r".*", 1 / 3),  # ITT and TOT: both positives beat the negative, 1 in 3 orderings
-    (r"sugarcrepe", r".*", 1 / 2),  # the true caption or the negative
-    (r"aro", r"vg_(relation|attribution).*", 1 / 2),
-    (r"aro", r"(coco|flickr)\w*order.*", 1 / 5),  # the caption and four word-order perturbations
-    (r"winoground", r"(.*/)?(text|image)", 1 / 4),  # both captions (images) right: 1 in 4
-    (r"winoground", r"(.*/)?group", 1 / 6),  # text and image right together: 4 of the 24 orderings
-    # What'sUp (probes/whatsup.py): Controlled four placements, one true; pair = two opposite images both right;
-    # set = all four placements of an object pair right; QA two options; `mean` averages the subsets present
-    (r"whatsup", r"controlled(_[ab])?(_official)?", 1 / 4),
-    (r"whatsup", r"controlled_[ab]_pair", 1 / 4 ** 2),
-    (r"whatsup", r"controlled_[ab]_set", 1 / 4 ** 4),
-    (r"whatsup", r"(coco|vg)_qa(_one|_two)?(_official)?", 1 / 2),
-)
-WHATSUP_SUBSETS = ("controlled_a", "controlled_b", "coco_qa_one", "coco_qa_two", "vg_qa_one", "vg_qa_two")
-RECALL = re.compile(r"(t2i|i2t)_r(\d+)")
+Table = dict[str, dict[str, float]]  # model -> column ("<suite>/<metric>") -> value
 
 
 class CompareError(ValueError):
@@ -101,26 +81,10 @@ def load(paths: Sequence[str | os.PathLike], names: Sequence[str] | None = None)
 
 
 def scores(raw: Mapping[str, Mapping[str, float]]) -> Table:
-    """The table: per model, the score columns (counts, ties and seconds left out), suites in order of appearance,
-    each suite's subsets sorted and its summary (mean) last."""
-    suites: dict[str, list[str]] = {}
-    for results in raw.values():
-        for column in results:
-            suite, metric = column.split("/", 1)
-            if metric.rsplit("/", 1)[-1] not in NOT_SCORES and column not in suites.setdefault(suite, []):
-                suites[suite].append(column)
-    def order(column: str) -> tuple:  # overall metrics, then per-tag ones; a summary last; r5 before r10
-        metric = column.split("/", 1)[1]
-        return metric.count("/"), bool(SUMMARY.fullmatch(metric)), natural_key(metric)
-
-    known = [s for s in SUITE_ORDER if s in suites] + [s for s in suites if s not in SUITE_ORDER]
-    columns = [c for suite in known for c in sorted(suites[suite], key=order)]
+    """The table: per model, the score columns (counts, ties and seconds left out), suites in papers' order then
+    in order of appearance, each suite's subsets sorted and its summary (mean) last (plots.order_columns)."""
+    columns = order_columns(list(dict.fromkeys(c for results in raw.values() for c in results)))
     return {model: {c: results[c] for c in columns if c in results} for model, results in raw.items()}
-
-
-def natural_key(text: str) -> tuple:
-    """Sort key putting 'r5' before 'r10'."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
 
 
 def collect(paths: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> Table:
@@ -131,46 +95,6 @@ def collect(paths: Sequence[str | os.PathLike], names: Sequence[str] | None = No
 def columns_of(table: Table) -> list[str]:
     """Every column present in any model, in table order."""
     return list(dict.fromkeys(c for row in table.values() for c in row))
-
-
-def retrieval_chance(metric: str, n_images: float, n_texts: float) -> float | None:
-    """Recall@k of random scores: t2i k / n_images; i2t 1 - C(T - m, k) / C(T, k) with m = T / I captions per image
-    (None when images hold different numbers of captions)."""
-    way, k = RECALL.fullmatch(metric).groups()
-    k, n_images, n_texts = int(k), int(n_images), int(n_texts)
-    if way == "t2i":
-        return min(1.0, k / n_images)
-    if n_texts % n_images:
-        return None
-    m = n_texts // n_images
-    return 1.0 - math.comb(n_texts - m, k) / math.comb(n_texts, k) if k < n_texts else 1.0
-
-
-def chance_of(suite: str, metric: str) -> float | None:
-    """The rule's chance level of one suite metric, or None."""
-    return next((lv for s, m, lv in CHANCE_RULES if re.search(s, suite) and re.fullmatch(m, metric)), None)
-
-
-def chance(raw: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """column -> chance level where known: the benchmark's rule, or for recall the suite's image and text counts
-    (shown only when every model that has the column agrees)."""
-    out: dict[str, float] = {}
-    for column in columns_of(scores(raw)):
-        suite, metric = column.split("/", 1)
-        if RECALL.fullmatch(metric):
-            levels = {retrieval_chance(metric, r[f"{suite}/n_images"], r[f"{suite}/n_texts"])
-                      for r in raw.values() if column in r and f"{suite}/n_images" in r and f"{suite}/n_texts" in r}
-            if len(levels) == 1 and None not in levels:
-                out[column] = levels.pop()
-            continue
-        level = chance_of(suite, metric)
-        if level is None and "whatsup" in suite and metric == "mean":  # the average of its subsets' levels
-            present = {tuple(w for w in WHATSUP_SUBSETS if f"{suite}/{w}" in r) for r in raw.values() if column in r}
-            if len(present) == 1 and (subsets := present.pop()):
-                level = sum(chance_of(suite, w) for w in subsets) / len(subsets)
-        if level is not None:
-            out[column] = level
-    return out
 
 
 def _cell(text: str) -> str:
@@ -203,58 +127,12 @@ def markdown(table: Table, chance_levels: Mapping[str, float] | None = None,
     return "\n".join(lines) + "\n"
 
 
-def plot(table: Table, path: str | os.PathLike, chance_levels: Mapping[str, float] | None = None) -> None:
-    """A grouped bar chart, one panel per suite: a bar per model and subset, its value printed, chance dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    chance_levels = chance_levels or {}
-    columns = columns_of(table)
-    suites: dict[str, list[str]] = {}
-    for c in columns:
-        suites.setdefault(c.split("/", 1)[0], []).append(c)
-    models = list(table)
-    colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20").colors
-    bar = 0.8 / len(models)
-    widest = max(len(cols) for cols in suites.values())
-    fig, axes = plt.subplots(len(suites), 1, squeeze=False,
-                             figsize=(max(7.0, 1.5 + widest * (0.35 * len(models) + 0.35)), 2.9 * len(suites) + 0.8))
-    top = max([1.0] + [v for row in table.values() for v in row.values() if not math.isnan(v)])
-    for ax, (suite, cols) in zip(axes[:, 0], suites.items()):
-        for i, model in enumerate(models):
-            for j, c in enumerate(cols):
-                x = j - 0.4 + bar * (i + 0.5)
-                value = table[model].get(c)
-                if value is None or math.isnan(value):
-                    ax.text(x, 0.02 * top, "-" if value is None else "nan", ha="center", va="bottom", fontsize=7)
-                    continue
-                ax.bar(x, value, bar * 0.92, color=colours[i % len(colours)], label=model if j == 0 else None)
-                # on a white patch, so a chance line through it leaves it readable
-                ax.text(x, value + 0.015 * top, f"{value:.2f}", ha="center", va="bottom", fontsize=6.5,
-                        rotation=0 if len(models) <= 4 else 90, zorder=4,
-                        bbox=dict(facecolor="white", edgecolor="none", pad=0.3, alpha=0.8))
-        for j, c in enumerate(cols):
-            if c in chance_levels:
-                ax.hlines(chance_levels[c], j - 0.45, j + 0.45, colors="black", linestyles="--", linewidth=1, zorder=3,
-                          label="chance" if c == next(k for k in cols if k in chance_levels) else None)
-        ax.set_title(suite, fontsize=10, loc="left")
-        ax.set_xticks(range(len(cols)), [c.split("/", 1)[1] for c in cols], fontsize=8, rotation=20, ha="right")
-        ax.set_xlim(-0.6, max(len(cols), 3) - 0.4)
-        ax.set_ylim(0, top * 1.18)
-        ax.set_ylabel("accuracy / recall", fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-    handles = {}
-    for ax in axes[:, 0]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=min(len(handles), 5), fontsize=8,
-               frameon=False)
-    fig.supxlabel("benchmark subset (metric)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+def plot(table: Table, path: str | os.PathLike, chance_levels: Mapping[str, float] | None = None):
+    """compare.png: grouped bars, a panel per suite, a bar per model and subset, its value printed, chance dashed
+    (plots.bar_panels); returns the figure."""
+    fig = bar_panels(table, by_suite(columns_of(table)), chance_levels)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 class _Parser(argparse.ArgumentParser):

@@ -96,6 +96,7 @@ def test_short_run_writes_every_output(short_run):
     logged = [r for r in rows if r["train/loss"]]  # counted only on the steps Lightning writes: on every one of them
     assert logged and all(r["train/truncated_fraction"] == "0.0" for r in logged)
     assert "swap_att=" in out and str(run) in out
+    assert f"probe chart: {run / 'probes.png'}" in out.splitlines()[-2]  # the last lines point to the chart (W&B last)
     ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] > 0 and "log_logit_scale" in ckpt["state_dict"]
 
