@@ -10,10 +10,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-# The columns' order and chance levels live with the charts that draw them; their names stay importable from here.
-from lit_compclip.plots import (CHANCE_RULES, COUNT_METRICS, NOT_SCORES, RECALL, SUITE_ORDER, SUMMARY,  # noqa: F401
-                                WHATSUP_SUBSETS, bar_panels, by_suite, chance, chance_of, natural_key, order_columns,
-                                retrieval_chance)
+from lit_compclip.plots import bar_panels, by_suite, chance, order_columns
 
 Table = dict[str, dict[str, float]]  # model -> column ("<suite>/<metric>") -> value
 

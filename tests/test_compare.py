@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from lit_compclip import compare
+from lit_compclip import compare, plots
 from lit_compclip.cli import main
 
 TINY_MODEL = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64", "model.image.heads=2",
@@ -79,7 +79,7 @@ def test_compare_writes_the_table_and_chart_of_three_models(outputs, tmp_path):
                for name, path in outputs.items() if name != "root"}
     # a column per score in any input: no counts, ties or seconds
     expected = {k.removeprefix("probe/") for r in results.values() for k in r
-                if k.rsplit("/", 1)[-1] not in compare.NOT_SCORES}
+                if k.rsplit("/", 1)[-1] not in plots.NOT_SCORES}
     assert set(columns) == expected and len(columns) == len(expected)
     assert {"sugarcrepe/swap_att", "aro/vg_relation", "winoground/group", "docci/t2i_r1"} <= set(columns)
     assert {c.split("/")[0] for c in columns} == {k.split("/")[1] for k in results["alpha"]}  # every default suite
@@ -162,7 +162,7 @@ def test_chance_levels_follow_each_benchmarks_rule():
 def test_count_metrics_match_the_callbacks():
     from lit_compclip.callbacks import COUNT_METRICS
 
-    assert compare.COUNT_METRICS == COUNT_METRICS
+    assert plots.COUNT_METRICS == COUNT_METRICS
 
 
 @pytest.mark.parametrize("case", ["missing", "no_results", "invalid_json", "not_an_object", "no_metric", "names",
