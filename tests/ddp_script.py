@@ -122,17 +122,28 @@ class Record(L.Callback):
 
 
 def run(devices: int, mode: str, work: str) -> dict:
+    """One step in float64: the claim is a mathematical equality, so what is left is rounding (~1e-15 of a tensor's
+    norm), which no CPU's summation order can push near the test's tolerance."""
     _, optim_keys, negatives = MODES[mode]
     options = model_options(mode, work)
     L.seed_everything(0, verbose=False)
     # with dropout, one process must draw each rank's masks to be the DDP step's reference (see SharedMasks)
     kind = SharedMasks if devices == 1 and mode == "default" else CompClip
-    model = kind(options, {**OPTIM, **optim_keys}, total_steps=1)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # every module and tensor built in the step, the cached text prefix too
+    try:
+        model = kind(options, {**OPTIM, **optim_keys}, total_steps=1).double()
+        return step(model, devices, negatives, options)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def step(model, devices: int, negatives: bool, options: dict) -> dict:
     if devices == 1:  # as Lightning's DDP set-up does (reset_seed) after the model is built, so dropout draws alike
         L.seed_everything(0, verbose=False)
     record = Record()
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, precision="64-true",
                         enable_model_summary=False, callbacks=[record], use_distributed_sampler=False)
     trainer.fit(model, DataLoader(RankSlice(negatives, options["image"]["img_size"]), batch_size=None))
     logged = trainer.callback_metrics["train/loss"].clone()

@@ -160,3 +160,20 @@ def test_a_second_run_in_the_same_process_gets_its_own_wandb_run(short_run, worl
     result = train(cfg)
     assert result["wandb_dir"] and result["wandb_dir"].startswith(str(tmp_path / "second"))
     assert len(glob.glob(str(first / "wandb" / "offline-run-*"))) == 1  # nothing of the second run went there
+
+
+@pytest.mark.parametrize("env, want", [({}, "offline"), ({"WANDB_MODE": "disabled"}, "disabled")])
+def test_wandb_mode_auto_through_a_whole_run(world, tmp_path, monkeypatch, env, want):
+    # the default wandb.mode: no credentials on this machine -> an offline run folder; WANDB_MODE decides when set
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = load_config([], world_overrides(world) + TINY_MODEL + ["trainer.max_steps=1", "wandb.mode=auto",
+                                                                   f"run_dir={tmp_path}/auto"])
+    result = train(cfg)
+    assert result["wandb_mode"] == want
+    made = glob.glob(str(tmp_path / "auto" / "wandb" / "offline-run-*"))
+    assert (len(made) == 1) == (want == "offline") and bool(result["wandb_dir"]) == (want == "offline")
+    assert not glob.glob(str(tmp_path / "auto" / "wandb" / "run-*"))  # never online
