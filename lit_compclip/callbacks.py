@@ -98,6 +98,10 @@ class ProbeCallback(L.Callback):
         log.info("probes after epoch %d: %s", trainer.current_epoch + 1,
                  {k: round(v, 3) for k, v in metrics.items()})
 
+    def pass_seconds(self) -> list[float]:
+        """Wall seconds of each probe pass so far (the sum of its probes' `seconds`)."""
+        return [sum(v for k, v in h["metrics"].items() if k.endswith("/seconds")) for h in self.history]
+
     def on_train_epoch_end(self, trainer, module):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return

@@ -101,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + format_table(result["probes"]))
     run_dir = result["run_dir"]
     print(f"\nrun folder: {run_dir}  (config.yaml, metrics.csv, probes.json, probes.png, failures.md, "
-          f"data_skips.json, checkpoints/last.ckpt)")
+          f"data_skips.json, run_time.json, checkpoints/last.ckpt)")
+    t = result["time"]
+    if t["probe_passes_s"]:
+        print(f"probes took {t['probe_s']:.1f} s in {len(t['probe_passes_s'])} passes = {t['probe_fraction']:.1%} of "
+              f"the run's {t['fit_s']:.0f} s of training (run_time.json)")
     chart = os.path.join(run_dir, "probes.png")
     if os.path.exists(chart):  # the run's last word: where to look first
         print(f"probe chart: {chart}  (a panel per benchmark, a line per subset over epochs, chance dashed)")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import math
 import os
 import sys
 import tarfile
+import time
 import warnings
 
 from omegaconf import DictConfig, OmegaConf
@@ -238,6 +240,7 @@ def train(cfg: DictConfig) -> dict:
         OmegaConf.save(cfg, os.path.join(run_dir, "config.resume.yaml" if kept else "config.yaml"), resolve=True)
         os.environ[RUN_DIR_ENV] = run_dir  # read by the ranks Lightning launches, at fit
         os.environ[RESUME_ENV] = resume.path if resume else ""
+    began = time.perf_counter()
     try:
         # Lightning restores step, epoch, optimizer, schedule, callbacks and the train loader's position; it reads the
         # file with weights_only=True (never a pickle's code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says), after
@@ -245,9 +248,22 @@ def train(cfg: DictConfig) -> dict:
         trainer.fit(model, data, ckpt_path=resume.path if resume else None, weights_only=True)
     finally:
         finish_wandb(loggers)
+    timing = probe_time(probe_cb.pass_seconds(), time.perf_counter() - began)
+    if trainer.is_global_zero:
+        with open(os.path.join(run_dir, "run_time.json"), "w") as f:
+            json.dump(timing, f, indent=1)
     return {"run_dir": run_dir, "is_global_zero": trainer.is_global_zero, "probes": probe_cb.final, "wandb_mode": mode,
+            "time": timing,
             # the newest: a resumed run's folder holds one W&B folder per process that logged into the run
             "wandb_dir": max(glob.glob(os.path.join(run_dir, "wandb", "*run-*")), key=os.path.getmtime, default=None)}
+
+
+def probe_time(passes: list[float], fit_s: float) -> dict:
+    """What the probes cost this run (run_time.json): each pass's seconds, their sum, and its share of the wall time
+    of `fit` (training, validation, checkpoints and the probes themselves; this process only, for a resumed run)."""
+    total = sum(passes)
+    return {"fit_s": round(fit_s, 3), "probe_s": round(total, 3), "probe_passes_s": [round(p, 3) for p in passes],
+            "probe_fraction": total / fit_s if fit_s > 0 else None}
 
 
 def trainer_options(cfg: DictConfig, model) -> dict:

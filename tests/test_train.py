@@ -78,6 +78,7 @@ def short_run(world, tmp_path_factory):
 def test_short_run_writes_every_output(short_run):
     run, out = short_run
     for name in ("config.yaml", "metrics.csv", "probes.json", "probes.png", "checkpoints/last.ckpt", "failures.md",
+                 "run_time.json",
                  "probe_records/sugarcrepe/swap_att.jsonl", "probe_records/aro/vg_relation.jsonl",
                  "probe_records/winoground/group.jsonl", "probe_records/docci/t2i.jsonl"):
         assert (run / name).is_file(), name
@@ -90,6 +91,13 @@ def test_short_run_writes_every_output(short_run):
         assert 0.0 <= probes[key] <= 1.0
     history = json.loads((run / "probes_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]  # every epoch, and no repeat at the end of fit
+    # what the probes cost: each pass is the sum of its probes' logged seconds, set against fit's wall time
+    timing = json.loads((run / "run_time.json").read_text())
+    passes = [sum(v for k, v in h["metrics"].items() if k.endswith("/seconds")) for h in history]
+    assert timing["probe_passes_s"] == pytest.approx(passes, abs=1e-3) and len(passes) == 2
+    assert 0 < timing["probe_s"] < timing["fit_s"]
+    assert timing["probe_fraction"] == pytest.approx(timing["probe_s"] / timing["fit_s"], rel=1e-3)
+    assert f"probes took {timing['probe_s']:.1f} s in 2 passes = {timing['probe_fraction']:.1%}" in out
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "val/loss", "probe/sugarcrepe/swap_att", "data/skipped"} <= set(header)
     rows = list(csv.DictReader(io.StringIO((run / "metrics.csv").read_text())))
