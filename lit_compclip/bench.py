@@ -285,6 +285,37 @@ def probe_seconds(cfg: DictConfig, model) -> dict[str, float]:
     return {"seconds": statistics.mean(passes), "passes": passes, "per_probe": per_probe}
 
 
+def probe_flops(cfg: DictConfig, model) -> list[float]:
+    """FLOPs of each probe pass a run of `cfg` makes (torch's FlopCounterMode), passed as `probe_seconds` runs them:
+    give `cfg` a fresh text-cache folder and the first pass computes the probe captions' frozen prefix, the later
+    ones read it. Counted on passes of their own: the counter slows what it counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lit_compclip.callbacks import build_probes, run_probes
+    from lit_compclip.encoders.memo import TransformedImages, TruncationCounts
+
+    probes = build_probes(cfg.probes.suites, cfg.probes.get("limit"))
+    carried = TruncationCounts(), TransformedImages()
+    passes = []
+    for _ in range(max(1, int(cfg.trainer.max_epochs) // int(cfg.probes.every_n_epochs))):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run_probes(probes, model, None, *carried)
+        passes.append(float(counter.get_total_flops()))
+    return passes
+
+
+def frozen_flops(model, batch: dict) -> float:
+    """FLOPs of the text tower's frozen part on one batch (`frozen_parts`): what a warm text cache saves a step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parts = frozen_parts(model, batch)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        frozen_step(model)(parts)
+    return float(counter.get_total_flops())
+
+
 def steps_per_epoch(cfg: DictConfig) -> int:
     """Optimizer steps in one epoch of the configured training data on one process."""
     from lit_compclip.train import total_steps

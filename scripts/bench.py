@@ -294,8 +294,15 @@ def run(args) -> dict:
         probe_model = bench.build_model(probe_cfg, 1)
         probe_model.load_state_dict(shipped_model.state_dict())
         probes = bench.timed("probes", bench.probe_seconds, probe_cfg, probe_model)
+        # the FLOP passes start cold too: a model of their own on a cache folder of their own
+        flop_cfg = OmegaConf.merge(cfg, {"model": {"text": {"cache_dir": f"{probe_cache}/flops"}}})
+        flop_model = bench.build_model(flop_cfg, 1)
+        flop_model.load_state_dict(shipped_model.state_dict())
+        probe_pass_flops = bench.timed("probe FLOPs", bench.probe_flops, flop_cfg, flop_model)
+        del flop_model
     finally:
         shutil.rmtree(probe_cache, ignore_errors=True)
+    step_frozen_flops = bench.frozen_flops(shipped_model, batches[0])
     per_epoch = bench.steps_per_epoch(cfg)  # from the configured data and batch size
     no_cache_step = raw["arms"]["ours_shipped_no_cache"]["step_s"]
     # the loader runs beside the model, so an epoch lasts as long as the slower of the two; a fresh clone's default
@@ -303,6 +310,18 @@ def run(args) -> dict:
     cached_step = raw["arms"]["ours_shipped"]["step_s"]
     epoch_s = per_epoch * max((no_cache_step + cached_step) / 2, split["data"])
     shipped_rate = cfg.data.batch_size / raw["arms"]["ours_shipped"]["step_s"]
+    # FLOPs: the probes' share of a run's compute, whatever the machine. A fresh run computes every step's frozen text
+    # layers in epoch 1 and reads them in the later epochs (a hit rate of 1 assumed), its first probe pass computes
+    # the probe captions' prefix; the floor is the most favourable case for the probes (every pass reads a warm cache,
+    # training recomputes everything): no probe pass at training's FLOP rate can cost less than it.
+    epochs = int(cfg.trainer.max_epochs)
+    run_flops = per_epoch * (flops["total"] + (epochs - 1) * (flops["total"] - step_frozen_flops))
+    warm_pass = min(probe_pass_flops)
+    probe_flops = {"passes": probe_pass_flops, "run_training": run_flops, "step": flops["total"],
+                   "step_frozen": step_frozen_flops, "epochs": epochs,
+                   "floor_fraction": warm_pass * len(probe_pass_flops) / (per_epoch * epochs * flops["total"]),
+                   # FLOP/s of the timed passes against the reference step's: above 1, probes compute faster
+                   "rate_vs_training": (sum(probe_pass_flops) / sum(probes["passes"])) / achieved}
 
     spreads = {**main, **large}
     out.update({key: s["median"] for key, s in spreads.items()})
@@ -310,6 +329,7 @@ def run(args) -> dict:
         "spread": spreads,
         "data_vs_model": data["samples_per_s"] / shipped_rate,
         "probe_overhead_fraction": probes["seconds"] / epoch_s,
+        "probe_flops_fraction": sum(probe_pass_flops) / run_flops,
         "flop_utilisation": achieved / peak,
         "torch_threads": torch.get_num_threads(),
     })
@@ -318,7 +338,7 @@ def run(args) -> dict:
                           "achieved_per_s": achieved, "matmul_peak_per_s": peak},
                 "data": {**data, "ours_shipped_samples_per_s": shipped_rate},
                 "probes": {**probes, "steps_per_epoch": per_epoch, "step_s": (no_cache_step + cached_step) / 2,
-                   "epoch_s": epoch_s}})
+                   "epoch_s": epoch_s, "flops": probe_flops}})
     out["raw"] = raw
     out["wall_s"] = time.perf_counter() - began
     return out
@@ -385,6 +405,11 @@ def table(r: dict) -> str:
                  f"bottleneck)")
     lines.append(f"probes: {p['seconds']:.1f} s per pass = {r['probe_overhead_fraction']:.1%} of an epoch "
                  f"({p['steps_per_epoch']} steps x {p['step_s']:.2f} s = {p['epoch_s']:.0f} s)")
+    pf = p["flops"]
+    lines.append(f"probe FLOPs: {' + '.join(f'{x / 1e12:.2f}' for x in pf['passes'])} TFLOP in the passes = "
+                 f"{r['probe_flops_fraction']:.1%} of the run's training ({pf['run_training'] / 1e12:.1f} TFLOP); "
+                 f"floor {pf['floor_fraction']:.1%} (every pass on a warm cache, training recomputing all); probe "
+                 f"FLOP/s = {pf['rate_vs_training']:.2f}x training's")
     m = r["machine"]
     lines.append(f"machine: {m['device']}, {m['cpu_count']} CPUs, torch {m['torch']}, load average "
                  f"{m['load_average']:.2f} at the start; {r['date']}; the run took {r['wall_s']:.0f} s")

@@ -99,6 +99,14 @@ def test_quick_bench_writes_every_figure_and_open_clip_really_trains(tiny, tmp_p
             samples += len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()})
     probes = result["raw"]["probes"]
     assert probes["steps_per_epoch"] == samples // cfg.data.batch_size > 0 and probes["epoch_s"] > 0
+    # probe FLOPs: one count per pass a run makes; the first, cold, also computes the probe captions' frozen prefix
+    pf = probes["flops"]
+    assert len(pf["passes"]) == len(probes["passes"]) == cfg.trainer.max_epochs and pf["passes"][0] > pf["passes"][1]
+    assert 0 < pf["step_frozen"] < pf["step"] and pf["epochs"] == cfg.trainer.max_epochs
+    n = probes["steps_per_epoch"]
+    assert pf["run_training"] == pytest.approx(n * (pf["step"] + (pf["epochs"] - 1) * (pf["step"] - pf["step_frozen"])))
+    assert result["probe_flops_fraction"] == pytest.approx(sum(pf["passes"]) / pf["run_training"])
+    assert 0 < pf["floor_fraction"] < result["probe_flops_fraction"] and positive(pf["rate_vs_training"])
     assert {"cpu_count", "torch", "device"} <= set(result["machine"]) and result["date"]
 
 
