@@ -224,6 +224,7 @@ def execute(name: str):
     return outputs, sum("image/png" in o.get("data", {}) for o in outputs)
 
 
+@pytest.mark.slow  # ~45 s with its run; `make test-all` runs it
 def test_both_notebooks_run_top_to_bottom_on_a_tiny_run(tiny_run, monkeypatch):
     pytest.importorskip("nbclient")
     monkeypatch.setenv("COMPCLIP_RUN", str(tiny_run))

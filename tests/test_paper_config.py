@@ -100,6 +100,7 @@ def test_paper_config_without_the_weights_stops_in_one_line_naming_the_key(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # ~30 s; the decoder tower trains in test_decoder_towers.py; `make test-all` runs it
 def test_paper_config_trains_one_step_with_a_random_gemma2_standing_in(paper_data, random_lm, tmp_path):
     from lit_compclip.train import train
 

@@ -373,6 +373,7 @@ def test_slurm_recipe_is_valid_bash():
     subprocess.run(["bash", "-n", os.path.join(ROOT, "scripts", "slurm_train.sbatch")], check=True)
 
 
+@pytest.mark.slow  # ~30 s; two-process training is covered by test_ddp.py; `make test-all` runs it
 def test_torchrun_recipe_trains_two_cpu_processes(tmp_path):
     # The recipe as a user runs it: torchrun starts both ranks (TorchElasticEnvironment), DDP over gloo.
     from lit_compclip.synth import generate

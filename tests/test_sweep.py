@@ -20,7 +20,9 @@ def write_spec(path, **spec):
     return str(path)
 
 
-@pytest.mark.parametrize("spec", sorted(glob.glob("experiments/sweeps/*.yaml")))
+# decoder_tail builds a random 26-layer decoder per cell (~22 s): `make test-all` plans it
+@pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s.endswith("decoder_tail.yaml") else s
+                                  for s in sorted(glob.glob("experiments/sweeps/*.yaml"))])
 def test_every_sweep_spec_plans_valid_runs(spec, tmp_path):
     loaded = load_spec(spec)
     runs = plan(loaded, tmp_path, [], count=2 if loaded["method"] != "grid" else None, seed=0)
