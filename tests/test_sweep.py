@@ -40,6 +40,16 @@ def test_ablation_spec_holds_the_four_cells_times_three_seeds(tmp_path):
     assert all(cells.count(c) == 3 for c in PAPER_ORDER)
 
 
+def test_seeds_spec_is_the_default_over_five_seeds_as_the_ablation_runs_it(tmp_path):
+    seeds = plan(load_spec("experiments/sweeps/seeds.yaml"), tmp_path / "s", [], None, 0)
+    assert [r["id"] for r in seeds] == [f"default-seed{s}" for s in range(5)]
+    ablation = {r["id"]: r for r in plan(load_spec("experiments/sweeps/ablation.yaml"), tmp_path / "a", [], None, 0)}
+    for run in seeds[:3]:  # the ablation's "both" cell is the same run: same id, same config but for its folder
+        twin = ablation[run["id"]]["cfg"]
+        assert OmegaConf.masked_copy(run["cfg"], [k for k in run["cfg"] if k not in ("run_dir",)]) == \
+            OmegaConf.masked_copy(twin, [k for k in twin if k not in ("run_dir",)])
+
+
 def test_experiment_flag_is_an_experiment_file_as_wandb_passes_it():
     files, rest = split_args(["a.yaml", "--experiment=b.yaml", "--seed=1", "--experiment", "c.yaml", "x=1"])
     assert files == ["a.yaml", "b.yaml", "c.yaml"] and rest == ["--seed=1", "x=1"]
@@ -114,6 +124,7 @@ def test_report_means_stds_and_the_papers_ordering(tmp_path):
             scores = {m: v for m in METRICS} | {"probe/sugarcrepe/n": 7.0}
             if tower == "sentence_transformers" and caption == "alt_text":
                 scores["probe/sugarcrepe/swap_att"] = 0.95
+                scores["probe/aro/vg_attribution"] = (0.75, 0.55)[seed]  # 65 ± 14: below 70, by less than 14
             fake_run(tmp_path, f"{caption}-{tower}-{seed}", caption, tower, seed, scores)
     runs = collect(tmp_path)
     assert {r["cell"] for r in runs} == set(PAPER_ORDER)
@@ -125,10 +136,18 @@ def test_report_means_stds_and_the_papers_ordering(tmp_path):
     assert rows["probe/aro/vg_relation"]["holds"] and rows["probe/aro/vg_relation"]["pairs"] == [True, True, True]
     assert rows["probe/sugarcrepe/swap_att"]["pairs"] == [True, False, True]
     assert rows[COMPOSITE]["holds"]
+    attribution = rows["probe/aro/vg_attribution"]  # the means in order, one step within the seeds' spread
+    assert attribution["holds"] and attribution["clear"] == [True, False, True] and not attribution["holds_clearly"]
     report = write_report(tmp_path, spec_path="spec.yaml")
     text = report["path"].read_text()
-    assert "| aro/vg_relation | 85.0 | 70.0 | 50.0 | 30.0 | yes (✓ > ✓ > ✓) |" in text
-    assert "| sugarcrepe/swap_att | 85.0 | 70.0 | 95.0 | 30.0 | no (✓ > ✗ > ✓) |" in text
+    assert "| aro/vg_relation | 85.0 ± 7.1 | 70.0 ± 0.0 | 50.0 ± 14.1 | 30.0 ± 0.0 | yes (✓ > ✓ > ✓) | yes (✓ > ✓ > ✓) |" in text
+    assert "| sugarcrepe/swap_att | 85.0 ± 7.1 | 70.0 ± 0.0 | 95.0 ± 0.0 | 30.0 ± 0.0 | no (✓ > ✗ > ✓) | no (✓ > ✗ > ✓) |" in text
+    assert "| aro/vg_attribution | 85.0 ± 7.1 | 70.0 ± 0.0 | 65.0 ± 14.1 | 30.0 ± 0.0 | yes (✓ > ✓ > ✓) | no (✓ > ✗ > ✓) |" in text
+    assert "| recaption-sentence_transformers-0 | both | 0 | 90.0 | 90.0 | 90.0 | 90.0 | yes | 1.0 |" in text
+    runs_table = text.split("## Runs")[1].splitlines()
+    header = next(i for i, line in enumerate(runs_table) if line.startswith("| run |"))
+    assert runs_table[header].count("|") == runs_table[header + 1].count("|")  # a separator cell per column
+    assert "| recaption-scratch-1 | recaption only | 1 | 70.0 | 70.0 | 70.0 | 70.0 | no | 1.0 |" in text
     assert "85.0 ± 7.1" in text and (tmp_path / "ablation.png").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["cells"]["both"]["probe/aro/vg_relation"]["n"] == 2
 
