@@ -139,7 +139,9 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
-    text_lr: Optional[float] = None  # learning rate of pretrained text layers; None = lr
+    # Learning rate of the pretrained text layers (None = lr): 5e-4, half the fresh image tower's 1e-3, lifted
+    # VG-Attribution and retrieval and kept the relations in the runs that chose it (docs/RESEARCH_LOG.md, format 7).
+    text_lr: Optional[float] = 5e-4
     weight_decay: float = 0.1
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6

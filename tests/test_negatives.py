@@ -289,7 +289,8 @@ def tiny_args(world, tmp_path, *more):
 def test_fine_tuning_starts_from_the_checkpoints_weights_with_a_fresh_step_count(world, tiny_checkpoint, tmp_path):
     # lr 0: the weights must stay exactly the loaded ones
     cfg = load_config([], tiny_args(world, tmp_path, f"init_from={tiny_checkpoint}", "data.hard_negatives.source=scene",
-                                    "trainer.max_steps=2", "trainer.log_every_n_steps=1", "optim.lr=0"))
+                                    "trainer.max_steps=2", "trainer.log_every_n_steps=1", "optim.lr=0",
+                                    "optim.text_lr=null"))  # null: the text layers' rate is lr, 0 too
     run = train(cfg)["run_dir"]
     after = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), weights_only=False)
     before = torch.load(tiny_checkpoint, weights_only=False)

@@ -21,8 +21,9 @@ COLOURS = {
     "white": (245, 245, 245),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-SIZES = {"small": 0.26, "large": 0.36}  # bbox side as a fraction of the image (shrunk for crowded scenes); a shape
-# spans 3-4 of the default ViT's 8-pixel patches at 64 px (shapes, unlike colours, are hard to see at 2 patches)
+SIZES = {"small": 0.30, "large": 0.40}  # bbox side as a fraction of the image (shrunk for crowded scenes); a shape
+# spans 3-4 of the default ViT's 8-pixel patches at 64 px (shapes, unlike colours, are hard to see at 2 patches).
+# Format 7 raised them from 0.26 / 0.36: replace-object and swap-object rose (docs/RESEARCH_LOG.md, format 7).
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 MEMBERS = ("base", "swap_colour", "swap_position", "swap_both")  # one family, written in this order
@@ -34,7 +35,7 @@ HELD_OUT = frozenset((c, SHAPES[(i + len(SHAPES) // 2) % len(SHAPES)]) for i, c 
 
 MAX_OBJECTS = 4
 BACKGROUND = 128
-MARGIN = 0.10  # objects stay inside this border, so a 90% random crop keeps them all
+MARGIN = 0.07  # objects stay inside this border, so a 90%-area random crop (sides >= 95%) keeps them all
 MIN_GAP = 0.05  # separation between neighbours on the relation axis, so the relation is unambiguous
 LINE_JITTER = 0.06  # offset from the shared line on the other axis; < MIN_GAP + smallest size, so never ambiguous
 MEMBER_JITTER = 0.02  # fresh jitter each family member gets
