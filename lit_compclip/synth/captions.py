@@ -120,7 +120,7 @@ def recaption(scene: dict, rng: random.Random, split: str) -> str:
     bags of words (a fresh ViT, a pooled sentence embedding) then have no place to agree on, and neither learns one
     (world format 3: relations at chance). 'The red circle is the leftmost' has words of its own for each of the
     four family members, so the image tower learns where each object is from the first steps, and the text tower
-    then learns word order from the relation sentences (README, "How the default learns relations")."""
+    then learns word order from the relation sentences (docs/RESEARCH_LOG.md, "How the default learns relations")."""
     _check_split(split)
     objs = scene["objects"]
     end = axis_end(scene)
