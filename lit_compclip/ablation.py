@@ -29,10 +29,6 @@ PASS_METRICS = ORDER_METRICS[:4]
 PASS_BAR = 0.80
 
 
-def passes_bar(metrics: dict[str, float]) -> bool:
-    return all(metrics.get(m, 0.0) >= PASS_BAR for m in PASS_METRICS)
-
-
 def cell_of(cfg: dict[str, Any]) -> str:
     """'both' | 'recaption only' | 'tower only' | 'neither', from a resolved config."""
     fields = cfg["data"]["caption_fields"]
@@ -91,13 +87,11 @@ def check_order(table: dict[str, dict[str, tuple]], metrics=(COMPOSITE,) + ORDER
     for metric in metrics:
         if not all(metric in table[c] for c in PAPER_ORDER):
             continue
-        means = [table[c][metric][0] for c in PAPER_ORDER]
-        stds = [table[c][metric][1] for c in PAPER_ORDER]
-        seeds = [table[c][metric][2] for c in PAPER_ORDER]
+        means, stds, seeds = (list(v) for v in zip(*(table[c][metric] for c in PAPER_ORDER)))
         pairs = [means[i] > means[i + 1] for i in range(3)]
         clear = [means[i] - means[i + 1] > max(stds[i], stds[i + 1]) for i in range(3)]
-        rows.append({"metric": metric, "means": means, "stds": stds, "seeds": seeds, "pairs": pairs, "holds": all(pairs),
-                     "clear": clear, "holds_clearly": all(clear)})
+        rows.append({"metric": metric, "means": means, "stds": stds, "seeds": seeds, "pairs": pairs,
+                     "holds": all(pairs), "clear": clear, "holds_clearly": all(clear)})
     return rows
 
 
@@ -177,7 +171,7 @@ def render(table, order_rows, runs, spec_path: str | None, failed: list[str], ch
         minutes = f"{run['seconds'] / 60:.1f}" if run.get("seconds") else ""
         scores = [run["metrics"].get(m) for m in PASS_METRICS]
         shown = " | ".join("" if v is None else f"{100 * v:.1f}" for v in scores)
-        passes = "" if None in scores else ("yes" if passes_bar(run["metrics"]) else "no")
+        passes = "" if None in scores else ("yes" if all(v >= PASS_BAR for v in scores) else "no")
         lines.append(f"| {run['id']} | {run['group']} | {run['seed']} | {shown} | {passes} | {minutes} |")
     return "\n".join(lines) + "\n"
 

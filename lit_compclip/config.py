@@ -65,7 +65,8 @@ class SynthConfig:
     out_dir: str = "data/synth"  # built by `compclip synth`, or by `compclip train` when absent
     auto: bool = True  # build it on first use (rebuild it when built otherwise) when data paths point inside out_dir
     train_families: int = 1875  # 8 scenes each: 4 counterfactuals and their shape twins (4 with shape_twins=0)
-    shape_twins: int = 1  # each training family also with one object's shape replaced (synth/world.py, docs/SYNTHETIC_WORLD.md)
+    # each training family also with one object's shape replaced (synth/world.py, docs/SYNTHETIC_WORLD.md)
+    shape_twins: int = 1
     eval_families: int = 400
     probe_size: int = 400
     image_size: int = 64

@@ -59,8 +59,8 @@ def conv_stem(patch_size: int | None, width: int | None, norm: str = "group", gr
     else:
         # GroupNorm normalises each image on its own, so an embedding never depends on the rest of the batch:
         # GradCache's micro-batches, DDP's shards and evaluation compute the function of one whole-batch step.
-        # Measured on the default run, two seeds each (docs/RESEARCH_LOG.md): 8 groups and 1 group both keep the probes near
-        # BatchNorm's; a per-pixel LayerNorm lost most of the stem's gain.
+        # Measured on the default run, two seeds each (docs/RESEARCH_LOG.md): 8 groups and 1 group both keep the
+        # probes near BatchNorm's; a per-pixel LayerNorm lost most of the stem's gain.
         if any(c % groups for c in channels[:-1]):
             raise ValueError(f"model.image.stem_groups={groups} must divide the conv stem's normalised channels "
                              f"{channels[:-1]} (from model.image.width={width})")
