@@ -15,7 +15,7 @@ STAMP := $(VENV)/.lit_compclip-installed
 
 .DEFAULT_GOAL := help
 CKPT ?= runs/default/checkpoints/last.ckpt
-.PHONY: help install train finetune probe ablation seeds synth bench bench-gpu bench-decoder bench-gpu-decoder \
+.PHONY: help install train finetune probe ablation seeds refinements synth bench bench-gpu bench-decoder bench-gpu-decoder \
         bench-recaption test test-all config clean
 
 help:  ## list the targets
@@ -47,6 +47,10 @@ ablation: $(STAMP)  ## the paper's 2x2 ablation x 3 seeds, each run as long as m
 
 seeds: $(STAMP)  ## the default experiment over seeds 0-4, two runs at a time -> runs/seeds/REPORT.md (which seeds pass 80%)
 	$(PY) -m lit_compclip.cli sweep experiments/sweeps/seeds.yaml $(ARGS)
+
+refinements: $(STAMP)  ## the paper's refinements x 3 seeds: whole captions vs sentence sampling, then hard negatives vs a plain extra epoch -> runs/refinements/, runs/finetune/
+	$(PY) -m lit_compclip.cli sweep experiments/sweeps/refinements.yaml $(ARGS)
+	$(PY) -m lit_compclip.cli sweep experiments/sweeps/finetune.yaml $(ARGS)
 
 synth: $(STAMP)  ## build the synthetic world (training shards + probe sets) in data/synth
 	$(PY) -m lit_compclip.cli synth $(ARGS)

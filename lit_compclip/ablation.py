@@ -54,8 +54,13 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
                      "cell": cell_of(cfg), "metrics": metrics, "seconds": record.get("seconds")})
     keys = {k for r in runs for k in r["params"]} - {"seed", "experiment"}
     varying = sorted(k for k in keys if len({json.dumps(r["params"].get(k)) for r in runs}) > 1)
+    experiments: dict[str, set] = {}
     for run in runs:
-        others = ", ".join(f"{k}={run['params'].get(k)}" for k in varying)
+        experiments.setdefault(run["cell"], set()).add(run["params"].get("experiment"))
+    for run in runs:
+        # two experiment files of one cell (the default and whole_captions) are two groups, named by their files
+        own = [Path(str(run["params"]["experiment"])).stem] if len(experiments[run["cell"]]) > 1 else []
+        others = ", ".join(own + [f"{k}={run['params'].get(k)}" for k in varying])
         run["group"] = run["cell"] + (f" ({others})" if others else "")
     return runs
 
@@ -92,6 +97,20 @@ def check_order(table: dict[str, dict[str, tuple]], metrics=(COMPOSITE,) + ORDER
         clear = [means[i] - means[i + 1] > max(stds[i], stds[i + 1]) for i in range(3)]
         rows.append({"metric": metric, "means": means, "stds": stds, "seeds": seeds, "pairs": pairs,
                      "holds": all(pairs), "clear": clear, "holds_clearly": all(clear)})
+    return rows
+
+
+def compare_two(table: dict[str, dict[str, tuple]], metrics=(COMPOSITE,) + ORDER_METRICS) -> list[dict[str, Any]]:
+    """A report of exactly two groups (a refinement against its reference): per metric the second group's mean minus
+    the first's, and whether that difference is larger than the seeds' spread (the larger of the two stds)."""
+    if len(table) != 2:
+        return []
+    first, second = sorted(table)
+    rows = []
+    for metric in metrics:
+        if metric in table[first] and metric in table[second]:
+            (a, sa, _), (b, sb, _) = table[first][metric], table[second][metric]
+            rows.append({"metric": metric, "groups": [first, second], "diff": b - a, "clear": abs(b - a) > max(sa, sb)})
     return rows
 
 
@@ -133,6 +152,7 @@ def _fmt(cell: tuple[float, float, int] | None) -> str:
 
 
 def render(table, order_rows, runs, spec_path: str | None, failed: list[str], chart: Path | None) -> str:
+    compared = compare_two(table)
     groups = [c for c in PAPER_ORDER if c in table] + sorted(g for g in table if g not in PAPER_ORDER)
     seeds = {g: max(v[2] for v in table[g].values()) for g in groups}
     lines = ["# Ablation report", "",
@@ -156,6 +176,15 @@ def render(table, order_rows, runs, spec_path: str | None, failed: list[str], ch
                   "larger of their two sample stds. The paper's DOCCI text-to-image R@1 for the same cells: "
                   + ", ".join(f"{c} {v}" for c, v in PAPER_DOCCI_R1.items()) + ". `" + COMPOSITE
                   + "` is the mean of swap-att, swap-obj, replace-rel, VG-Relation and VG-Attribution.", ""]
+    elif compared:
+        first, second = compared[0]["groups"]
+        lines += [f"## {second} against {first}", "",
+                  f"| metric | {first} | {second} | difference | larger than the seeds' spread |", "|---" * 5 + "|"]
+        for row in compared:
+            m = row["metric"]
+            lines.append(f"| {_short(m)} | {_fmt(table[first][m])} | {_fmt(table[second][m])} | "
+                         f"{100 * row['diff']:+.1f} | {'yes' if row['clear'] else 'no'} |")
+        lines += ["", "The spread is the larger of the two groups' sample stds over seeds.", ""]
     else:
         lines += ["(The paper's ordering is checked when all four cells are present.)", ""]
     if chart:
@@ -207,7 +236,8 @@ def write_report(out: str | Path, spec_path: str | None = None, failed: list[str
     path = out / "REPORT.md"
     path.write_text(render(table, order_rows, runs, spec_path, list(failed), chart))
     summary_json = {g: {m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in t.items()} for g, t in table.items()}
-    (out / "summary.json").write_text(json.dumps({"cells": summary_json, "order": order_rows}, indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps({"cells": summary_json, "order": order_rows,
+                                                  "compared": compare_two(table)}, indent=1) + "\n")
     if order_rows:
         held = [r for r in order_rows if r["holds"]]
         summary = (f"the paper's ordering holds on {len(held)} of {len(order_rows)} metrics"

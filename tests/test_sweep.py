@@ -50,6 +50,23 @@ def test_seeds_spec_is_the_default_over_five_seeds_as_the_ablation_runs_it(tmp_p
             OmegaConf.masked_copy(twin, [k for k in twin if k not in ("run_dir",)])
 
 
+def test_finetune_spec_starts_each_seed_from_its_own_default_run_and_differs_only_by_the_negatives(tmp_path):
+    runs = plan(load_spec("experiments/sweeps/finetune.yaml"), tmp_path / "f", [], None, 0)
+    defaults = {r["id"] for r in plan(load_spec("experiments/sweeps/refinements.yaml"), tmp_path / "r", [], None, 0)}
+    for run in runs:
+        seed = run["cfg"].seed
+        assert run["cfg"].init_from == f"runs/refinements/default-seed{seed}/checkpoints/last.ckpt"
+        assert f"default-seed{seed}" in defaults
+    by_id = {r["id"]: r["cfg"] for r in runs}
+    for seed in range(3):
+        hard, cont = by_id[f"hard_negatives-seed{seed}"], by_id[f"continuation-seed{seed}"]
+        assert hard.data.hard_negatives.source == "scene" and cont.data.hard_negatives.source is None
+        same = [k for k in hard if k not in ("run_dir", "name", "data")]
+        assert OmegaConf.masked_copy(hard, same) == OmegaConf.masked_copy(cont, same)
+        hard.data.hard_negatives = cont.data.hard_negatives
+        assert hard.data == cont.data
+
+
 def test_experiment_flag_is_an_experiment_file_as_wandb_passes_it():
     files, rest = split_args(["a.yaml", "--experiment=b.yaml", "--seed=1", "--experiment", "c.yaml", "x=1"])
     assert files == ["a.yaml", "b.yaml", "c.yaml"] and rest == ["--seed=1", "x=1"]
@@ -150,6 +167,31 @@ def test_report_means_stds_and_the_papers_ordering(tmp_path):
     assert "| recaption-scratch-1 | recaption only | 1 | 70.0 | 70.0 | 70.0 | 70.0 | no | 1.0 |" in text
     assert "85.0 ± 7.1" in text and (tmp_path / "ablation.png").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["cells"]["both"]["probe/aro/vg_relation"]["n"] == 2
+
+
+def test_two_experiments_of_one_cell_are_two_groups_compared_against_the_seeds_spread(tmp_path):
+    # the refinements: the default and whole_captions are both the "both" cell, told apart by their files
+    for exp, values in (("experiments/default.yaml", [0.80, 0.84, 0.82]),
+                        ("experiments/whole_captions.yaml", [0.70, 0.90, 0.80])):
+        for seed, v in enumerate(values):
+            rid = f"{exp.split('/')[1][:-5]}-seed{seed}"
+            fake_run(tmp_path, rid, "recaption", "sentence_transformers", seed,
+                     {m: v for m in METRICS} | {"probe/docci/t2i_r1": v - 0.3 * ("whole" in exp)})
+            record = json.loads((tmp_path / rid / "sweep_run.json").read_text())
+            record["params"]["experiment"] = exp
+            (tmp_path / rid / "sweep_run.json").write_text(json.dumps(record))
+    runs = collect(tmp_path)
+    assert sorted({r["group"] for r in runs}) == ["both (default)", "both (whole_captions)"]
+    report = write_report(tmp_path, spec_path="spec.yaml")
+    rows = {r["metric"]: r for r in json.loads((tmp_path / "summary.json").read_text())["compared"]}
+    vgr = rows["probe/aro/vg_relation"]  # equal means (82 vs 80), whole_captions' std 10: within the spread
+    assert vgr["groups"] == ["both (default)", "both (whole_captions)"]
+    assert vgr["diff"] == pytest.approx(-0.02) and not vgr["clear"]
+    docci = rows["probe/docci/t2i_r1"]
+    assert docci["diff"] == pytest.approx(-0.32) and docci["clear"]
+    text = report["path"].read_text()
+    assert "## both (whole_captions) against both (default)" in text
+    assert "| docci/t2i_r1 | 82.0 ± 2.0 | 50.0 ± 10.0 | -32.0 | yes |" in text
 
 
 def test_two_cell_one_step_grid_runs_reports_and_resumes(world, tmp_path, capsys):  # noqa: F811
