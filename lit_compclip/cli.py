@@ -19,6 +19,8 @@ compclip batch-stats [EXP.yaml ...] [key=value ...]                 how often tr
                                                                     and relation-only negatives (grouped vs random)
 compclip recaption INPUT_SHARDS OUTPUT_DIR --backend scene|openai|transformers [options]   (--help for options)
                 write new shards whose KEY.json carries a `recaption` from a multimodal model, resumably
+compclip breakdown RUN ...                                         a run's swap/replace-object by shape pair and
+                                                                    VG-Relation by phrasing (synthetic world)
 compclip compare RUN_OR_RESULT ... [--out DIR] [--names A,B,...]   several models' probe results: one markdown
                 table and one PNG (rows models, columns benchmark subsets)
 compclip probe  (--ckpt PATH | --encoder open_clip:ARCH@TAG_OR_FILE | --encoder hf:PATH_OR_NAME) [EXP.yaml ...]
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in ("train", "synth", "config", "batch-stats", "probe", "recaption", "sweep", "compare"):
+    if command not in ("train", "synth", "config", "batch-stats", "probe", "recaption", "sweep", "compare",
+                       "breakdown"):
         print(f"compclip: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
     if command == "recaption":  # its own argparse: shard paths and backend options, no experiment config
@@ -45,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from lit_compclip.compare import main as compare
 
         return compare(rest)
+    if command == "breakdown":  # its own argparse: run folders' per-example probe records
+        from lit_compclip.breakdown import main as breakdown
+
+        return breakdown(rest)
     if command == "sweep":  # its own argparse: a sweep spec, runner options and overrides for every run
         from lit_compclip.sweep import main as sweep
 
