@@ -151,8 +151,8 @@ def _fmt(cell: tuple[float, float, int] | None) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
 
 
-def render(table, order_rows, runs, spec_path: str | None, failed: list[str], chart: Path | None) -> str:
-    compared = compare_two(table)
+def render(table, order_rows, runs, spec_path: str | None, failed: list[str], chart: Path | None,
+           compared: list[dict[str, Any]] = ()) -> str:
     groups = [c for c in PAPER_ORDER if c in table] + sorted(g for g in table if g not in PAPER_ORDER)
     seeds = {g: max(v[2] for v in table[g].values()) for g in groups}
     lines = ["# Ablation report", "",
@@ -233,11 +233,12 @@ def write_report(out: str | Path, spec_path: str | None = None, failed: list[str
     table = aggregate(runs)
     order_rows = check_order(table)
     chart = bar_chart(table, out / "ablation.png") if runs else None
+    compared = compare_two(table)
     path = out / "REPORT.md"
-    path.write_text(render(table, order_rows, runs, spec_path, list(failed), chart))
+    path.write_text(render(table, order_rows, runs, spec_path, list(failed), chart, compared))
     summary_json = {g: {m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in t.items()} for g, t in table.items()}
     (out / "summary.json").write_text(json.dumps({"cells": summary_json, "order": order_rows,
-                                                  "compared": compare_two(table)}, indent=1) + "\n")
+                                                  "compared": compared}, indent=1) + "\n")
     if order_rows:
         held = [r for r in order_rows if r["holds"]]
         summary = (f"the paper's ordering holds on {len(held)} of {len(order_rows)} metrics"
