@@ -155,7 +155,7 @@ def render(table, order_rows, runs, spec_path: str | None, failed: list[str], ch
            compared: list[dict[str, Any]] = ()) -> str:
     groups = [c for c in PAPER_ORDER if c in table] + sorted(g for g in table if g not in PAPER_ORDER)
     seeds = {g: max(v[2] for v in table[g].values()) for g in groups}
-    lines = ["# Ablation report", "",
+    lines = ["# Ablation report" if order_rows else "# Sweep report", "",
              f"{len(runs)} finished run(s) from `{spec_path or 'a sweep'}`, written "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Scores in %, mean ± sample std over seeds "
              f"(seeds per cell: {', '.join(f'{g} {seeds[g]}' for g in groups)}).", ""]

@@ -157,6 +157,7 @@ def test_report_means_stds_and_the_papers_ordering(tmp_path):
     assert attribution["holds"] and attribution["clear"] == [True, False, True] and not attribution["holds_clearly"]
     report = write_report(tmp_path, spec_path="spec.yaml")
     text = report["path"].read_text()
+    assert text.startswith("# Ablation report")
     assert "| aro/vg_relation | 85.0 ± 7.1 | 70.0 ± 0.0 | 50.0 ± 14.1 | 30.0 ± 0.0 | yes (✓ > ✓ > ✓) | yes (✓ > ✓ > ✓) |" in text
     assert "| sugarcrepe/swap_att | 85.0 ± 7.1 | 70.0 ± 0.0 | 95.0 ± 0.0 | 30.0 ± 0.0 | no (✓ > ✗ > ✓) | no (✓ > ✗ > ✓) |" in text
     assert "| aro/vg_attribution | 85.0 ± 7.1 | 70.0 ± 0.0 | 65.0 ± 14.1 | 30.0 ± 0.0 | yes (✓ > ✓ > ✓) | no (✓ > ✗ > ✓) |" in text
@@ -190,7 +191,7 @@ def test_two_experiments_of_one_cell_are_two_groups_compared_against_the_seeds_s
     docci = rows["probe/docci/t2i_r1"]
     assert docci["diff"] == pytest.approx(-0.32) and docci["clear"]
     text = report["path"].read_text()
-    assert "## both (whole_captions) against both (default)" in text
+    assert text.startswith("# Sweep report") and "## both (whole_captions) against both (default)" in text
     assert "| docci/t2i_r1 | 82.0 ± 2.0 | 50.0 ± 10.0 | -32.0 | yes |" in text
 
 
