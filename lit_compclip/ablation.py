@@ -82,6 +82,11 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, fl
     return table
 
 
+def beyond_spread(a: tuple[float, float, int], b: tuple[float, float, int]) -> bool:
+    """Cell a's mean exceeds cell b's by more than the seeds' spread: the larger of their two sample stds."""
+    return a[0] - b[0] > max(a[1], b[1])
+
+
 def check_order(table: dict[str, dict[str, tuple]], metrics=(COMPOSITE,) + ORDER_METRICS) -> list[dict[str, Any]]:
     """Per metric: the four cells' means and stds, whether each adjacent pair of the paper's order holds (a > b), and
     whether each step is larger than the seeds' spread (a - b > the larger of the two stds): only then is the order
@@ -92,9 +97,10 @@ def check_order(table: dict[str, dict[str, tuple]], metrics=(COMPOSITE,) + ORDER
     for metric in metrics:
         if not all(metric in table[c] for c in PAPER_ORDER):
             continue
-        means, stds, seeds = (list(v) for v in zip(*(table[c][metric] for c in PAPER_ORDER)))
+        cells = [table[c][metric] for c in PAPER_ORDER]
+        means, stds, seeds = (list(v) for v in zip(*cells))
         pairs = [means[i] > means[i + 1] for i in range(3)]
-        clear = [means[i] - means[i + 1] > max(stds[i], stds[i + 1]) for i in range(3)]
+        clear = [beyond_spread(cells[i], cells[i + 1]) for i in range(3)]
         rows.append({"metric": metric, "means": means, "stds": stds, "seeds": seeds, "pairs": pairs,
                      "holds": all(pairs), "clear": clear, "holds_clearly": all(clear)})
     return rows
@@ -109,8 +115,9 @@ def compare_two(table: dict[str, dict[str, tuple]], metrics=(COMPOSITE,) + ORDER
     rows = []
     for metric in metrics:
         if metric in table[first] and metric in table[second]:
-            (a, sa, _), (b, sb, _) = table[first][metric], table[second][metric]
-            rows.append({"metric": metric, "groups": [first, second], "diff": b - a, "clear": abs(b - a) > max(sa, sb)})
+            a, b = table[first][metric], table[second][metric]
+            rows.append({"metric": metric, "groups": [first, second], "diff": b[0] - a[0],
+                         "clear": beyond_spread(a, b) or beyond_spread(b, a)})
     return rows
 
 
