@@ -113,6 +113,10 @@ class ImageConfig:
     stem: str = "conv"  # 3x3 convolutions of stride 2 (shapes are told apart sooner); "patch": the ViT's own patchify
     stem_norm: str = "group"  # the conv stem's norm: GroupNorm per image, or "batch" (BatchNorm: depends on the batch)
     stem_groups: int = 8  # GroupNorm's groups (1: one mean and variance per image)
+    # 3x3 stride-1 convolutions after each of the conv stem's halvings (one count per halving of patch_size). [0, 1, 1]:
+    # tokens see 39 px, past a whole object (19-26 px); it fixed the held-out relation phrasings and lifted
+    # swap-object in the runs that chose it (docs/RESEARCH_LOG.md, stem convolutions).
+    stem_convs: List[int] = field(default_factory=lambda: [0, 1, 1])
     augment: bool = True
     crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
     grad_checkpointing: bool = False  # recompute the trunk's blocks in backward: less memory, ~30% more compute
@@ -404,6 +408,11 @@ def check_values(cfg: DictConfig) -> None:
         need(cfg.model.image[key] is None or cfg.model.image[key] >= 1, f"model.image.{key}",
              "must be >= 1, or null for the timm model's own")
     need(cfg.model.image.stem_groups >= 1, "model.image.stem_groups", "must be >= 1")
+    convs, patch = list(cfg.model.image.stem_convs), cfg.model.image.patch_size
+    halvings = patch.bit_length() - 1 if patch and patch & (patch - 1) == 0 else None
+    need(all(n >= 0 for n in convs) and (halvings is None or cfg.model.image.stem != "conv" or len(convs) == halvings),
+         "model.image.stem_convs", f"give one count >= 0 per halving of model.image.patch_size={patch}"
+         + (f" ({halvings} of them, e.g. {[0] * halvings})" if halvings else ""))
     crop = cfg.model.image.crop_scale
     need(len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1, "model.image.crop_scale",
          "give two numbers [min, max] with 0 < min <= max <= 1")

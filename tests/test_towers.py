@@ -115,6 +115,34 @@ def test_conv_stem_replaces_the_patchify_layer_with_stride_2_convolutions_on_the
     assert convs[0].weight.grad is not None and convs[0].weight.grad.abs().sum() > 0  # the stem trains
 
 
+def _token_field(stem_convs) -> int:
+    """Width in pixels of the input a middle token of the conv stem depends on (through its convolutions: a
+    BatchNorm stem in eval mode, since GroupNorm's statistics span the whole image)."""
+    torch.manual_seed(0)
+    tower = ImageTower(embed_dim=8, img_size=64, patch_size=8, depth=1, width=32, heads=2, pool="flatten",
+                       stem="conv", stem_norm="batch", stem_convs=stem_convs).eval()
+    img = torch.randn(1, 3, 64, 64, requires_grad=True)
+    tower.trunk.patch_embed(img)[0, 4 * 8 + 4].sum().backward()  # token (4, 4) of the 8x8 grid
+    cols = img.grad.abs().sum(dim=(0, 1, 2)).nonzero().flatten()
+    return int(cols.max() - cols.min() + 1)
+
+
+def test_stem_convs_add_stride_1_convolutions_after_each_halving_and_widen_what_a_token_sees():
+    # three stride-2 3x3 convolutions see 15 px (an object of the synthetic world is 19-26 px); a stride-1 one
+    # after halving i adds 2 * 2**(i+1) px
+    fields = {tuple(c): _token_field(c) for c in ([0, 0, 0], [0, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 2])}
+    assert fields == {(0, 0, 0): 15, (0, 0, 1): 31, (0, 1, 1): 39, (1, 1, 1): 43, (0, 0, 2): 47}
+    tower = ImageTower(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2, pool="flatten",
+                       stem="conv", stem_convs=[1, 0, 1])
+    convs = [m for m in tower.trunk.patch_embed.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.stride[0], c.out_channels) for c in convs] == [(2, 8), (1, 8), (2, 16), (2, 32), (1, 32)]
+    assert tuple(tower.trunk.patch_embed.grid_size) == (4, 4)  # the same tokens
+    for bad in ([0, 1], [0, -1, 0]):
+        with pytest.raises(ValueError, match="stem_convs=.*one count >= 0 per halving"):
+            ImageTower(embed_dim=8, img_size=32, patch_size=8, depth=1, width=32, heads=2, stem="conv",
+                       stem_convs=bad)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(stem="pixels"), "stem='pixels': choose 'patch' or 'conv'"), (dict(stem="conv", patch_size=6), "power of 2"),
     (dict(stem="conv", pretrained=True), "no pretrained weights"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -38,10 +40,15 @@ def flat_tokens(trunk: nn.Module) -> int:
 STEM_NORMS = ("group", "batch")
 
 
-def conv_stem(patch_size: int | None, width: int | None, norm: str = "group", groups: int = 8):
+def conv_stem(patch_size: int | None, width: int | None, norm: str = "group", groups: int = 8,
+              extra: Sequence[int] | None = None):
     """A ViT's patchify stem replaced by 3x3 convolutions of stride 2, one per halving of `patch_size` (timm's
     ConvStem inside its HybridEmbed): "early convolutions help transformers see better" (Xiao et al., 2021). Each
-    token then sees across its patch's borders, so shapes that span two or three patches are told apart sooner."""
+    token then sees across its patch's borders, so shapes that span two or three patches are told apart sooner.
+
+    `extra[i]` 3x3 convolutions of stride 1 follow halving i at its resolution and width: after the last one each
+    widens what a token sees by two patches (patch 8: 15 px, 31 px with one); after the earlier ones they add
+    layers where outlines are still a few pixels wide."""
     from functools import partial
 
     from timm.layers import GroupNormAct
@@ -52,8 +59,16 @@ def conv_stem(patch_size: int | None, width: int | None, norm: str = "group", gr
                          f"model.image.width set, not patch_size={patch_size!r}, width={width!r}")
     if norm not in STEM_NORMS:
         raise ValueError(f"model.image.stem_norm={norm!r}: choose {' or '.join(STEM_NORMS)}")
-    depth = patch_size.bit_length() - 1
-    channels = tuple(max(8, width // 2 ** (depth - 1 - i)) for i in range(depth))  # e.g. 32, 64, 128
+    halvings = patch_size.bit_length() - 1
+    extra = [0] * halvings if extra is None else list(extra) if isinstance(extra, Sequence) else extra
+    if not isinstance(extra, list) or len(extra) != halvings or any(not isinstance(n, int) or n < 0 for n in extra):
+        raise ValueError(f"model.image.stem_convs={extra!r}: one count >= 0 per halving of patch_size={patch_size} "
+                         f"({halvings} of them), e.g. {[0] * halvings}")
+    widths = [max(8, width // 2 ** (halvings - 1 - i)) for i in range(halvings)]  # e.g. 32, 64, 128
+    channels, strides = [], []
+    for w, n in zip(widths, extra):
+        channels += [w] * (1 + n)
+        strides += [2] + [1] * n
     if norm == "batch":  # Xiao et al.'s choice; its statistics depend on the batch (see README, "What is exact")
         norm_layer = nn.BatchNorm2d
     else:
@@ -63,9 +78,10 @@ def conv_stem(patch_size: int | None, width: int | None, norm: str = "group", gr
         # probes near BatchNorm's; a per-pixel LayerNorm lost most of the stem's gain.
         if any(c % groups for c in channels[:-1]):
             raise ValueError(f"model.image.stem_groups={groups} must divide the conv stem's normalised channels "
-                             f"{channels[:-1]} (from model.image.width={width})")
+                             f"{tuple(channels[:-1])} (from model.image.width={width})")
         norm_layer = partial(GroupNormAct, num_groups=groups)
-    backbone = ConvStem(depth=depth, channels=channels, stride=(2,) * depth, act_layer=nn.GELU, norm_layer=norm_layer)
+    backbone = ConvStem(depth=len(channels), channels=tuple(channels), stride=tuple(strides), act_layer=nn.GELU,
+                        norm_layer=norm_layer)
     return partial(HybridEmbed, backbone=backbone)
 
 
@@ -76,7 +92,7 @@ class ImageTower(nn.Module):
                  img_size: int | None = 64, patch_size: int | None = 8, depth: int | None = 4,
                  width: int | None = 128, heads: int | None = 4, pos_embed: str = "learn", pool: str = "model",
                  stem: str = "patch",  # the config's default is "conv" (lit_compclip/config.py)
-                 stem_norm: str = "group", stem_groups: int = 8,
+                 stem_norm: str = "group", stem_groups: int = 8, stem_convs: Sequence[int] | None = None,
                  augment: bool = True, crop_scale: tuple[float, float] = (0.9, 1.0),
                  grad_checkpointing: bool = False, channels_last: bool = False):
         super().__init__()
@@ -93,7 +109,7 @@ class ImageTower(nn.Module):
             if pretrained:
                 raise ValueError("model.image.stem='conv' has no pretrained weights (they hold a patchify stem); "
                                  "set model.image.stem=patch with model.image.pretrained=true")
-            overrides.update(embed_layer=conv_stem(patch_size, width, stem_norm, stem_groups), patch_size=1)
+            overrides.update(embed_layer=conv_stem(patch_size, width, stem_norm, stem_groups, stem_convs), patch_size=1)
         elif stem != "patch":
             raise ValueError(f"model.image.stem={stem!r}: choose 'patch' or 'conv'")
         sizes = {k: v for k, v in overrides.items() if k != "embed_layer"}
