@@ -40,6 +40,34 @@ def test_ablation_spec_holds_the_four_cells_times_three_seeds(tmp_path):
     assert all(cells.count(c) == 3 for c in PAPER_ORDER)
 
 
+def _flat(cfg) -> dict:
+    out = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            out[prefix[:-1]] = node
+    walk("", OmegaConf.to_container(cfg, resolve=True))
+    return out
+
+
+def test_ablation_cells_differ_from_the_default_only_by_the_two_levers_and_the_scratch_cells_lr(tmp_path):
+    runs = plan(load_spec("experiments/sweeps/ablation.yaml"), tmp_path, [], None, 0)
+    default = {r["cfg"].seed: _flat(r["cfg"]) for r in runs if cell_of(OmegaConf.to_container(r["cfg"])) == "both"}
+    levers = ("data.caption_fields.", "model.text.")
+    for run in runs:
+        cell, flat = cell_of(OmegaConf.to_container(run["cfg"])), _flat(run["cfg"])
+        base = default[run["cfg"].seed]
+        differ = {k for k in set(flat) | set(base) if flat.get(k) != base.get(k)} - {"name", "run_dir"}
+        allowed = {k for k in differ if k.startswith(levers)}
+        if "scratch" in str(flat["model.text.tower"]):  # each scratch-tower cell has its own tuned lr
+            allowed.add("optim.lr")
+            assert flat["optim.lr"] == 5e-4
+        assert differ == allowed, (cell, differ - allowed)
+
+
 def test_seeds_spec_is_the_default_over_five_seeds_as_the_ablation_runs_it(tmp_path):
     seeds = plan(load_spec("experiments/sweeps/seeds.yaml"), tmp_path / "s", [], None, 0)
     assert [r["id"] for r in seeds] == [f"default-seed{s}" for s in range(5)]
