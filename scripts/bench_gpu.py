@@ -21,8 +21,9 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# The shipped conv stem at patch 16 (four halvings), with the default's stride-1 convolutions after the last two.
 VIT_B16_224 = ["model.image.width=768", "model.image.depth=12", "model.image.heads=12", "model.image.patch_size=16",
-               "model.image.img_size=224"]
+               "model.image.img_size=224", "model.image.stem_convs=[0,0,1,1]"]
 LARGE_TEXT = {"layers": 12, "width": 768, "heads": 12}
 
 
