@@ -60,8 +60,8 @@ def conv_stem(patch_size: int | None, width: int | None, norm: str = "group", gr
     if norm not in STEM_NORMS:
         raise ValueError(f"model.image.stem_norm={norm!r}: choose {' or '.join(STEM_NORMS)}")
     halvings = patch_size.bit_length() - 1
-    extra = [0] * halvings if extra is None else list(extra) if isinstance(extra, Sequence) else extra
-    if not isinstance(extra, list) or len(extra) != halvings or any(not isinstance(n, int) or n < 0 for n in extra):
+    extra = [0] * halvings if extra is None else extra
+    if not isinstance(extra, Sequence) or len(extra) != halvings or any(not isinstance(n, int) or n < 0 for n in extra):
         raise ValueError(f"model.image.stem_convs={extra!r}: one count >= 0 per halving of patch_size={patch_size} "
                          f"({halvings} of them), e.g. {[0] * halvings}")
     widths = [max(8, width // 2 ** (halvings - 1 - i)) for i in range(halvings)]  # e.g. 32, 64, 128
