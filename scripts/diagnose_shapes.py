@@ -18,7 +18,8 @@ import random
 
 import torch
 
-from lit_compclip.synth.world import COLOURS, SHAPES, SIZES, render
+from lit_compclip.synth.world import COLOURS, MARGIN, SHAPES, SIZES, render
+
 
 def group_scores(S: torch.Tensor) -> tuple[int, int, bool]:
     """(text choices right of 2, image choices right of 2, group right) for a 2x2 image-by-caption similarity S[i, t],
@@ -33,7 +34,7 @@ def twin_scenes(rng: random.Random, pair: tuple[str, str], image_size: int = 64)
     c1, c2 = rng.sample(list(COLOURS), 2)
     s1, s2 = pair if rng.random() < 0.5 else pair[::-1]
     w1, w2 = (round(rng.choice(list(SIZES.values())) * image_size) for _ in range(2))
-    lo, hi = round(0.1 * image_size), image_size - max(w1, w2) - round(0.07 * image_size)
+    lo, hi = round(0.1 * image_size), image_size - max(w1, w2) - round(MARGIN * image_size)
     if rng.random() < 0.5:  # side by side or one above the other, never overlapping
         places = [(lo, rng.randint(lo, hi)), (image_size - w2 - lo, rng.randint(lo, hi))]
     else:
