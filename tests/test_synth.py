@@ -182,7 +182,11 @@ def test_family_members_are_the_counterfactuals(data):
         assert attrs(colour)[:2] == [(s0, c1, z0), (s1, c0, z1)] and attrs(colour)[2:] == attrs(base)[2:]
         assert rels(colour) == rels(base)
         assert attrs(position) == attrs(base) and rels(position)[0] == INVERSE[rels(base)[0]]
-        assert attrs(both) == attrs(colour) and rels(both)[0] == INVERSE[rels(base)[0]]
+        assert rels(both)[0] == INVERSE[rels(base)[0]]
+        if members[0]["split"] == "train":  # the shapes exchanged and nothing else: each place keeps colour and size
+            assert attrs(both)[:2] == [(s0, c1, z1), (s1, c0, z0)] and attrs(both)[2:] == attrs(base)[2:]
+        else:  # the probes' eval families as in format 7: each object keeps its size, so sizes swap places too
+            assert attrs(both) == attrs(colour)
         assert base["objects"][0]["bbox"] != colour["objects"][0]["bbox"]  # re-rendered with fresh jitter
 
 
@@ -450,10 +454,14 @@ def test_hard_negative_stats_on_hand_built_batches():
         "shape_negative_frac": 2 / 4, "binding_negative_frac": 2 / 4}
     for f in range(2):
         family = sample_family(random.Random(f), 2, "train", 64)
-        # with equal sizes the both-swapped member is the base with its two shapes exchanged: shape-only too
+        # the both-swapped member is the base with its two shapes exchanged (a shape-only pair); with equal sizes
+        # it is also the colour-swapped member moved (relation-only) and the position-swapped one shape-swapped
         same_size = family[0]["objects"][0]["size"] == family[0]["objects"][1]["size"]
-        assert hard_negative_stats(family) == none | {"binding_negative_frac": 1.0, "relation_negative_frac": 1.0,
-                                                      "shape_negative_frac": float(same_size)}
+        assert hard_negative_stats(family) == none | {"binding_negative_frac": 1.0,
+                                                      "relation_negative_frac": 1.0 if same_size else 0.5,
+                                                      "shape_negative_frac": 1.0 if same_size else 0.5}
+    assert any(f[0]["objects"][0]["size"] != f[0]["objects"][1]["size"]
+               for f in (sample_family(random.Random(f), 2, "train", 64) for f in range(2)))  # both cases seen
     rng = random.Random(0)
     family = sample_family(rng, 2, "train", 64)
     assert hard_negative_stats(family + shape_twin(family, rng)) == none | {

@@ -18,11 +18,12 @@ from lit_compclip.synth import captions as cap
 from lit_compclip.synth.world import (HELD_OUT, INVERSE, MAX_OBJECTS, MEMBERS, RELATIONS, SIZES, TWIN_MEMBERS,
                                       _sample_layout, encode, render, sample_family, scene_dict, shape_twin, size_scale)
 
-FORMAT_VERSION = 7  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger
+FORMAT_VERSION = 8  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger
 # shapes; 4: the object list names the leftmost (topmost) object again instead of saying where each object is;
 # 5: shape twins, vertical relations trained as above / on top of and below / underneath; 6: SugarCrepe++ and
 # What'sUp probe sets (the shards and the older probe sets byte for byte as in 5); 7: larger objects (sides 0.30
-# and 0.40 of the image, not 0.26 and 0.36) in a 7% margin (not 10%); every caption as in 6
+# and 0.40 of the image, not 0.26 and 0.36) in a 7% margin (not 10%); every caption as in 6; 8: the training
+# families' swap_both member exchanges only the shapes (sizes stay in place); val shards and probe sets as in 7
 FAMILY_SIZE = len(MEMBERS)
 OUTPUTS = ("manifest.json", "train", "val", "probes")  # everything generate() writes (and overwrite removes)
 BOX_PAD = 0.05  # ARO crop boxes: padding around the two objects, as a fraction of the image
