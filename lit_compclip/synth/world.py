@@ -146,8 +146,8 @@ def shape_twin(family: list[dict], rng: random.Random) -> list[dict]:
     """The training family again with one object's shape replaced, in every member, by a shape the scene lacks;
     colours, sizes, places and jitter are kept, and no member holds a HELD_OUT (colour, shape).
 
-    Without twins a batch asks for shape only through exchanged shapes (the both-swapped member, when the two sizes
-    match) or by chance, and replace-object stayed at 55-72% in every run."""
+    Without twins a batch asks for shape only through exchanged shapes (the both-swapped member; up to format 7
+    only when the two sizes matched) or by chance, and replace-object stayed at 55-72% in every run."""
     shapes = {o["shape"] for o in family[0]["objects"]}
     choices = [(k, s) for k in range(len(family[0]["objects"])) for s in SHAPES if s not in shapes]
     rng.shuffle(choices)
