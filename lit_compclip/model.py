@@ -94,7 +94,8 @@ class CompClip(L.LightningModule):
             self.image.trunk.compile()
             for block in transformer_layers(self.text):  # blocks only: a tower's own Python (tokens, cache) stays eager
                 block.compile()
-        self.log_logit_scale = nn.Parameter(torch.tensor(float(model["init_logit_scale"])))
+        # one element, not 0-d: FSDP refuses scalar parameters (old 0-d checkpoints: _load_from_state_dict)
+        self.log_logit_scale = nn.Parameter(torch.full((1,), float(model["init_logit_scale"])))
         self.max_logit_scale = float(model["max_logit_scale"])
         self.optim = optim
         self.total_steps = total_steps
@@ -117,7 +118,7 @@ class CompClip(L.LightningModule):
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale).squeeze(0)  # 0-d, as the losses take it
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image(images), dim=-1)  # (B, D)
@@ -236,7 +237,7 @@ class CompClip(L.LightningModule):
             if texts is not None:
                 surrogate = surrogate + (self.encode_text(texts) * next(text_grads)).sum()
             if k == len(steps) - 1:
-                surrogate = surrogate + self.log_logit_scale * scale_grad
+                surrogate = surrogate + (self.log_logit_scale * scale_grad).sum()
                 self._sync_blocked.close()  # DDP syncs the accumulated gradients in this backward only
             self.manual_backward(surrogate)
         return loss
@@ -246,7 +247,12 @@ class CompClip(L.LightningModule):
         checkpoint.setdefault("data_counts", {}).update(  # beside what callbacks (DataSkips) put there
             skipped=self.skipped, skipped_by_reason=dict(self.skipped_by_reason), no_negative=self.no_negative)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        upgrade_scalar_scale({"state_dict": state_dict}, prefix)  # weights alone (probe --ckpt, init_from)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        upgrade_scalar_scale(checkpoint)  # resume: before Lightning loads the weights and the optimizer state
         counts = checkpoint.get("data_counts", {})
         self.skipped, self.no_negative = counts.get("skipped", 0), counts.get("no_negative", 0)
         # a checkpoint from before the count by reason: its total, its reasons unknown
@@ -294,3 +300,20 @@ class CompClip(L.LightningModule):
 
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [rate(pretrained) for _, pretrained in groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def upgrade_scalar_scale(checkpoint: dict, prefix: str = "") -> dict:
+    """A checkpoint from before the logit scale had one element (it was 0-d), reshaped in place to today's (1,): the
+    weight and, for a resume, its optimizer moments. Every other parameter is at least 1-d, so in such a checkpoint
+    a 0-d optimizer state other than the step count can only be the scale's."""
+    state = checkpoint.get("state_dict", {})
+    key = prefix + "log_logit_scale"
+    if key not in state or not torch.is_tensor(state[key]) or state[key].ndim != 0:
+        return checkpoint
+    state[key] = state[key].reshape(1)
+    for optimizer in checkpoint.get("optimizer_states", []):
+        for moments in optimizer.get("state", {}).values():
+            for name, value in moments.items():
+                if name != "step" and torch.is_tensor(value) and value.ndim == 0:
+                    moments[name] = value.reshape(1)
+    return checkpoint

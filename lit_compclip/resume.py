@@ -81,7 +81,10 @@ def resume_point(cfg: DictConfig, launched_rank: bool) -> Resume | None:
     checkpoint = read_checkpoint(path)
     if checkpoint is None:  # a sharded (FSDP) folder: Lightning checks its weights' shapes
         return Resume(path, cfg.run_dir or run_dir_of(path), None, None)
-    shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if hasattr(v, "shape")}
+    from lit_compclip.model import upgrade_scalar_scale
+
+    shapes = {k: tuple(v.shape) for k, v in upgrade_scalar_scale(checkpoint)["state_dict"].items()
+              if hasattr(v, "shape")}
     return Resume(path, cfg.run_dir or run_dir_of(path), int(checkpoint["global_step"]), shapes)
 
 

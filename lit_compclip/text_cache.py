@@ -116,9 +116,11 @@ class PrefixCache:
         return torch.from_numpy(np.frombuffer(data, dtype=self.dtype).reshape(-1, width).astype(np.float32))
 
     def round(self, t: torch.Tensor) -> torch.Tensor:
-        """`t` as it will read back (storage in another dtype rounds), so a fresh row equals its later cached copy."""
+        """`t` exactly as `get` will return it: rounded to the stored dtype, then a float32 CPU tensor (a bf16 row of
+        an autocast forward on a GPU included), so a fresh row equals its later cached copy and a batch's rows,
+        fresh or read, join on one device."""
         stored = torch.float16 if self.dtype is np.float16 else torch.float32
-        return t.to(stored).to(t.dtype) if t.dtype != stored else t
+        return t.detach().to(stored).to("cpu", torch.float32)
 
     def put(self, keys: list[bytes], values: list[torch.Tensor]) -> None:
         rows = [value.detach().to("cpu", torch.float32).numpy().astype(self.dtype).tobytes() for value in values]

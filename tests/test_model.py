@@ -88,3 +88,55 @@ def test_trained_text_layers_run_with_dropout_from_the_first_step():
     model = CompClip(MODEL, OPTIM, total_steps=4)  # Hugging Face builds its models in eval mode
     assert model.training and all(layer.training for layer in model.text.trainable)
     assert not model.text.st[0].auto_model.embeddings.training  # frozen layers stay deterministic
+
+
+# --- the logit scale: one element, because FSDP refuses 0-d parameters ---------------------------------------------
+
+def shipped_model() -> CompClip:
+    from omegaconf import OmegaConf
+
+    from lit_compclip.config import load_config
+
+    cfg = load_config(["experiments/default.yaml"], [])
+    return CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=10)
+
+
+def test_the_shipped_model_has_no_0_d_parameter_which_fsdp_would_refuse():
+    # torch's FSDP raises "FSDP doesn't support scalar parameters" at wrap time (found on an H200, 2026-12-04)
+    model = shipped_model()
+    assert [n for n, p in model.named_parameters() if p.ndim == 0] == []
+    assert model.log_logit_scale.shape == (1,) and model.logit_scale.ndim == 0  # the losses still take a 0-d scale
+
+
+def old_checkpoint(model: CompClip) -> dict:
+    """A checkpoint as versions before the one-element scale wrote it: 0-d weight and 0-d Adam moments."""
+    optimizer = model.configure_optimizers()["optimizer"]
+    model.log_logit_scale.grad = torch.ones(1)
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    state, opt_state = model.state_dict(), optimizer.state_dict()
+    state["log_logit_scale"] = state["log_logit_scale"].reshape(())
+    for moments in opt_state["state"].values():
+        for k, v in moments.items():
+            if k != "step" and v.shape == (1,):
+                moments[k] = v.reshape(())
+    return {"state_dict": state, "optimizer_states": [opt_state]}
+
+
+def test_a_checkpoint_with_the_old_0_d_scale_still_loads_and_resumes():
+    from lit_compclip.model import upgrade_scalar_scale
+
+    model = CompClip(MODEL, OPTIM, total_steps=8)
+    old = old_checkpoint(model)
+    scale = old["state_dict"]["log_logit_scale"].clone()
+    fresh = CompClip(MODEL, OPTIM, total_steps=8)
+    fresh.load_state_dict(dict(old["state_dict"]))  # probe --ckpt and init_from load weights alone
+    assert fresh.log_logit_scale.shape == (1,) and fresh.log_logit_scale.item() == scale.item()
+    upgrade_scalar_scale(old)  # what on_load_checkpoint does before Lightning restores weights and optimizer
+    optimizer = fresh.configure_optimizers()["optimizer"]
+    optimizer.load_state_dict(old["optimizer_states"][0])
+    fresh.log_logit_scale.grad = torch.ones(1)
+    optimizer.step()  # a 0-d moment against a (1,) parameter would fail here
+    assert all(v.ndim > 0 for m in optimizer.state_dict()["state"].values() for k, v in m.items() if k != "step")

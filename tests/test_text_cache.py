@@ -297,3 +297,16 @@ def test_a_second_run_with_the_same_seed_reads_every_caption_from_the_cache(worl
     first, second = run("first"), run("second")
     assert first and max(first) < 0.5  # new captions are computed (a few repeat across families)
     assert second and min(second) == 1.0  # the same seed draws the same captions: all cached
+
+
+def test_a_fresh_row_is_a_float32_cpu_tensor_like_a_read_one(tmp_path):
+    # On a GPU, rows read from disk (CPU) and rows just computed (GPU, bfloat16 under bf16-mixed) were joined in
+    # one torch.cat and training failed (found on an H200, 2026-12-04): fresh rows now come back as read ones do.
+    cache = PrefixCache(str(tmp_path), "space", 1.0, "float16")
+    row = torch.randn(5, 8, dtype=torch.bfloat16)
+    fresh = cache.round(row)
+    assert fresh.dtype == torch.float32 and fresh.device.type == "cpu"
+    cache.put([b"k"], [fresh])
+    found, missing = cache.get([b"k"], 8)
+    assert missing == [] and torch.equal(found[0], fresh)  # bitwise what a later step reads
+    assert torch.equal(fresh, row.to(torch.float16).float())

@@ -322,6 +322,7 @@ class PretrainedTextTower(nn.Module):
             return torch.stack([found[i].reshape(self.width).to(device, dtype) for i in range(len(keys))])
         out = torch.zeros(*mask.shape, self.width, device=device, dtype=dtype)  # (B, L, width); padding stays zero
         # each row at its real positions, on either padding side (a boolean index walks the rows in order)
+        # every row is a float32 CPU tensor (cache.round makes fresh ones so): one copy to the tower's device
         out[mask.bool()] = torch.cat([found[i] for i in range(len(keys))]).to(device, dtype)
         return out
 
