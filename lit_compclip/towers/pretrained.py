@@ -318,11 +318,11 @@ class PretrainedTextTower(nn.Module):
             found.update(zip(missing, rows))
         device = mask.device
         dtype = self.trainable[0].parameters().__next__().dtype if self.trainable else self.proj.weight.dtype
+        # every row is a float32 CPU tensor (cache.round makes fresh ones so): join them, then one copy to the device
         if self.fully_frozen:
-            return torch.stack([found[i].reshape(self.width).to(device, dtype) for i in range(len(keys))])
+            return torch.stack([found[i].reshape(self.width) for i in range(len(keys))]).to(device, dtype)
         out = torch.zeros(*mask.shape, self.width, device=device, dtype=dtype)  # (B, L, width); padding stays zero
         # each row at its real positions, on either padding side (a boolean index walks the rows in order)
-        # every row is a float32 CPU tensor (cache.round makes fresh ones so): one copy to the tower's device
         out[mask.bool()] = torch.cat([found[i] for i in range(len(keys))]).to(device, dtype)
         return out
 
