@@ -413,6 +413,14 @@ def check_values(cfg: DictConfig) -> None:
     need(all(n >= 0 for n in convs) and (halvings is None or cfg.model.image.stem != "conv" or len(convs) == halvings),
          "model.image.stem_convs", f"give one count >= 0 per halving of model.image.patch_size={patch}"
          + (f" ({halvings} of them, e.g. {[0] * halvings})" if halvings else ""))
+    if cfg.model.image.stem == "patch":  # the stem_* keys shape the conv stem only; a changed one would be ignored
+        defaults = ImageConfig()
+        for key in ("stem_convs", "stem_norm", "stem_groups"):
+            value = cfg.model.image[key]
+            value = list(value) if key == "stem_convs" else value
+            need(value == getattr(defaults, key), f"model.image.{key}",
+                 f"shapes the conv stem only; set model.image.stem=conv, or leave it at {getattr(defaults, key)!r} "
+                 f"with model.image.stem=patch")
     crop = cfg.model.image.crop_scale
     need(len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1, "model.image.crop_scale",
          "give two numbers [min, max] with 0 < min <= max <= 1")

@@ -88,6 +88,11 @@ def test_values_are_range_checked():
     with pytest.raises(ConfigError, match="'model.image.stem': a conv stem has no pretrained weights"):
         load_config([], ["model.image.pretrained=true"])
     assert load_config([], ["model.image.pretrained=true", "model.image.stem=patch"]).model.image.stem == "patch"
+    # the stem_* keys shape only the conv stem: changed with the patchify stem they would be silently ignored
+    for key, value in (("stem_convs", "[0,0,1]"), ("stem_norm", "batch"), ("stem_groups", "4")):
+        with pytest.raises(ConfigError, match=rf"'model.image.{key}': shapes the conv stem only"):
+            load_config([], ["model.image.stem=patch", f"model.image.{key}={value}"])
+        assert load_config([], [f"model.image.{key}={value}"]).model.image.stem == "conv"
     for bad in ("-1", "1.5", "some", "true"):
         with pytest.raises(ConfigError, match="'trainer.limit_val_batches': give a number of batches"):
             load_config([], [f"trainer.limit_val_batches={bad}"])
