@@ -47,6 +47,8 @@ CASES = {
     "stem_norm_bogus": (["model.image.stem_norm=bogus"], "'model.image.stem_norm'", "none"),
     "stem_convs_one_short": (["model.image.stem_convs=[1,1]"], "'model.image.stem_convs'", "none"),
     "stem_convs_not_a_list": (["model.image.stem_convs=2"], "'model.image.stem_convs'", "none"),
+    "stem_convs_with_patch_stem": (["model.image.stem=patch", "model.image.stem_convs=[0,0,1]"],
+                                   "'model.image.stem_convs'", "none"),
     "text_tower_unknown": (["model.text.tower=bogus"], "'model.text.tower'", "none"),
     "unfreeze_layers_not_an_int": (["model.text.unfreeze_layers=abc"], "model.text.unfreeze_layers", "none"),
     "probe_option_unknown": (["probes.suites.aro.bogus=1"], "probes.suites.aro", "none"),
