@@ -83,18 +83,23 @@ def read_training_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-def load_module(path: str):
-    """The trained CompClip on the CPU in eval mode, or a one-line ConfigError naming the file."""
+def build_module(hp: dict):
+    """The CompClip a checkpoint's hyper_parameters describe, with fresh weights; scored eagerly (compiling for one
+    pass over the probes costs more than it saves)."""
     from lit_compclip.model import CompClip
 
+    return CompClip({**hp["model"], "compile": False}, hp["optim"], hp.get("total_steps"))
+
+
+def load_module(path: str):
+    """The trained CompClip on the CPU in eval mode, or a one-line ConfigError naming the file."""
     checkpoint = read_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ConfigError(f"checkpoint {path!r} is not a lit_compclip training checkpoint (no state_dict or "
                           f"hyper_parameters)")
     hp = checkpoint["hyper_parameters"]
     try:
-        # scored eagerly: compiling for one pass over the probes costs more than it saves
-        module = CompClip({**hp["model"], "compile": False}, hp["optim"], hp.get("total_steps"))
+        module = build_module(hp)
         module.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"checkpoint {path!r} does not match this version's model ({type(e).__name__}: "

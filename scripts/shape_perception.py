@@ -88,12 +88,11 @@ def merged_confusions(confusion: torch.Tensor) -> str:
 
 def fresh_module(path: str, seed: int = 0):
     """The checkpoint's model with fresh weights."""
-    from lit_compclip.checkpoints import read_checkpoint_file
-    from lit_compclip.model import CompClip
+    from lit_compclip.checkpoints import build_module, read_checkpoint_file
 
     hp = read_checkpoint_file(path, mmap=True)["hyper_parameters"]
     torch.manual_seed(seed)
-    return CompClip({**hp["model"], "compile": False}, hp["optim"], hp.get("total_steps")).eval()
+    return build_module(hp).eval()
 
 
 def supervised(module, steps: int, test, seed: int = 0) -> None:

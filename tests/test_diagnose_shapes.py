@@ -5,10 +5,6 @@ import random
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
-from lit_compclip.config import load_config
-from lit_compclip.model import CompClip
 
 spec = importlib.util.spec_from_file_location("diagnose_shapes", "scripts/diagnose_shapes.py")
 ds = importlib.util.module_from_spec(spec)
@@ -45,16 +41,6 @@ def test_parse_pairs_defaults_to_every_pair_and_refuses_unknown_shapes():
     for bad in ("cross-hexagon", "cross", "cross-cross"):
         with pytest.raises(ValueError, match="--pairs"):
             ds.parse_pairs(bad)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("diag")
-    cfg = load_config([], ["model.image.depth=1", "model.image.width=64", "model.image.heads=2", "model.embed_dim=32",
-                           f"model.text.cache_dir={folder}/cache"])
-    model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, folder / "tiny.ckpt")
-    return folder / "tiny.ckpt"
 
 
 def test_main_prints_a_row_per_pair_with_scores_in_range(tiny_ckpt, capsys):

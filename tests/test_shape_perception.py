@@ -4,10 +4,7 @@ import importlib.util
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from lit_compclip.config import load_config
-from lit_compclip.model import CompClip
 from lit_compclip.synth.world import SHAPES
 
 spec = importlib.util.spec_from_file_location("shape_perception", "scripts/shape_perception.py")
@@ -33,16 +30,6 @@ def test_one_object_scenes_are_reproducible_and_cover_every_shape():
     assert [s for s, _ in a] == [s for s, _ in b]
     assert all(x.tobytes() == y.tobytes() for (_, x), (_, y) in zip(a, b))
     assert {s for s, _ in a} == set(range(len(SHAPES))) and a[0][1].size == (64, 64)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("perception")
-    cfg = load_config([], ["model.image.depth=1", "model.image.width=64", "model.image.heads=2", "model.embed_dim=32",
-                           f"model.text.cache_dir={folder}/cache"])
-    model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, folder / "tiny.ckpt")
-    return folder / "tiny.ckpt"
 
 
 def test_main_prints_three_feature_rows_per_model_and_the_supervised_curve(tiny_ckpt, capsys):
