@@ -261,9 +261,11 @@ def train(cfg: DictConfig) -> dict:
 def probe_time(passes: list[float], fit_s: float) -> dict:
     """What the probes cost this run (run_time.json): each pass's seconds, their sum, and its share of the wall time
     of `fit` (training, validation, checkpoints and the probes themselves; this process only, for a resumed run)."""
-    total = sum(passes)
-    return {"fit_s": round(fit_s, 3), "probe_s": round(total, 3), "probe_passes_s": [round(p, 3) for p in passes],
-            "probe_fraction": total / fit_s if fit_s > 0 else None}
+    # the share comes from the rounded seconds the file holds, so run_time.json agrees with itself: a short probe
+    # pass rounded to the millisecond would otherwise move the quotient by more than a part in a thousand
+    fit, total = round(fit_s, 3), round(sum(passes), 3)
+    return {"fit_s": fit, "probe_s": total, "probe_passes_s": [round(p, 3) for p in passes],
+            "probe_fraction": total / fit if fit > 0 else None}
 
 
 def trainer_options(cfg: DictConfig, model) -> dict:
