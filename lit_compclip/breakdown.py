@@ -1,8 +1,9 @@
 """`compclip breakdown RUN ...`: a run's synthetic-world probe results split by what the captions name, read from
 its per-example records (<run>/probe_records/, written at the end of fit): SugarCrepe swap-object and
-replace-object by the pair of shapes they tell apart, ARO VG-Relation by relation phrasing. It is how the research
-log found that the default tells shapes apart by how much of their box they fill, and that its weak VG-Relation
-seeds misread one held-out phrasing, not the relation."""
+replace-object by the pair of shapes they tell apart, SugarCrepe's two swap subsets by caption form (a plain
+list 'a A and a B', or a relation 'a A over a B'), ARO VG-Relation by relation phrasing. It is how the research
+log found that the default tells shapes apart by how much of their box they fill, that its swap errors sit in the
+plain lists, and that its weak VG-Relation seeds misread one held-out phrasing, not the relation."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from lit_compclip.synth.world import SHAPES
 
 BY_SHAPE_PAIR = ("sugarcrepe/swap_obj", "sugarcrepe/replace_obj")
 BY_PHRASING = ("aro/vg_relation",)
+BY_FORM = ("sugarcrepe/swap_att", "sugarcrepe/swap_obj")
+SUBSETS = tuple(dict.fromkeys(BY_SHAPE_PAIR + BY_FORM + BY_PHRASING))
 
 
 def shape_pair(captions: list[str]) -> str:
@@ -32,6 +35,12 @@ def phrasing(caption: str) -> str:
     return m.group(1) if m else "?"
 
 
+def caption_form(caption: str) -> str:
+    """'list' for the synthetic world's 'a A and a B' (no place to go by: only which colour, size and shape go
+    together), 'relation' for 'a A <relation> a B' (the relation words never contain 'and')."""
+    return "list" if " and " in f" {caption.strip().lower()} " else "relation"
+
+
 def accuracy_by(records: list[dict], key) -> dict[str, tuple[float, int]]:
     """key(record) -> (fraction correct, count), in descending count order."""
     groups: dict[str, list[bool]] = defaultdict(list)
@@ -44,14 +53,16 @@ def breakdown(run: str | Path) -> dict[str, dict[str, tuple[float, int]]]:
     """subset -> group -> (accuracy, n) for the subsets whose records the run holds."""
     folder = Path(run) / "probe_records" if (Path(run) / "probe_records").is_dir() else Path(run)
     out = {}
-    for subset in BY_SHAPE_PAIR + BY_PHRASING:
+    for subset in SUBSETS:
         path = folder / f"{subset}.jsonl"
         if not path.is_file():
             continue
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if subset in BY_SHAPE_PAIR:
             out[subset] = accuracy_by(records, lambda r: shape_pair(r["captions"]))
-        else:
+        if subset in BY_FORM:
+            out[f"{subset} by caption form"] = accuracy_by(records, lambda r: caption_form(r["captions"][0]))
+        if subset in BY_PHRASING:
             out[subset] = accuracy_by(records, lambda r: phrasing(r["captions"][0]))
     return out
 
@@ -63,7 +74,7 @@ def main(argv: list[str]) -> int:
     for run in args.runs:
         tables = breakdown(run)
         if not tables:
-            print(f"compclip: error: {run}: no probe records of {', '.join(BY_SHAPE_PAIR + BY_PHRASING)} "
+            print(f"compclip: error: {run}: no probe records of {', '.join(SUBSETS)} "
                   f"(runs write them at the end of fit with probes.dump=true)", file=sys.stderr)
             return 2
         print(f"{run}")
