@@ -502,3 +502,22 @@ def quiet():
         hf_logging.set_verbosity(verbosity)
         if bar:
             hf_logging.enable_progress_bar()
+
+
+def save(result: dict, path: str, tag: str) -> None:
+    """A benchmark's figures as sorted JSON at `path`, and one line saying where (`[tag] wrote PATH`)."""
+    import json
+
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+    print(f"[{tag}] wrote {path}")
+
+
+def script_main(argv, parse, run, table, tag: str = "bench") -> int:
+    """A CPU benchmark script's main: parse, run quietly, print its table, save its JSON to --out."""
+    args = parse(argv)
+    with quiet():
+        result = run(args)
+    print(table(result), flush=True)
+    save(result, args.out, tag)
+    return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import statistics
@@ -268,14 +267,7 @@ def table(r: dict) -> str:
 def main(argv=None) -> int:
     from lit_compclip import bench
 
-    args = parse(argv)
-    with bench.quiet():
-        result = run(args)
-    print(table(result), flush=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-    print(f"[bench] wrote {args.out}")
-    return 0
+    return bench.script_main(argv, parse, run, table)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -97,9 +96,7 @@ def main(argv=None) -> int:
         print(f"{name:<26} {c['ours_samples_per_s']:>15.0f} {c['open_clip_samples_per_s']:>10.0f} "
               f"{c['train_vs_open_clip']:>5.2f}x {c['ours_mfu']:>9.1%} {c['open_clip_mfu_same_flops']:>14.1%}")
     print(f"bf16 matmul peak {peak / 1e12:.0f} TFLOP/s on {out['machine']['device']}")
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1, sort_keys=True)
-    print(f"[bench-gpu] wrote {args.out}")
+    bench.save(out, args.out, "bench-gpu")
     return 0
 
 

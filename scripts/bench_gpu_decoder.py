@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import os
 import statistics
 import sys
@@ -173,9 +172,7 @@ def main(argv=None) -> int:
             print(f"{'':<22} text cache speed-up {case['cache_speedup']:.2f}x")
     print(f"peak {peak / 1e12:.0f} TFLOP/s ({out['peak_source']}) on {card}; measured bf16 matmul "
           f"{measured / 1e12:.0f} TFLOP/s")
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1, sort_keys=True)
-    print(f"[bench-gpu-decoder] wrote {args.out}")
+    bench.save(out, args.out, "bench-gpu-decoder")
     return 0
 
 
