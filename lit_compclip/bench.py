@@ -477,6 +477,45 @@ def time_interleaved(steps_by_arm: dict, items_by_arm: dict[str, list], steps: i
     return out
 
 
+def timing_args(parser, args):
+    """--steps and --rounds filled in (3 each, 1 with --quick) and checked: `parser.error` when below 1."""
+    default = 1 if args.quick else 3
+    # `is None`, not `or`: an explicit 0 is refused, not taken for "unset"
+    args.steps = default if args.steps is None else args.steps
+    args.rounds = default if args.rounds is None else args.rounds
+    if args.steps < 1 or args.rounds < 1:
+        parser.error("--steps and --rounds must be >= 1")
+    return args
+
+
+class LoopArm:
+    """An arm of our Lightning loop: one model, trained again by a new Trainer on each run. Its first run warms up
+    and, with a text cache, first fills the cache with one pass over the batches."""
+
+    def __init__(self, cfg: DictConfig, batches: list[dict], steps: int, warmup: int):
+        self.fill = len(batches) if cfg.model.text.get("cache_dir") else 0
+        self.batches, self.steps, self.warmup = batches, steps, warmup
+        self.model = build_model(cfg, warmup + self.fill + steps)
+        self.runs: list[dict] = []  # each run's figures (time_ours' result without the model)
+        self.cache: list[dict] = []  # the text cache's hits and misses in each run's timed steps
+
+    def start(self, first: bool) -> int:
+        """Untimed steps before the timed ones: the batches after them are those timed."""
+        return self.warmup + self.fill if first else 1  # later runs drop the step a fresh optimizer allocates in
+
+    def __call__(self, first: bool) -> dict:
+        out = time_ours(None, self.batches, self.steps, self.start(first), model=self.model)
+        self.runs.append({k: v for k, v in out.items() if k != "model"})
+        if out["cache"] is not None:
+            self.cache.append(out["cache"])
+        return out
+
+    def hit_rate(self) -> float | None:
+        """The text cache's hit rate over every timed step of every run (None without a cache)."""
+        seen = sum(c["hits"] + c["misses"] for c in self.cache)
+        return sum(c["hits"] for c in self.cache) / seen if seen else None
+
+
 @contextlib.contextmanager
 def quiet():
     """Each of a benchmark's many runs would print Lightning's banner and the Hugging Face load report: warnings

@@ -57,40 +57,10 @@ def parse(argv):
     p.add_argument("--rounds", type=int, default=None, help="A B B A blocks per ratio (default 3; quick 1)")
     p.add_argument("--out", default="bench.json")
     p.add_argument("overrides", nargs="*", help="key=value config overrides of the default experiment")
-    args = p.parse_args(argv)
+    from lit_compclip import bench
+
     # 3 steps x 2 runs per arm and block x 3 blocks, ~50 runs in all: few steps per run keep the whole run short
-    args.steps = args.steps or (1 if args.quick else 3)
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    if args.steps < 1 or args.rounds < 1:
-        p.error("--steps and --rounds must be >= 1")
-    return args
-
-
-class Ours:
-    """An arm of our Lightning loop: one model, trained again by a new Trainer on each run (its first run warms it
-    up and, with a text cache, fills the cache with one pass over the batches first)."""
-
-    def __init__(self, cfg, batches, steps: int, warmup: int):
-        from lit_compclip import bench
-
-        self.fill = len(batches) if cfg.model.text.get("cache_dir") else 0
-        self.batches, self.steps, self.warmup = batches, steps, warmup
-        self.model = bench.build_model(cfg, warmup + self.fill + steps)
-        self.runs: list[dict] = []
-
-    def __call__(self, first: bool) -> dict:
-        from lit_compclip import bench
-
-        out = bench.time_ours(None, self.batches, self.steps, self.warmup + self.fill if first else 1,
-                              model=self.model)
-        self.runs.append({k: v for k, v in out.items() if k != "model"})
-        return out
-
-    def hit_rate(self) -> float | None:
-        """The text cache's hit rate over every timed step of every run (None without a cache)."""
-        counts = [r["cache"] for r in self.runs if r["cache"] is not None]
-        seen = sum(c["hits"] + c["misses"] for c in counts)
-        return sum(c["hits"] for c in counts) / seen if seen else None
+    return bench.timing_args(p, p.parse_args(argv))
 
 
 class OpenClip:
@@ -130,9 +100,10 @@ class OpenClip:
 def open_clip_arms(cfg_like, batches, steps: int, warmup: int, names: list[str]) -> dict:
     """Our like-for-like arm and those of the three open_clip arms in `names`, each one setting away from the
     next: as shipped; 64-token padding with its locked layers in eval; our token ids with them in eval."""
+    from lit_compclip import bench
     from lit_compclip.bench_open_clip import our_token_ids
 
-    ours = Ours(cfg_like, batches, steps, warmup)
+    ours = bench.LoopArm(cfg_like, batches, steps, warmup)
     settings = {"open_clip_shipped": {}, "open_clip_pad64_eval": {"locked_eval": True},
                 "open_clip_like_for_like": {"tokenizer": our_token_ids(ours.model.text), "locked_eval": True}}
     return {"ours_like_for_like": ours, **{name: OpenClip(cfg_like, batches, steps, warmup, **settings[name])
@@ -167,8 +138,8 @@ def cache_pairs(cfg_for, folder: str, batches, steps: int, warmup: int, rounds: 
     arms = {}
     for k in CACHE_LAYERS:
         base = [f"model.text.unfreeze_layers={k}"]
-        arms[f"on_{k}"] = Ours(cfg_for(base + [f"model.text.cache_dir={folder}"]), batches, steps, warmup)
-        arms[f"off_{k}"] = Ours(cfg_for(base + ["model.text.cache_dir=null"]), batches, steps, warmup)
+        arms[f"on_{k}"] = bench.LoopArm(cfg_for(base + [f"model.text.cache_dir={folder}"]), batches, steps, warmup)
+        arms[f"off_{k}"] = bench.LoopArm(cfg_for(base + ["model.text.cache_dir=null"]), batches, steps, warmup)
     times = bench.alternate({n: arms[n] for n in ("on_1", "off_1", "off_0", "on_0")}, rounds, "3. ")["times"]
     return {str(k): with_bound(times, arms, f"on_{k}", f"off_{k}", batches) for k in CACHE_LAYERS}
 
@@ -216,11 +187,10 @@ def run(args) -> dict:
         del model
         batches = bench.timed("collect batches", bench.collect_batches, dm, min(COLLECTED, args.steps + first))
         oc = open_clip_arms(like(), batches, args.steps, first, MAIN_ARMS)
-        arms = {**oc,
-                "ours_shipped": Ours(shipped([f"model.text.cache_dir={folder}"]), batches, args.steps, first),
-                "ours_shipped_no_cache": Ours(shipped(["model.text.cache_dir=null"]), batches, args.steps, first),
-                "ours_shipped_one_group": Ours(shipped(["model.text.cache_dir=null", "model.length_groups=1"]),
-                                               batches, args.steps, first)}
+        loop = {"ours_shipped": [f"model.text.cache_dir={folder}"],
+                "ours_shipped_no_cache": ["model.text.cache_dir=null"],
+                "ours_shipped_one_group": ["model.text.cache_dir=null", "model.length_groups=1"]}
+        arms = {**oc, **{name: bench.LoopArm(shipped(o), batches, args.steps, first) for name, o in loop.items()}}
         times = bench.alternate({name: arms[name] for name in MAIN_ARMS}, args.rounds, "1. ")["times"]
         main = ratios(times, MAIN_RATIOS)
         no_cache = arms["ours_shipped_no_cache"]

@@ -49,48 +49,20 @@ def parse(argv):
     p.add_argument("--pooling", default="eos", choices=("eos", "mean"), help="the tower's pooling")
     p.add_argument("--out", default="bench_decoder.json")
     p.add_argument("overrides", nargs="*", help="key=value config overrides of the default experiment")
-    args = p.parse_args(argv)
-    args.steps = args.steps or (1 if args.quick else 3)
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    if args.steps < 1 or args.rounds < 1:
-        p.error("--steps and --rounds must be >= 1")
-    return args
+    from lit_compclip import bench
 
-
-class LoopArm:
-    """Our Lightning loop on one model, trained again by a new Trainer on each run; its first run warms up and,
-    with a text cache, first fills it with one pass over the batches."""
-
-    def __init__(self, cfg, batches, steps: int, warmup: int):
-        from lit_compclip import bench
-
-        self.fill = len(batches) if cfg.model.text.get("cache_dir") else 0
-        self.batches, self.steps, self.warmup = batches, steps, warmup
-        self.model = bench.build_model(cfg, warmup + self.fill + steps)
-        self.cache: list[dict] = []
-
-    def start(self, first: bool) -> int:
-        """Untimed steps before the timed ones: the batches after them are those timed."""
-        return self.warmup + self.fill if first else 1  # later runs drop the step a fresh optimizer allocates in
-
-    def __call__(self, first: bool) -> dict:
-        from lit_compclip import bench
-
-        out = bench.time_ours(None, self.batches, self.steps, self.start(first), model=self.model)
-        if out["cache"] is not None:
-            self.cache.append(out["cache"])
-        return out
+    return bench.timing_args(p, p.parse_args(argv))
 
 
 class TextArms:
     """The text tower's own step with its cache warm (`text_on`) and with its frozen layers recomputed
     (`text_off`), and that frozen part alone (`frozen`, on the batches tokenised beforehand), on the decoder models
-    of two `LoopArm`s and the batches they time; timed step by step in turn (`bench.time_interleaved`), as one arm
+    of two `bench.LoopArm`s and the batches they time; timed step by step in turn (`bench.time_interleaved`), as one arm
     of the A B B A blocks."""
 
     NAMES = ("text_on", "text_off", "frozen")
 
-    def __init__(self, on: LoopArm, off: LoopArm, batches: list[dict]):
+    def __init__(self, on, off, batches: list[dict]):
         from lit_compclip import bench
 
         self.loops = {"text_on": on, "text_off": off, "frozen": off}
@@ -184,9 +156,9 @@ def run(args) -> dict:
         batches = bench.timed("collect batches", bench.collect_batches, bench.data_module(cfg, model),
                               min(COLLECTED, args.steps + first))
         del model
-        loops = {"step_on": LoopArm(decoder_cfg(True), batches, args.steps, first),
-                 "step_off": LoopArm(decoder_cfg(False), batches, args.steps, first),
-                 "minilm_on": LoopArm(load_config([], list(args.overrides) + extra_image + [
+        loops = {"step_on": bench.LoopArm(decoder_cfg(True), batches, args.steps, first),
+                 "step_off": bench.LoopArm(decoder_cfg(False), batches, args.steps, first),
+                 "minilm_on": bench.LoopArm(load_config([], list(args.overrides) + extra_image + [
                      f"model.text.cache_dir={os.path.join(folder, 'minilm_cache')}"]), batches, args.steps, first)}
         on, off = loops["step_on"], loops["step_off"]
         text_arms = TextArms(on, off, batches)

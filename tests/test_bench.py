@@ -224,3 +224,14 @@ def test_bench_gpu_builds_its_models_and_stops_in_one_line_without_cuda(tmp_path
     assert gpu.main(["--out", str(tmp_path / "g.json")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "CUDA" in err
+
+
+@pytest.mark.parametrize("script", ["bench", "bench_decoder"])
+def test_timing_arguments_default_and_refuse_zero(script, capsys):
+    parse = load_script(script).parse
+    assert (parse([]).steps, parse([]).rounds) == (3, 3)
+    assert (parse(["--quick"]).steps, parse(["--quick"]).rounds) == (1, 1)
+    for bad in (["--rounds", "0"], ["--steps", "0"], ["--steps", "-2"]):  # 0 is not taken for "unset"
+        with pytest.raises(SystemExit) as e:
+            parse(bad)
+        assert e.value.code == 2 and "--steps and --rounds must be >= 1" in capsys.readouterr().err
