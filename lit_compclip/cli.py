@@ -19,8 +19,8 @@ compclip batch-stats [EXP.yaml ...] [key=value ...]                 how often tr
                                                                     and relation-only negatives (grouped vs random)
 compclip recaption INPUT_SHARDS OUTPUT_DIR --backend scene|openai|transformers [options]   (--help for options)
                 write new shards whose KEY.json carries a `recaption` from a multimodal model, resumably
-compclip breakdown RUN ...                                         a run's swap/replace-object by shape pair and
-                                                                    VG-Relation by phrasing (synthetic world)
+compclip breakdown RUN ...                                         a run's swap/replace-object by shape pair, the
+                swap subsets by caption form (list or relation), VG-Relation by phrasing (synthetic world)
 compclip compare RUN_OR_RESULT ... [--out DIR] [--names A,B,...]   several models' probe results: one markdown
                 table and one PNG (rows models, columns benchmark subsets)
 compclip probe  (--ckpt PATH | --encoder open_clip:ARCH@TAG_OR_FILE | --encoder hf:PATH_OR_NAME) [EXP.yaml ...]
