@@ -73,6 +73,9 @@ class SynthConfig:
     min_objects: int = 2
     max_objects: int = 2
     seed: int = 0
+    # > 0: each training sample also gets `recaption_one_attribute`, with this share of its anchored lists naming
+    # the first object by colour or shape alone (for data.later_caption_fields; docs/SYNTHETIC_WORLD.md)
+    one_attribute_anchors: float = 0.0
 
 
 @dataclass
@@ -86,6 +89,9 @@ class DataConfig:
     train_shards: str = "data/synth/train"  # a folder, a brace pattern, a URL, or several joined with '::'
     val_shards: Optional[str] = "data/synth/val"
     caption_fields: Dict[str, float] = field(default_factory=lambda: {"recaption": 1.0})  # 'txt' or .json fields
+    # A caption curriculum: from epoch `later_epoch` (1-based) on, training reads these sources instead (null: never)
+    later_caption_fields: Optional[Dict[str, float]] = None
+    later_epoch: int = 2
     sentence_sample: int = 1  # >0: train on a random subset of at most this many sentences (the paper's refinement)
     batch_size: int = 64  # 16 families of 4 counterfactuals
     num_workers: int = 1
@@ -360,7 +366,23 @@ def check_values(cfg: DictConfig) -> None:
     need(re.fullmatch(r"[\w.-]+", cfg.name) is not None, "name", "use letters, digits, '.', '_' or '-'")
     need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    try:
+        from lit_compclip.synth import synth_args
+        from lit_compclip.synth.write import world_args
+
+        world_args(**synth_args(cfg))
+    except ValueError as e:  # 'synth: NAME must ...'
+        name = re.match(r"synth: (?:need )?(\w+)", str(e))
+        raise ConfigError(f"config key 'synth.{name.group(1) if name else '?'}': {str(e).removeprefix('synth: ')}") \
+            from None
     need(len(cfg.data.caption_fields) > 0, "data.caption_fields", "name at least one caption field")
+    later = cfg.data.later_caption_fields
+    need(later is None or len(later) > 0, "data.later_caption_fields", "name at least one caption field, or null")
+    for k, w in (later or {}).items():
+        need(isinstance(w, (int, float)) and w > 0, f"data.later_caption_fields.{k}",
+             "weights must be positive numbers")
+    need(cfg.data.later_epoch >= 2, "data.later_epoch", "must be >= 2 (epochs count from 1; epoch 1 reads "
+         "data.caption_fields)")
     for k, w in cfg.data.caption_fields.items():
         need(isinstance(w, (int, float)) and w > 0, f"data.caption_fields.{k}", "weights must be positive numbers")
     need(cfg.data.sentence_sample >= 0, "data.sentence_sample", "must be >= 0")

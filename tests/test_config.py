@@ -100,6 +100,23 @@ def test_values_are_range_checked():
         assert load_config([], [f"trainer.limit_val_batches={good}"]).trainer.limit_val_batches == value
 
 
+def test_synthetic_world_and_caption_curriculum_values_are_checked_before_anything_is_built(tmp_path, capsys):
+    for override, message in (("synth.shape_twins=2", "'synth.shape_twins': shape_twins must be 0 or 1, got 2"),
+                              ("synth.min_objects=3", "'synth.min_objects': need min_objects <= max_objects"),
+                              ("synth.one_attribute_anchors=1.5", "'synth.one_attribute_anchors': one_attribute_anch"),
+                              ("data.later_epoch=1", "'data.later_epoch': must be >= 2"),
+                              ("data.later_caption_fields={}", "'data.later_caption_fields': name at least one"),
+                              ("data.later_caption_fields.x=0", "'data.later_caption_fields.x': weights must be")):
+        with pytest.raises(ConfigError, match=message):
+            load_config([], [override])
+    # a bad world value was a traceback from the generator, after the model was built; now one line, exit 2
+    assert main(["train", "synth.shape_twins=2", f"synth.out_dir={tmp_path / 'w'}", f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "synth.shape_twins" in err and not (tmp_path / "w").exists()
+    cfg = load_config([], ["data.later_caption_fields={recaption_one_attribute: 1.0}", "synth.one_attribute_anchors=0.5"])
+    assert cfg.data.later_caption_fields == {"recaption_one_attribute": 1.0} and cfg.data.later_epoch == 2
+
+
 def test_cli_exits_2_with_one_line_before_building_anything(tmp_path, capsys):
     path = write(tmp_path, "trainer:\n  max_epoch: 3\n")
     assert main(["train", path]) == 2

@@ -207,6 +207,25 @@ def test_epochs_differ_in_order(tmp_path):
     assert sorted(first) == sorted(second) and first != second
 
 
+def test_later_caption_fields_take_over_from_their_epoch(tmp_path, caplog):
+    # a caption curriculum: epochs 1-2 read the .txt, epoch 3 on the json field `later` (a sample without it is a
+    # counted skip, never a silent fallback)
+    folder = write_shards(tmp_path / "d", 2, 8, later="the later caption")
+    write_shard(folder / "000002.tar", [good("no_later")])
+    loader = make_dm(folder, later_caption_fields={"later": 1.0}, later_epoch=3, batch_size=1).train_dataloader()
+    epochs = [list(loader) for _ in range(4)]
+    for e, batches in enumerate(epochs):
+        captions = [c for b in batches for c in b["caption"]]
+        if e < 2:
+            assert len(captions) == 17 and all(c.startswith("caption of ") for c in captions)
+        else:
+            assert captions == ["the later caption"] * 16 and skips_of(batches, loader) == {"no_caption": 1}
+    with pytest.raises(ValueError, match="later_epoch = 1: must be an int >= 2"):
+        make_dm(folder, later_caption_fields={"later": 1.0}, later_epoch=1)
+    with pytest.raises(ValueError, match="caption_fields is empty"):
+        make_dm(folder, later_caption_fields={})
+
+
 def write_bad_shards(folder):
     folder.mkdir()
     truncated_image = noisy_png()

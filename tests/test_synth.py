@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lit_compclip.data import split_sentences
 from lit_compclip.synth import generate, hard_negative_stats
 from lit_compclip.synth import captions as cap
 from lit_compclip.synth.world import (COLOURS, HELD_OUT, INVERSE, MARGIN, MEMBERS, RELATIONS, SHAPES, SIZES,
@@ -384,7 +385,8 @@ def test_generate_skips_when_manifest_matches_and_refuses_other_arguments(tmp_pa
     first = generate(tmp_path, **small)
     assert first["skipped"] is False and first["counts"]["train_samples"] == 16
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["args"] == small | {"min_objects": 2, "max_objects": 2, "shape_twins": 1}
+    assert manifest["args"] == small | {"min_objects": 2, "max_objects": 2, "shape_twins": 1,
+                                        "one_attribute_anchors": 0.0}
     assert "format_version" in manifest
     shard = tmp_path / "train" / "shard-000000.tar"
     stamp = shard.stat().st_mtime_ns
@@ -487,3 +489,36 @@ def test_recaption_locations_agree_with_positions(n_objects):
             other_axis = ("top", "bottom", "upper", "highest", "above", "below", "under", "over") if axis == 0 else \
                 ("left", "right")
             assert not any(re.search(rf"\b{w}", text) for w in other_axis), text  # never the other axis's words
+
+
+def test_one_attribute_anchors_add_a_second_recaption_and_leave_the_rest_as_it_was(data, tmp_path):
+    out = tmp_path / "w"
+    generate(out, **dict(ARGS, one_attribute_anchors=1.0))
+    for split in ("train", "val"):  # the same images and recaptions, byte for byte, with the field beside them
+        base = {r["key"]: r for r in records(data / split)}
+        for r in records(out / split):
+            assert {k: v for k, v in r.items() if k != "recaption_one_attribute"} == base[r["key"]]
+            assert ("recaption_one_attribute" in r) == (split == "train")  # validation and probes never change
+    anchor = re.compile(r"(?:the (\w+) one|the (\w+)) (?:is the (?:leftmost|topmost)|furthest to the left|highest up)")
+    named = Counter()
+    for r in records(out / "train"):
+        listed = next(x for x in split_sentences(r["recaption_one_attribute"]) if x.startswith(("Of ", "The picture")))
+        m = anchor.search(listed)
+        assert m, listed
+        named["colour" if m.group(1) in COLOURS else "shape" if m.group(2) in SHAPES else "?"] += 1
+        # only the anchor changes: the full recaption's other sentences are drawn before it and stay as they were
+        assert len(split_sentences(r["recaption_one_attribute"])) == len(split_sentences(r["recaption"]))
+    assert set(named) == {"colour", "shape"} and min(named.values()) > 0.3 * sum(named.values())
+    for bad in (1.5, -0.1, "half"):
+        with pytest.raises(ValueError, match="one_attribute_anchors must be a share in"):
+            generate(tmp_path / "x", **dict(ARGS, one_attribute_anchors=bad))
+
+
+def test_a_manifest_from_before_a_later_argument_still_matches(data, tmp_path):
+    from lit_compclip.synth.write import differs, world_args
+
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["args"].pop("one_attribute_anchors")  # as format 8 worlds built before the option wrote it
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert differs(tmp_path, world_args(**ARGS)) == ""  # nothing to rebuild
+    assert differs(tmp_path, world_args(**dict(ARGS, one_attribute_anchors=0.5))) == "one_attribute_anchors: 0.0 -> 0.5"

@@ -103,10 +103,10 @@ class _PassSeeded(wds.PipelineStage):
     worker, and the same again when a run resumes (the stream's loader sets the pass before starting its workers)."""
 
     def __init__(self, seed: int):
-        self.seed, self.pass_key = seed, "0/0"
+        self.seed, self.pass_key, self.epoch = seed, "0/0", 0
 
     def set_pass(self, epoch: int, repeat: int) -> None:
-        self.pass_key = f"{epoch}/{repeat}"
+        self.pass_key, self.epoch = f"{epoch}/{repeat}", epoch
 
     def rng_for(self, tag: str, per_worker: bool = True) -> random.Random:
         """One random stream of the current pass (so one consumer's draws never shift another's)."""
@@ -148,9 +148,11 @@ class _Decode(_PassSeeded):
     """Raw sample -> {"image" (PIL, checked), "seed" (of its augmentation), "caption", "key"} (+ "negatives");
     undecodable or captionless samples are counted and dropped."""
 
-    def __init__(self, picker: CaptionPicker, skips: _SkipLog, seed: int, negatives: NegativeMaker | None = None):
+    def __init__(self, picker: CaptionPicker, skips: _SkipLog, seed: int, negatives: NegativeMaker | None = None,
+                 later: tuple[int, CaptionPicker] | None = None):
         super().__init__(seed)
         self.picker, self.skips, self.negatives = picker, skips, negatives
+        self.later = later  # (first 0-based epoch, its picker): data.later_caption_fields
 
     def run(self, src):
         rng, negative_rng, augment_rng = (self.rng_for(tag) for tag in ("caption", "negatives", "augment"))
@@ -174,9 +176,10 @@ class _Decode(_PassSeeded):
                 return self.skips.skip("bad_json", url, key, _describe(exn))
             if not isinstance(meta, dict):
                 return self.skips.skip("bad_json", url, key, f"expected a JSON object, got {type(meta).__name__}")
-        caption = self.picker({"txt": sample.get("txt"), "json": meta}, rng)
+        picker = self.later[1] if self.later and self.epoch >= self.later[0] else self.picker
+        caption = picker({"txt": sample.get("txt"), "json": meta}, rng)
         if caption is None:
-            return self.skips.skip("no_caption", url, key, f"none of {list(self.picker.caption_fields)} present")
+            return self.skips.skip("no_caption", url, key, f"none of {list(picker.caption_fields)} present")
         try:
             image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
         except Exception as exn:  # PIL raises several types for corrupt or truncated files
@@ -292,7 +295,8 @@ class WebDataModule(lightning.LightningDataModule):
     def __init__(self, train_shards: str, val_shards: str | None, caption_fields: dict[str, float],
                  sentence_sample: int, batch_size: int, num_workers: int, shuffle_buffer: int,
                  shard_shuffle: bool, resampled: bool, samples_per_epoch: int | None, group_key: str | None,
-                 seed: int, train_transform, eval_transform, hard_negatives: dict | None = None):
+                 seed: int, train_transform, eval_transform, hard_negatives: dict | None = None,
+                 later_caption_fields: dict[str, float] | None = None, later_epoch: int = 2):
         super().__init__()
         hard = dict(hard_negatives or {})
         if set(hard) - {"source", "per_sample"}:
@@ -314,6 +318,11 @@ class WebDataModule(lightning.LightningDataModule):
         self.train_shards, self.val_shards = train_shards, val_shards
         self.train_picker = CaptionPicker(caption_fields, sentence_sample)
         self.val_picker = CaptionPicker(caption_fields, 0)  # validation scores whole captions
+        if isinstance(later_epoch, bool) or not isinstance(later_epoch, int) or later_epoch < 2:
+            raise ValueError(f"data.later_epoch = {later_epoch!r}: must be an int >= 2 (epochs count from 1)")
+        # a curriculum: from epoch `later_epoch` (1-based) on, training reads `later_caption_fields` instead
+        self.later = (later_epoch - 1, CaptionPicker(later_caption_fields, sentence_sample)) \
+            if later_caption_fields is not None else None
         self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
         self.shard_shuffle, self.resampled, self.samples_per_epoch = shard_shuffle, resampled, samples_per_epoch
         self.group_key, self.seed = group_key, seed
@@ -381,7 +390,7 @@ class WebDataModule(lightning.LightningDataModule):
             wds.pipelinefilter(group_units)(self.group_key) if grouped else None,
             _Shuffle(self.shuffle_buffer, self.seed) if self.shuffle_buffer > 0 else None,
             wds.filters.unlisted() if grouped else None,
-            _Decode(self.train_picker, skips, self.seed, negatives=self.negatives),
+            _Decode(self.train_picker, skips, self.seed, negatives=self.negatives, later=self.later),
             wds.batched(self.batch_size, collation_fn=None, partial=False),
             collate,
         )

@@ -18,6 +18,8 @@ from lit_compclip.synth import captions as cap
 from lit_compclip.synth.world import (HELD_OUT, INVERSE, MAX_OBJECTS, MEMBERS, RELATIONS, SIZES, TWIN_MEMBERS,
                                       _sample_layout, encode, render, sample_family, scene_dict, shape_twin, size_scale)
 
+# Arguments added after a format, with the value an older manifest's world was built with (nothing to rebuild).
+LATER_ARGS = {"one_attribute_anchors": 0.0}
 FORMAT_VERSION = 8  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger
 # shapes; 4: the object list names the leftmost (topmost) object again instead of saying where each object is;
 # 5: shape twins, vertical relations trained as above / on top of and below / underneath; 6: SugarCrepe++ and
@@ -62,13 +64,19 @@ def _families(split: str, first_family: int, n_families: int, first_key: int, ar
             yield Sample(first_key + (f - first_family) * unit + m, f, names[m], split, scene)
 
 
-def record(sample: Sample, seed: int) -> dict:
-    """The KEY.json content; captions come from rngs seeded by (seed, key) so a probe can rebuild them."""
+def record(sample: Sample, seed: int, one_attribute_anchors: float = 0.0) -> dict:
+    """The KEY.json content; captions come from rngs seeded by (seed, key) so a probe can rebuild them. With
+    `one_attribute_anchors` > 0 a training record also holds `recaption_one_attribute`: the same draw of its
+    recaption with that share of the anchored lists naming the first object by one attribute (captions.anchored_list;
+    `data.later_caption_fields` can switch to it for the later epochs)."""
     split = "train" if sample.split == "train" else "eval"
-    return {"key": sample.name,
-            "alt_text": cap.alt_text(sample.scene, random.Random(f"{seed}/alt/{sample.key}"), split),
-            "recaption": cap.recaption(sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split),
-            "family": sample.family, "member": sample.member, "split": sample.split, "scene": sample.scene}
+    out = {"key": sample.name,
+           "alt_text": cap.alt_text(sample.scene, random.Random(f"{seed}/alt/{sample.key}"), split),
+           "recaption": cap.recaption(sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split)}
+    if one_attribute_anchors > 0 and split == "train":
+        out["recaption_one_attribute"] = cap.recaption(
+            sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split, one_attribute_anchors)
+    return {**out, "family": sample.family, "member": sample.member, "split": sample.split, "scene": sample.scene}
 
 
 def image_bytes(sample: Sample, args: dict, fmt: str = "jpg") -> bytes:
@@ -83,7 +91,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _files(sample: Sample, args: dict) -> tuple[dict, bytes]:
     """One sample's KEY.json record and KEY.jpg bytes (a pure function of the sample: any process may make them)."""
-    return record(sample, args["seed"]), image_bytes(sample, args)
+    return record(sample, args["seed"], args["one_attribute_anchors"]), image_bytes(sample, args)
 
 
 def _made(samples: Iterator[Sample], args: dict, workers: int) -> Iterator[tuple[Sample, dict, bytes]]:
@@ -268,8 +276,11 @@ def _write_whatsup(folder: Path, families: list[list[Sample]], args: dict) -> di
 
 
 def _check_args(args: dict) -> None:
+    share = args["one_attribute_anchors"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"synth: one_attribute_anchors must be a share in [0, 1], got {share!r}")
     for name, value in args.items():
-        if not isinstance(value, int) or isinstance(value, bool):
+        if name != "one_attribute_anchors" and (not isinstance(value, int) or isinstance(value, bool)):
             raise ValueError(f"synth: {name} must be an integer, got {value!r}")
     lows = {"train_families": 1, "eval_families": 1, "image_size": 32, "probe_size": 1, "min_objects": 2}
     for name, low in lows.items():
@@ -296,22 +307,29 @@ def differs(out_dir, args: dict) -> str | None:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return "unreadable manifest.json"
-    old = {**stored.get("args", {}), "format_version": stored.get("format_version")}
+    old = {**LATER_ARGS, **stored.get("args", {}), "format_version": stored.get("format_version")}
     new = {**args, "format_version": FORMAT_VERSION}
     return ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
 
 
-def generate(out_dir, *, train_families=4000, eval_families=400, shard_size=1000, image_size=64,
-             min_objects=2, max_objects=2, seed=0, probe_size=400, shape_twins=1, overwrite=False,
-             workers: int | None = None) -> dict:
-    """Write shards, probes and manifest.json under `out_dir`; a no-op when its manifest holds the same arguments.
+def world_args(train_families=4000, eval_families=400, shard_size=1000, image_size=64, min_objects=2, max_objects=2,
+               seed=0, probe_size=400, shape_twins=1, one_attribute_anchors=0.0) -> dict:
+    """The generator's arguments, defaults filled in and checked (ValueError 'synth: NAME ...')."""
+    args = {"train_families": train_families, "eval_families": eval_families, "shard_size": shard_size,
+            "image_size": image_size, "min_objects": min_objects, "max_objects": max_objects, "seed": seed,
+            "probe_size": probe_size, "shape_twins": shape_twins, "one_attribute_anchors": one_attribute_anchors}
+    _check_args(args)
+    return args
+
+
+def generate(out_dir, *, overwrite=False, workers: int | None = None, **kwargs) -> dict:
+    """Write shards, probes and manifest.json under `out_dir` from `world_args(**kwargs)`; a no-op when its manifest
+    holds the same arguments.
 
     The shards' images are rendered by `workers` processes (default: one per CPU, at most 8, for worlds of 2,000
     training samples or more; a process pool costs more than it saves on a small one); the bytes do not depend on it."""
-    args = {"train_families": train_families, "eval_families": eval_families, "shard_size": shard_size,
-            "image_size": image_size, "min_objects": min_objects, "max_objects": max_objects, "seed": seed,
-            "probe_size": probe_size, "shape_twins": shape_twins}
-    _check_args(args)
+    args = world_args(**kwargs)
+    train_families, eval_families, shape_twins = args["train_families"], args["eval_families"], args["shape_twins"]
     out = Path(out_dir)
     manifest_path = out / "manifest.json"
     if not overwrite and manifest_path.exists():
