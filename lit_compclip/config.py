@@ -367,10 +367,9 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     try:
-        from lit_compclip.synth import synth_args
-        from lit_compclip.synth.write import world_args
+        from lit_compclip.synth.write import world_args  # not lit_compclip.synth: it imports this module
 
-        world_args(**synth_args(cfg))
+        world_args(**{k: v for k, v in OmegaConf.to_container(cfg.synth).items() if k not in ("out_dir", "auto")})
     except ValueError as e:  # 'synth: NAME must ...'
         name = re.match(r"synth: (?:need )?(\w+)", str(e))
         raise ConfigError(f"config key 'synth.{name.group(1) if name else '?'}': {str(e).removeprefix('synth: ')}") \
