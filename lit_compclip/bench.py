@@ -488,6 +488,12 @@ def timing_args(parser, args):
     return args
 
 
+def hit_rate(counts: list[dict]) -> float | None:
+    """The text cache's hit rate over runs' {"hits", "misses"} counts (None when nothing was looked up)."""
+    seen = sum(c["hits"] + c["misses"] for c in counts)
+    return sum(c["hits"] for c in counts) / seen if seen else None
+
+
 class LoopArm:
     """An arm of our Lightning loop: one model, trained again by a new Trainer on each run. Its first run warms up
     and, with a text cache, first fills the cache with one pass over the batches."""
@@ -496,7 +502,6 @@ class LoopArm:
         self.fill = len(batches) if cfg.model.text.get("cache_dir") else 0
         self.batches, self.steps, self.warmup = batches, steps, warmup
         self.model = build_model(cfg, warmup + self.fill + steps)
-        self.runs: list[dict] = []  # each run's figures (time_ours' result without the model)
         self.cache: list[dict] = []  # the text cache's hits and misses in each run's timed steps
 
     def start(self, first: bool) -> int:
@@ -505,15 +510,13 @@ class LoopArm:
 
     def __call__(self, first: bool) -> dict:
         out = time_ours(None, self.batches, self.steps, self.start(first), model=self.model)
-        self.runs.append({k: v for k, v in out.items() if k != "model"})
         if out["cache"] is not None:
             self.cache.append(out["cache"])
         return out
 
     def hit_rate(self) -> float | None:
         """The text cache's hit rate over every timed step of every run (None without a cache)."""
-        seen = sum(c["hits"] + c["misses"] for c in self.cache)
-        return sum(c["hits"] for c in self.cache) / seen if seen else None
+        return hit_rate(self.cache)
 
 
 @contextlib.contextmanager

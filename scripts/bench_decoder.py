@@ -97,11 +97,6 @@ class TextArms:
         return {n: [self.runs[i][n] + self.runs[i + 1][n] for i in range(0, len(self.runs), 2)] for n in self.NAMES}
 
 
-def hit_rate(arm) -> float | None:
-    seen = sum(c["hits"] + c["misses"] for c in arm.cache)
-    return sum(c["hits"] for c in arm.cache) / seen if seen else None
-
-
 def try_open_clip(folder: str, cfg) -> dict:
     """open_clip's HF text tower on the decoder folder, as `make bench` builds it on MiniLM; then one forward and
     backward. {"built", "ran", "error": the exception in one line, or None}."""
@@ -190,12 +185,12 @@ def run(args) -> dict:
                     "params": sum(p.numel() for p in on.model.text.lm.parameters()),
                     "attn_implementation": on.model.text.lm.config._attn_implementation},
         "raw": {"batch_size": batch, "text_tokens_per_batch": tokens,
-                "text_step": {k: v for k, v in text.items() if k.endswith("_s")} | {"hit_rate": hit_rate(
-                    text_arms), "optimizer": False},
-                "train_step": {k: v for k, v in step.items() if k.endswith("_s")} | {"hit_rate": hit_rate(on)},
+                "text_step": {k: v for k, v in text.items() if k.endswith("_s")} | {"hit_rate": bench.hit_rate(
+                    text_arms.cache), "optimizer": False},
+                "train_step": {k: v for k, v in step.items() if k.endswith("_s")} | {"hit_rate": on.hit_rate()},
                 "samples_per_s": {"decoder_cache_on": batch / step["on_s"], "decoder_cache_off": batch / step["off_s"],
                                   "minilm_cache_on": batch / bench.step_seconds(times, "minilm_on")},
-                "minilm_hit_rate": hit_rate(loops["minilm_on"]),
+                "minilm_hit_rate": loops["minilm_on"].hit_rate(),
                 "arms": {name: {"step_s": bench.step_seconds(times, name), "timed_steps": sum(map(len, times[name])),
                                 "block_step_s": [statistics.median(b) for b in times[name]]} for name in times}},
         "wall_s": time.perf_counter() - began,
