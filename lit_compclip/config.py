@@ -367,9 +367,9 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     try:
-        from lit_compclip.synth.write import world_args  # not lit_compclip.synth: it imports this module
+        from lit_compclip.synth.write import config_args, world_args  # not lit_compclip.synth: it imports config
 
-        world_args(**{k: v for k, v in OmegaConf.to_container(cfg.synth).items() if k not in ("out_dir", "auto")})
+        world_args(**config_args(cfg.synth))
     except ValueError as e:  # 'synth: NAME must ...'
         name = re.match(r"synth: (?:need )?(\w+)", str(e))
         raise ConfigError(f"config key 'synth.{name.group(1) if name else '?'}': {str(e).removeprefix('synth: ')}") \
@@ -377,13 +377,11 @@ def check_values(cfg: DictConfig) -> None:
     need(len(cfg.data.caption_fields) > 0, "data.caption_fields", "name at least one caption field")
     later = cfg.data.later_caption_fields
     need(later is None or len(later) > 0, "data.later_caption_fields", "name at least one caption field, or null")
-    for k, w in (later or {}).items():
-        need(isinstance(w, (int, float)) and w > 0, f"data.later_caption_fields.{k}",
-             "weights must be positive numbers")
     need(cfg.data.later_epoch >= 2, "data.later_epoch", "must be >= 2 (epochs count from 1; epoch 1 reads "
          "data.caption_fields)")
-    for k, w in cfg.data.caption_fields.items():
-        need(isinstance(w, (int, float)) and w > 0, f"data.caption_fields.{k}", "weights must be positive numbers")
+    for name, fields in (("caption_fields", cfg.data.caption_fields), ("later_caption_fields", later or {})):
+        for k, w in fields.items():
+            need(isinstance(w, (int, float)) and w > 0, f"data.{name}.{k}", "weights must be positive numbers")
     need(cfg.data.sentence_sample >= 0, "data.sentence_sample", "must be >= 0")
     need(not cfg.data.resampled or bool(cfg.data.samples_per_epoch), "data.samples_per_epoch",
          "required when data.resampled=true")

@@ -5,19 +5,14 @@ from __future__ import annotations
 import os
 
 from lit_compclip.synth.world import hard_negative_stats
-from lit_compclip.synth.write import differs, generate
+from lit_compclip.synth.write import config_args, differs, generate
 
 __all__ = ["build_synth", "ensure_synth", "generate", "hard_negative_stats", "synth_args"]
 
 
 def synth_args(cfg) -> dict:
     """The generator's arguments in `cfg.synth` (without out_dir and auto)."""
-    from omegaconf import OmegaConf
-
-    args = OmegaConf.to_container(cfg.synth)
-    args.pop("out_dir")
-    args.pop("auto")
-    return args
+    return config_args(cfg.synth)
 
 
 def build_synth(cfg, overwrite: bool = False) -> dict:

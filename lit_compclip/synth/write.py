@@ -312,6 +312,13 @@ def differs(out_dir, args: dict) -> str | None:
     return ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
 
 
+def config_args(synth) -> dict:
+    """The generator's arguments in a config's `synth` section (without out_dir and auto, which say where and when)."""
+    from omegaconf import OmegaConf
+
+    return {k: v for k, v in OmegaConf.to_container(synth).items() if k not in ("out_dir", "auto")}
+
+
 def world_args(train_families=4000, eval_families=400, shard_size=1000, image_size=64, min_objects=2, max_objects=2,
                seed=0, probe_size=400, shape_twins=1, one_attribute_anchors=0.0) -> dict:
     """The generator's arguments, defaults filled in and checked (ValueError 'synth: NAME ...')."""
