@@ -76,6 +76,7 @@ class SynthConfig:
     # > 0: each training sample also gets `recaption_one_attribute`, with this share of its anchored lists naming
     # the first object by colour or shape alone (for data.later_caption_fields; docs/SYNTHETIC_WORLD.md)
     one_attribute_anchors: float = 0.0
+    one_attribute_colour: float = 0.5  # of those one-attribute anchors, the share naming the colour ("the red one")
 
 
 @dataclass

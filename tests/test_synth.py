@@ -386,7 +386,7 @@ def test_generate_skips_when_manifest_matches_and_refuses_other_arguments(tmp_pa
     assert first["skipped"] is False and first["counts"]["train_samples"] == 16
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["args"] == small | {"min_objects": 2, "max_objects": 2, "shape_twins": 1,
-                                        "one_attribute_anchors": 0.0}
+                                        "one_attribute_anchors": 0.0, "one_attribute_colour": 0.5}
     assert "format_version" in manifest
     shard = tmp_path / "train" / "shard-000000.tar"
     stamp = shard.stat().st_mtime_ns
@@ -512,13 +512,32 @@ def test_one_attribute_anchors_add_a_second_recaption_and_leave_the_rest_as_it_w
     for bad in (1.5, -0.1, "half"):
         with pytest.raises(ValueError, match="one_attribute_anchors must be a share in"):
             generate(tmp_path / "x", **dict(ARGS, one_attribute_anchors=bad))
+        with pytest.raises(ValueError, match="one_attribute_colour must be a share in"):
+            generate(tmp_path / "x", **dict(ARGS, one_attribute_anchors=0.5, one_attribute_colour=bad))
+
+
+def test_the_colour_share_names_the_colour_in_that_share_of_the_one_attribute_anchors():
+    from lit_compclip.synth.captions import recaption
+    from lit_compclip.synth.world import sample_family
+
+    rng = random.Random(3)
+    scenes = [s for _ in range(60) for s in sample_family(rng, 2, "train", 64)]
+    def anchors(share, colour):
+        return [recaption(s, random.Random(f"0/recaption/{i}"), "train", share, colour) for i, s in enumerate(scenes)]
+    base, half, colour_only, shape_only = anchors(0.0, 0.5), anchors(1.0, 0.5), anchors(1.0, 1.0), anchors(1.0, 0.0)
+    assert all(" one " in c or " one," in c for c in colour_only) and not any(" one " in c for c in shape_only)
+    for cap_half, cap_colour, cap_shape in zip(half, colour_only, shape_only):
+        assert cap_half in (cap_colour, cap_shape)  # the same draw: the share picks which attribute, nothing else
+    assert half != colour_only and half != shape_only and len(set(base) & set(half)) == 0
 
 
 def test_a_manifest_from_before_a_later_argument_still_matches(data, tmp_path):
     from lit_compclip.synth.write import differs, world_args
 
     manifest = json.loads((data / "manifest.json").read_text())
-    manifest["args"].pop("one_attribute_anchors")  # as format 8 worlds built before the option wrote it
+    manifest["args"].pop("one_attribute_anchors")  # as format 8 worlds built before the options wrote them
+    manifest["args"].pop("one_attribute_colour")
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert differs(tmp_path, world_args(**ARGS)) == ""  # nothing to rebuild
     assert differs(tmp_path, world_args(**dict(ARGS, one_attribute_anchors=0.5))) == "one_attribute_anchors: 0.0 -> 0.5"
+    assert differs(tmp_path, world_args(**dict(ARGS, one_attribute_colour=1.0))) == "one_attribute_colour: 0.5 -> 1.0"

@@ -96,14 +96,15 @@ def _relation_sentence(scene: dict, rel: dict, rng: random.Random, split: str) -
 
 
 def anchored_list(objects: list[dict], first: dict, end: str, rng: random.Random, split: str,
-                  one_attribute: float = 0.0) -> str:
+                  one_attribute: float = 0.0, colour_share: float = 0.5) -> str:
     """'Of a small red circle and a large blue square, the red circle is the leftmost.': the objects in the given order,
     then `first`, the object at `end` ('left' or 'top') of the relation axis, named again (size 30% of the time).
 
-    With `one_attribute` > 0 that share of the lists names `first` by one attribute, 'the red one' or 'the circle'
-    (half each). Then a family's colour-swapped (or shape-swapped) twin differs from its base only in which colour
-    goes with which shape in the list: binding without a place, which a plain-list probe caption asks for. Drawn
-    after everything else, so 0 gives the lists of before, word for word."""
+    With `one_attribute` > 0 that share of the lists names `first` by one attribute: 'the red one' (a `colour_share`
+    of them) or 'the circle'. Then a family's shape-swapped (or colour-swapped) twin differs from its base only in
+    which colour goes with which shape in the list: binding without a place, which a plain-list probe caption asks
+    for. Drawn after everything else, so 0 gives the lists of before, word for word, and colour_share 0.5 the
+    one-attribute lists of before."""
     if end not in ANCHORED_LISTS:
         raise ValueError(f"unknown axis end {end!r}; choose one of {list(ANCHORED_LISTS)}")
     listed = join_and([object_phrase(obj, rng, split) for obj in objects])
@@ -112,7 +113,7 @@ def anchored_list(objects: list[dict], first: dict, end: str, rng: random.Random
     if one_attribute > 0:
         u = rng.random()
         if u < one_attribute:
-            named = f"the {first['colour']} one" if u < one_attribute / 2 else f"the {first['shape']}"
+            named = f"the {first['colour']} one" if u < one_attribute * colour_share else f"the {first['shape']}"
     return _capitalise(template.format(objects=listed, first=named))
 
 
@@ -121,7 +122,8 @@ def axis_end(scene: dict) -> str:
     return "left" if scene["relations"][0]["relation"] in ("left of", "right of") else "top"
 
 
-def recaption(scene: dict, rng: random.Random, split: str, one_attribute: float = 0.0) -> str:
+def recaption(scene: dict, rng: random.Random, split: str, one_attribute: float = 0.0,
+              colour_share: float = 0.5) -> str:
     """2-4 sentences, each true and complete on its own (sentence sampling trains on any one): every object with its
     attributes, the leftmost (or topmost) named again; then every relation, both objects named by colour and shape.
 
@@ -137,7 +139,7 @@ def recaption(scene: dict, rng: random.Random, split: str, one_attribute: float 
     end = axis_end(scene)
     first = objs[locations(scene).index(end)]
     order = [objs[i] for i in rng.sample(range(len(objs)), len(objs))]
-    sentences = [anchored_list(order, first, end, rng, split, one_attribute)]
+    sentences = [anchored_list(order, first, end, rng, split, one_attribute, colour_share)]
     sentences += [_relation_sentence(scene, r, rng, split) for r in scene["relations"]]
     return " ".join(rng.sample(sentences, len(sentences)))
 

@@ -19,7 +19,7 @@ from lit_compclip.synth.world import (HELD_OUT, INVERSE, MAX_OBJECTS, MEMBERS, R
                                       _sample_layout, encode, render, sample_family, scene_dict, shape_twin, size_scale)
 
 # Arguments added after a format, with the value an older manifest's world was built with (nothing to rebuild).
-LATER_ARGS = {"one_attribute_anchors": 0.0}
+LATER_ARGS = {"one_attribute_anchors": 0.0, "one_attribute_colour": 0.5}
 FORMAT_VERSION = 8  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger
 # shapes; 4: the object list names the leftmost (topmost) object again instead of saying where each object is;
 # 5: shape twins, vertical relations trained as above / on top of and below / underneath; 6: SugarCrepe++ and
@@ -64,18 +64,20 @@ def _families(split: str, first_family: int, n_families: int, first_key: int, ar
             yield Sample(first_key + (f - first_family) * unit + m, f, names[m], split, scene)
 
 
-def record(sample: Sample, seed: int, one_attribute_anchors: float = 0.0) -> dict:
+def record(sample: Sample, seed: int, one_attribute_anchors: float = 0.0, one_attribute_colour: float = 0.5) -> dict:
     """The KEY.json content; captions come from rngs seeded by (seed, key) so a probe can rebuild them. With
     `one_attribute_anchors` > 0 a training record also holds `recaption_one_attribute`: the same draw of its
-    recaption with that share of the anchored lists naming the first object by one attribute (captions.anchored_list;
-    `data.later_caption_fields` can switch to it for the later epochs)."""
+    recaption with that share of the anchored lists naming the first object by one attribute, a share
+    `one_attribute_colour` of them by its colour (captions.anchored_list; `data.later_caption_fields` can switch to it
+    for the later epochs)."""
     split = "train" if sample.split == "train" else "eval"
     out = {"key": sample.name,
            "alt_text": cap.alt_text(sample.scene, random.Random(f"{seed}/alt/{sample.key}"), split),
            "recaption": cap.recaption(sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split)}
     if one_attribute_anchors > 0 and split == "train":
         out["recaption_one_attribute"] = cap.recaption(
-            sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split, one_attribute_anchors)
+            sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split, one_attribute_anchors,
+            one_attribute_colour)
     return {**out, "family": sample.family, "member": sample.member, "split": sample.split, "scene": sample.scene}
 
 
@@ -91,7 +93,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _files(sample: Sample, args: dict) -> tuple[dict, bytes]:
     """One sample's KEY.json record and KEY.jpg bytes (a pure function of the sample: any process may make them)."""
-    return record(sample, args["seed"], args["one_attribute_anchors"]), image_bytes(sample, args)
+    return (record(sample, args["seed"], args["one_attribute_anchors"], args["one_attribute_colour"]),
+            image_bytes(sample, args))
 
 
 def _made(samples: Iterator[Sample], args: dict, workers: int) -> Iterator[tuple[Sample, dict, bytes]]:
@@ -276,11 +279,13 @@ def _write_whatsup(folder: Path, families: list[list[Sample]], args: dict) -> di
 
 
 def _check_args(args: dict) -> None:
-    share = args["one_attribute_anchors"]
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-        raise ValueError(f"synth: one_attribute_anchors must be a share in [0, 1], got {share!r}")
+    shares = ("one_attribute_anchors", "one_attribute_colour")
+    for name in shares:
+        share = args[name]
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ValueError(f"synth: {name} must be a share in [0, 1], got {share!r}")
     for name, value in args.items():
-        if name != "one_attribute_anchors" and (not isinstance(value, int) or isinstance(value, bool)):
+        if name not in shares and (not isinstance(value, int) or isinstance(value, bool)):
             raise ValueError(f"synth: {name} must be an integer, got {value!r}")
     lows = {"train_families": 1, "eval_families": 1, "image_size": 32, "probe_size": 1, "min_objects": 2}
     for name, low in lows.items():
@@ -320,11 +325,12 @@ def config_args(synth) -> dict:
 
 
 def world_args(train_families=4000, eval_families=400, shard_size=1000, image_size=64, min_objects=2, max_objects=2,
-               seed=0, probe_size=400, shape_twins=1, one_attribute_anchors=0.0) -> dict:
+               seed=0, probe_size=400, shape_twins=1, one_attribute_anchors=0.0, one_attribute_colour=0.5) -> dict:
     """The generator's arguments, defaults filled in and checked (ValueError 'synth: NAME ...')."""
     args = {"train_families": train_families, "eval_families": eval_families, "shard_size": shard_size,
             "image_size": image_size, "min_objects": min_objects, "max_objects": max_objects, "seed": seed,
-            "probe_size": probe_size, "shape_twins": shape_twins, "one_attribute_anchors": one_attribute_anchors}
+            "probe_size": probe_size, "shape_twins": shape_twins, "one_attribute_anchors": one_attribute_anchors,
+            "one_attribute_colour": one_attribute_colour}
     _check_args(args)
     return args
 
