@@ -77,6 +77,9 @@ class SynthConfig:
     # the first object by colour or shape alone (for data.later_caption_fields; docs/SYNTHETIC_WORLD.md)
     one_attribute_anchors: float = 0.0
     one_attribute_colour: float = 0.5  # of those one-attribute anchors, the share naming the colour ("the red one")
+    # this share of the training lists names the object at the far end again ("the blue square is the rightmost"), not
+    # the left (top) one: then no object is the one every caption names twice (docs/RESEARCH_LOG.md, issue 18)
+    far_end_anchors: float = 0.0
 
 
 @dataclass

@@ -386,7 +386,8 @@ def test_generate_skips_when_manifest_matches_and_refuses_other_arguments(tmp_pa
     assert first["skipped"] is False and first["counts"]["train_samples"] == 16
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["args"] == small | {"min_objects": 2, "max_objects": 2, "shape_twins": 1,
-                                        "one_attribute_anchors": 0.0, "one_attribute_colour": 0.5}
+                                        "one_attribute_anchors": 0.0, "one_attribute_colour": 0.5,
+                                        "far_end_anchors": 0.0}
     assert "format_version" in manifest
     shard = tmp_path / "train" / "shard-000000.tar"
     stamp = shard.stat().st_mtime_ns
@@ -537,6 +538,7 @@ def test_a_manifest_from_before_a_later_argument_still_matches(data, tmp_path):
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["args"].pop("one_attribute_anchors")  # as format 8 worlds built before the options wrote them
     manifest["args"].pop("one_attribute_colour")
+    manifest["args"].pop("far_end_anchors")
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert differs(tmp_path, world_args(**ARGS)) == ""  # nothing to rebuild
     assert differs(tmp_path, world_args(**dict(ARGS, one_attribute_anchors=0.5))) == "one_attribute_anchors: 0.0 -> 0.5"

@@ -33,6 +33,12 @@ ANCHORED_LISTS = {  # every object, then the first along the relation axis named
             "eval": ("Between {objects}, {first} is farthest up.",
                      "We see {objects}, {first} being uppermost of all.")},
 }
+# The axis's far end, named in training only (synth.far_end_anchors); one template per template of the near end.
+FAR_END = {"left": "right", "top": "bottom"}
+FAR_END_LISTS = {"right": ("Of {objects}, {first} is the rightmost.",
+                           "The picture has {objects}, with {first} furthest to the right."),
+                 "bottom": ("Of {objects}, {first} is the bottommost.",
+                            "The picture has {objects}, with {first} lowest down.")}
 RELATION_SENTENCES = {
     "train": ("{subject} is {relation} {object}.", "{subject} sits {relation} {object}."),
     "eval": ("{subject} is placed {relation} {object}.", "{subject} appears {relation} {object}."),
@@ -96,7 +102,7 @@ def _relation_sentence(scene: dict, rel: dict, rng: random.Random, split: str) -
 
 
 def anchored_list(objects: list[dict], first: dict, end: str, rng: random.Random, split: str,
-                  one_attribute: float = 0.0, colour_share: float = 0.5) -> str:
+                  one_attribute: float = 0.0, colour_share: float = 0.5, far: dict | None = None) -> str:
     """'Of a small red circle and a large blue square, the red circle is the leftmost.': the objects in the given order,
     then `first`, the object at `end` ('left' or 'top') of the relation axis, named again (size 30% of the time).
 
@@ -104,11 +110,18 @@ def anchored_list(objects: list[dict], first: dict, end: str, rng: random.Random
     of them) or 'the circle'. Then a family's shape-swapped (or colour-swapped) twin differs from its base only in
     which colour goes with which shape in the list: binding without a place, which a plain-list probe caption asks
     for. Drawn after everything else, so 0 gives the lists of before, word for word, and colour_share 0.5 the
-    one-attribute lists of before."""
+    one-attribute lists of before.
+
+    `far` (training only): the object at the axis's other end, named instead ('..., the blue square is the
+    rightmost.'), with the same draws; so the anchored object is not always the one at the left (top)."""
     if end not in ANCHORED_LISTS:
         raise ValueError(f"unknown axis end {end!r}; choose one of {list(ANCHORED_LISTS)}")
+    if far is not None and split != "train":
+        raise ValueError("far-end anchors are a training phrasing; evaluation lists name the left (top) object")
     listed = join_and([object_phrase(obj, rng, split) for obj in objects])
     template = rng.choice(ANCHORED_LISTS[end][split])
+    if far is not None:
+        first, template = far, FAR_END_LISTS[FAR_END[end]][ANCHORED_LISTS[end][split].index(template)]
     named = f"the {noun(first, rng.random() < 0.3)}"
     if one_attribute > 0:
         u = rng.random()
@@ -123,7 +136,7 @@ def axis_end(scene: dict) -> str:
 
 
 def recaption(scene: dict, rng: random.Random, split: str, one_attribute: float = 0.0,
-              colour_share: float = 0.5) -> str:
+              colour_share: float = 0.5, far_end: bool = False) -> str:
     """2-4 sentences, each true and complete on its own (sentence sampling trains on any one): every object with its
     attributes, the leftmost (or topmost) named again; then every relation, both objects named by colour and shape.
 
@@ -139,7 +152,8 @@ def recaption(scene: dict, rng: random.Random, split: str, one_attribute: float 
     end = axis_end(scene)
     first = objs[locations(scene).index(end)]
     order = [objs[i] for i in rng.sample(range(len(objs)), len(objs))]
-    sentences = [anchored_list(order, first, end, rng, split, one_attribute, colour_share)]
+    far = objs[locations(scene).index(FAR_END[end])] if far_end else None
+    sentences = [anchored_list(order, first, end, rng, split, one_attribute, colour_share, far)]
     sentences += [_relation_sentence(scene, r, rng, split) for r in scene["relations"]]
     return " ".join(rng.sample(sentences, len(sentences)))
 
