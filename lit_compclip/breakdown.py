@@ -1,9 +1,11 @@
 """`compclip breakdown RUN ...`: a run's synthetic-world probe results split by what the captions name, read from
 its per-example records (<run>/probe_records/, written at the end of fit): SugarCrepe swap-object and
 replace-object by the pair of shapes they tell apart, SugarCrepe's two swap subsets by caption form (a plain
-list 'a A and a B', or a relation 'a A over a B'), ARO VG-Relation by relation phrasing. It is how the research
-log found that the default tells shapes apart by how much of their box they fill, that its swap errors sit in the
-plain lists, and that its weak VG-Relation seeds misread one held-out phrasing, not the relation."""
+list 'a A and a B', or a relation 'a A over a B'), the lists again by whether they name first the object at the
+left (top) or the other one (read from the scene that the probe image's world rebuilds), ARO VG-Relation by
+relation phrasing. It is how the research log found that the default tells shapes apart by how much of their box
+they fill, that its swap errors sit in the plain lists, that it reads a list's first object as the left (top) one,
+and that its weak VG-Relation seeds misread one held-out phrasing, not the relation."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from lit_compclip.synth.captions import locations
 from lit_compclip.synth.world import SHAPES
+from lit_compclip.synth.write import eval_scenes
 
 BY_SHAPE_PAIR = ("sugarcrepe/swap_obj", "sugarcrepe/replace_obj")
 BY_PHRASING = ("aro/vg_relation",)
@@ -41,6 +45,38 @@ def caption_form(caption: str) -> str:
     return "list" if " and " in f" {caption.strip().lower()} " else "relation"
 
 
+def list_order(record: dict, scenes) -> str | None:
+    """Where the object a list caption 'a [size] C S and a ...' names first sits: 'left/top first' or
+    'right/bottom first'; None for a relation caption or an image whose scene `scenes(path)` cannot give."""
+    m = re.match(r"a (?:(?:small|large) )?(\w+) (\w+) and a ", record["captions"][0].strip().lower())
+    scene = scenes(record.get("image", "")) if m else None
+    if scene is None:
+        return None
+    where = [place for obj, place in zip(scene["objects"], locations(scene))
+             if (obj["colour"], obj["shape"]) == m.groups()]
+    return None if len(where) != 1 else "left/top first" if where[0] in ("left", "top") else "right/bottom first"
+
+
+class WorldScenes:
+    """image path -> its scene: the world folder is the one above probes/ (data/synth/probes/<set>/images/KEY.jpg),
+    its scenes rebuilt once per world; None for an image of no rebuildable world."""
+
+    def __init__(self):
+        self.worlds: dict[Path, dict | None] = {}
+
+    def __call__(self, image: str) -> dict | None:
+        path = Path(image)
+        if len(path.parents) < 4 or path.parents[2].name != "probes" or not path.stem.isdigit():
+            return None
+        world = path.parents[3]
+        if world not in self.worlds:
+            try:
+                self.worlds[world] = eval_scenes(world)
+            except ValueError:
+                self.worlds[world] = None
+        return (self.worlds[world] or {}).get(int(path.stem))
+
+
 def accuracy_by(records: list[dict], key) -> dict[str, tuple[float, int]]:
     """key(record) -> (fraction correct, count), in descending count order."""
     groups: dict[str, list[bool]] = defaultdict(list)
@@ -52,7 +88,7 @@ def accuracy_by(records: list[dict], key) -> dict[str, tuple[float, int]]:
 def breakdown(run: str | Path) -> dict[str, dict[str, tuple[float, int]]]:
     """subset -> group -> (accuracy, n) for the subsets whose records the run holds."""
     folder = Path(run) / "probe_records" if (Path(run) / "probe_records").is_dir() else Path(run)
-    out = {}
+    out, scenes = {}, WorldScenes()
     for subset in SUBSETS:
         path = folder / f"{subset}.jsonl"
         if not path.is_file():
@@ -62,6 +98,10 @@ def breakdown(run: str | Path) -> dict[str, dict[str, tuple[float, int]]]:
             out[subset] = accuracy_by(records, lambda r: shape_pair(r["captions"]))
         if subset in BY_FORM:
             out[f"{subset} by caption form"] = accuracy_by(records, lambda r: caption_form(r["captions"][0]))
+            ordered = [(r, list_order(r, scenes)) for r in records]
+            if any(order for _, order in ordered):
+                out[f"{subset} lists by order"] = accuracy_by([{**r, "order": o} for r, o in ordered if o],
+                                                             lambda r: r["order"])
         if subset in BY_PHRASING:
             out[subset] = accuracy_by(records, lambda r: phrasing(r["captions"][0]))
     return out

@@ -507,7 +507,7 @@ def test_one_attribute_anchors_add_a_second_recaption_and_leave_the_rest_as_it_w
         m = anchor.search(listed)
         assert m, listed
         named["colour" if m.group(1) in COLOURS else "shape" if m.group(2) in SHAPES else "?"] += 1
-        # only the anchor changes: the full recaption's other sentences are drawn before it and stay as they were
+        # the same sentences: the anchored list (its objects and template as in the full one) and every relation
         assert len(split_sentences(r["recaption_one_attribute"])) == len(split_sentences(r["recaption"]))
     assert set(named) == {"colour", "shape"} and min(named.values()) > 0.3 * sum(named.values())
     for bad in (1.5, -0.1, "half"):

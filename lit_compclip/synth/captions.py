@@ -109,8 +109,8 @@ def anchored_list(objects: list[dict], first: dict, end: str, rng: random.Random
     With `one_attribute` > 0 that share of the lists names `first` by one attribute: 'the red one' (a `colour_share`
     of them) or 'the circle'. Then a family's shape-swapped (or colour-swapped) twin differs from its base only in
     which colour goes with which shape in the list: binding without a place, which a plain-list probe caption asks
-    for. Drawn after everything else, so 0 gives the lists of before, word for word, and colour_share 0.5 the
-    one-attribute lists of before.
+    for. Drawn after the list's other words, so 0 gives the lists of before, word for word, and colour_share 0.5 the
+    one-attribute lists of before (the relation sentences drawn after the list then differ from the full recaption's).
 
     `far` (training only): the object at the axis's other end, named instead ('..., the blue square is the
     rightmost.'), with the same draws; so the anchored object is not always the one at the left (top)."""

@@ -67,8 +67,8 @@ def _families(split: str, first_family: int, n_families: int, first_key: int, ar
 def record(sample: Sample, seed: int, one_attribute_anchors: float = 0.0, one_attribute_colour: float = 0.5,
            far_end_anchors: float = 0.0) -> dict:
     """The KEY.json content; captions come from rngs seeded by (seed, key) so a probe can rebuild them. With
-    `one_attribute_anchors` > 0 a training record also holds `recaption_one_attribute`: the same draw of its
-    recaption with that share of the anchored lists naming the first object by one attribute, a share
+    `one_attribute_anchors` > 0 a training record also holds `recaption_one_attribute`: its recaption drawn again
+    from the same stream (the same anchored list; the relation sentences after it drawn afresh), with that share of the anchored lists naming the first object by one attribute, a share
     `one_attribute_colour` of them by its colour (captions.anchored_list; `data.later_caption_fields` can switch to it
     for the later epochs). With `far_end_anchors` > 0 that share of the training samples' lists (both fields) names
     the object at the far end instead, 'the blue square is the rightmost', drawn from a stream of its own."""
@@ -319,6 +319,23 @@ def differs(out_dir, args: dict) -> str | None:
     old = {**LATER_ARGS, **stored.get("args", {}), "format_version": stored.get("format_version")}
     new = {**args, "format_version": FORMAT_VERSION}
     return ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
+
+
+def eval_scenes(out_dir) -> dict[int, dict]:
+    """The scenes of the validation (and probe) samples of the world in `out_dir`, by sample key, rebuilt from its
+    manifest's arguments without rendering: what each probe image shows, for tools that split results by it.
+    ValueError when the manifest is missing or another generator format wrote it."""
+    path = Path(out_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: no readable synthetic-world manifest ({e.__class__.__name__})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: world format {manifest.get('format_version')}, this code rebuilds format "
+                         f"{FORMAT_VERSION}'s scenes")
+    args = world_args(**{**LATER_ARGS, **manifest["args"]})
+    n_train = args["train_families"] * unit_size("train", args)
+    return {s.key: s.scene for s in _families("val", args["train_families"], args["eval_families"], n_train, args)}
 
 
 def config_args(synth) -> dict:
