@@ -532,6 +532,31 @@ def test_the_colour_share_names_the_colour_in_that_share_of_the_one_attribute_an
     assert half != colour_only and half != shape_only and len(set(base) & set(half)) == 0
 
 
+def test_far_end_anchors_name_the_object_at_the_other_end_in_that_share_of_the_training_lists(data, tmp_path):
+    from lit_compclip.synth.captions import locations
+
+    base = {r["key"]: r for split in ("train", "val") for r in records(data / split)}
+    for share in (1.0, 0.5):
+        out = tmp_path / f"far{share}"
+        generate(out, **dict(ARGS, far_end_anchors=share))
+        assert all(r == base[r["key"]] for r in records(out / "val"))  # validation (and probes) never change
+        far = 0
+        for r in records(out / "train"):
+            listed = next(x for x in split_sentences(r["recaption"]) if x.startswith(("Of ", "The picture")))
+            old = next(x for x in split_sentences(base[r["key"]]["recaption"]) if x.startswith(("Of ", "The picture")))
+            if listed == old:
+                continue
+            far += 1
+            scene = r["scene"]
+            end = scene["objects"][locations(scene).index("right" if "left" in locations(scene) else "bottom")]
+            assert f"{end['colour']} {end['shape']}" in listed.split(",")[-1]  # the far object is the one named again
+            assert any(w in listed for w in ("rightmost", "to the right", "bottommost", "lowest down"))
+            # the other sentences keep their words: the far end is drawn from a stream of its own
+            assert set(split_sentences(r["recaption"])) - {listed} == set(split_sentences(base[r["key"]]["recaption"])) - {old}
+        n = len(records(out / "train"))
+        assert far == n if share == 1.0 else 0.3 * n < far < 0.7 * n
+
+
 def test_a_manifest_from_before_a_later_argument_still_matches(data, tmp_path):
     from lit_compclip.synth.write import differs, world_args
 
