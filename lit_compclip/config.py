@@ -80,6 +80,8 @@ class SynthConfig:
     # this share of the training lists names the object at the far end again ("the blue square is the rightmost"), not
     # the left (top) one: then no object is the one every caption names twice (docs/RESEARCH_LOG.md, issue 18)
     far_end_anchors: float = 0.0
+    # 1: each training sample also gets `plain_list`, its objects listed with no place (for data.later_caption_fields)
+    plain_lists: int = 0
 
 
 @dataclass

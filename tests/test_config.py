@@ -106,6 +106,7 @@ def test_synthetic_world_and_caption_curriculum_values_are_checked_before_anythi
                               ("synth.one_attribute_anchors=1.5", "'synth.one_attribute_anchors': one_attribute_anch"),
                               ("synth.one_attribute_colour=-1", "'synth.one_attribute_colour': one_attribute_colo"),
                               ("synth.far_end_anchors=2", "'synth.far_end_anchors': far_end_anchors must be a sh"),
+                              ("synth.plain_lists=2", "'synth.plain_lists': plain_lists must be 0 or 1, got 2"),
                               ("data.later_epoch=1", "'data.later_epoch': must be >= 2"),
                               ("data.later_caption_fields={}", "'data.later_caption_fields': name at least one"),
                               ("data.later_caption_fields.x=0", "'data.later_caption_fields.x': weights must be")):

@@ -387,7 +387,7 @@ def test_generate_skips_when_manifest_matches_and_refuses_other_arguments(tmp_pa
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["args"] == small | {"min_objects": 2, "max_objects": 2, "shape_twins": 1,
                                         "one_attribute_anchors": 0.0, "one_attribute_colour": 0.5,
-                                        "far_end_anchors": 0.0}
+                                        "far_end_anchors": 0.0, "plain_lists": 0}
     assert "format_version" in manifest
     shard = tmp_path / "train" / "shard-000000.tar"
     stamp = shard.stat().st_mtime_ns
@@ -557,6 +557,28 @@ def test_far_end_anchors_name_the_object_at_the_other_end_in_that_share_of_the_t
         assert far == n if share == 1.0 else 0.3 * n < far < 0.7 * n
 
 
+def test_plain_lists_add_a_place_free_list_of_every_object_to_training_records_only(data, tmp_path):
+    out = tmp_path / "plain"
+    generate(out, **dict(ARGS, plain_lists=1))
+    base = {r["key"]: r for split in ("train", "val") for r in records(data / split)}
+    for split in ("train", "val"):
+        for r in records(out / split):
+            assert {k: v for k, v in r.items() if k != "plain_list"} == base[r["key"]]
+            assert ("plain_list" in r) == (split == "train")
+    places = ("left", "right", "above", "below", "top", "under", "most")
+    firsts = Counter()
+    for r in records(out / "train"):
+        text = r["plain_list"]
+        assert text.endswith(".") and not any(w in text for w in places) and len(split_sentences(text)) == 1
+        for obj in r["scene"]["objects"]:  # every object, with its colour, shape and size
+            assert obj["colour"] in text and obj["shape"] in text and obj["size"] in text
+        firsts[text.lower().index(r["scene"]["objects"][0]["shape"]) == min(
+            text.lower().index(o["shape"]) for o in r["scene"]["objects"])] += 1
+    assert min(firsts.values()) > 0.25 * sum(firsts.values())  # the order is drawn, not the scene's
+    with pytest.raises(ValueError, match="plain_lists must be 0 or 1"):
+        generate(tmp_path / "x", **dict(ARGS, plain_lists=2))
+
+
 def test_a_manifest_from_before_a_later_argument_still_matches(data, tmp_path):
     from lit_compclip.synth.write import differs, world_args
 
@@ -564,6 +586,7 @@ def test_a_manifest_from_before_a_later_argument_still_matches(data, tmp_path):
     manifest["args"].pop("one_attribute_anchors")  # as format 8 worlds built before the options wrote them
     manifest["args"].pop("one_attribute_colour")
     manifest["args"].pop("far_end_anchors")
+    manifest["args"].pop("plain_lists")
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert differs(tmp_path, world_args(**ARGS)) == ""  # nothing to rebuild
     assert differs(tmp_path, world_args(**dict(ARGS, one_attribute_anchors=0.5))) == "one_attribute_anchors: 0.0 -> 0.5"

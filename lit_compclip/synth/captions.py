@@ -158,6 +158,17 @@ def recaption(scene: dict, rng: random.Random, split: str, one_attribute: float 
     return " ".join(rng.sample(sentences, len(sentences)))
 
 
+def plain_list(scene: dict, rng: random.Random, split: str) -> str:
+    """'A large purple cross and a small triangle that is red.': every object with its attributes, in a random order,
+    and nothing about where they are (synth.plain_lists). It is as true of the scene's place-swapped twin, which
+    shares its batch; so training on it (data.later_caption_fields) asks the list's embedding to favour neither
+    object, where the anchored lists teach both towers to favour the one at the left (docs/RESEARCH_LOG.md)."""
+    _check_split(split)
+    objs = list(scene["objects"])
+    rng.shuffle(objs)
+    return _capitalise(join_and([object_phrase(obj, rng, split) for obj in objs])) + "."
+
+
 def alt_text(scene: dict, rng: random.Random, split: str) -> str:
     """Short web-like text: colour and shape words in separate sorted lists, no relation; some incomplete or wrong."""
     _check_split(split)

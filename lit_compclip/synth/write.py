@@ -19,7 +19,8 @@ from lit_compclip.synth.world import (HELD_OUT, INVERSE, MAX_OBJECTS, MEMBERS, R
                                       _sample_layout, encode, render, sample_family, scene_dict, shape_twin, size_scale)
 
 # Arguments added after a format, with the value an older manifest's world was built with (nothing to rebuild).
-LATER_ARGS = {"one_attribute_anchors": 0.0, "one_attribute_colour": 0.5, "far_end_anchors": 0.0}
+LATER_ARGS = {"one_attribute_anchors": 0.0, "one_attribute_colour": 0.5, "far_end_anchors": 0.0,
+              "plain_lists": 0}
 FORMAT_VERSION = 8  # 2: recaptions say where objects are; 3: every recaption sentence complete on its own, larger
 # shapes; 4: the object list names the leftmost (topmost) object again instead of saying where each object is;
 # 5: shape twins, vertical relations trained as above / on top of and below / underneath; 6: SugarCrepe++ and
@@ -65,19 +66,22 @@ def _families(split: str, first_family: int, n_families: int, first_key: int, ar
 
 
 def record(sample: Sample, seed: int, one_attribute_anchors: float = 0.0, one_attribute_colour: float = 0.5,
-           far_end_anchors: float = 0.0) -> dict:
+           far_end_anchors: float = 0.0, plain_lists: int = 0) -> dict:
     """The KEY.json content; captions come from rngs seeded by (seed, key) so a probe can rebuild them. With
     `one_attribute_anchors` > 0 a training record also holds `recaption_one_attribute`: its recaption drawn again
     from the same stream (the same anchored list; the relation sentences after it drawn afresh), with that share of the anchored lists naming the first object by one attribute, a share
     `one_attribute_colour` of them by its colour (captions.anchored_list; `data.later_caption_fields` can switch to it
     for the later epochs). With `far_end_anchors` > 0 that share of the training samples' lists (both fields) names
-    the object at the far end instead, 'the blue square is the rightmost', drawn from a stream of its own."""
+    the object at the far end instead, 'the blue square is the rightmost', drawn from a stream of its own. With
+    `plain_lists` a training record also holds `plain_list`: its objects listed with no place (captions.plain_list)."""
     split = "train" if sample.split == "train" else "eval"
     far = split == "train" and far_end_anchors > 0 and random.Random(f"{seed}/far_end/{sample.key}").random() < far_end_anchors
     out = {"key": sample.name,
            "alt_text": cap.alt_text(sample.scene, random.Random(f"{seed}/alt/{sample.key}"), split),
            "recaption": cap.recaption(sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split,
                                       far_end=far)}
+    if plain_lists and split == "train":
+        out["plain_list"] = cap.plain_list(sample.scene, random.Random(f"{seed}/plain_list/{sample.key}"), split)
     if one_attribute_anchors > 0 and split == "train":
         out["recaption_one_attribute"] = cap.recaption(
             sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split, one_attribute_anchors,
@@ -98,7 +102,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _files(sample: Sample, args: dict) -> tuple[dict, bytes]:
     """One sample's KEY.json record and KEY.jpg bytes (a pure function of the sample: any process may make them)."""
     return (record(sample, args["seed"], args["one_attribute_anchors"], args["one_attribute_colour"],
-                   args["far_end_anchors"]), image_bytes(sample, args))
+                   args["far_end_anchors"], args["plain_lists"]), image_bytes(sample, args))
 
 
 def _made(samples: Iterator[Sample], args: dict, workers: int) -> Iterator[tuple[Sample, dict, bytes]]:
@@ -298,8 +302,9 @@ def _check_args(args: dict) -> None:
     if not args["min_objects"] <= args["max_objects"] <= MAX_OBJECTS:
         raise ValueError(f"synth: need min_objects <= max_objects <= {MAX_OBJECTS}, "
                          f"got min_objects={args['min_objects']} max_objects={args['max_objects']}")
-    if args["shape_twins"] not in (0, 1):
-        raise ValueError(f"synth: shape_twins must be 0 or 1, got {args['shape_twins']}")
+    for name in ("shape_twins", "plain_lists"):
+        if args[name] not in (0, 1):
+            raise ValueError(f"synth: {name} must be 0 or 1, got {args[name]}")
     unit = unit_size("train", args)
     if args["shard_size"] < unit or args["shard_size"] % unit:
         raise ValueError(f"synth: shard_size must be a positive multiple of a training family's {unit} samples "
@@ -347,12 +352,13 @@ def config_args(synth) -> dict:
 
 def world_args(train_families=4000, eval_families=400, shard_size=1000, image_size=64, min_objects=2, max_objects=2,
                seed=0, probe_size=400, shape_twins=1, one_attribute_anchors=0.0, one_attribute_colour=0.5,
-               far_end_anchors=0.0) -> dict:
+               far_end_anchors=0.0, plain_lists=0) -> dict:
     """The generator's arguments, defaults filled in and checked (ValueError 'synth: NAME ...')."""
     args = {"train_families": train_families, "eval_families": eval_families, "shard_size": shard_size,
             "image_size": image_size, "min_objects": min_objects, "max_objects": max_objects, "seed": seed,
             "probe_size": probe_size, "shape_twins": shape_twins, "one_attribute_anchors": one_attribute_anchors,
-            "one_attribute_colour": one_attribute_colour, "far_end_anchors": far_end_anchors}
+            "one_attribute_colour": one_attribute_colour, "far_end_anchors": far_end_anchors,
+            "plain_lists": plain_lists}
     _check_args(args)
     return args
 
