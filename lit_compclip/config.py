@@ -373,9 +373,9 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     try:
-        from lit_compclip.synth.write import config_args, world_args  # not lit_compclip.synth: it imports config
+        from lit_compclip.synth.write import OPTIONAL_FIELDS, config_args, world_args  # (lit_compclip.synth imports config)
 
-        world_args(**config_args(cfg.synth))
+        args = world_args(**config_args(cfg.synth))
     except ValueError as e:  # 'synth: NAME must ...'
         name = re.match(r"synth: (?:need )?(\w+)", str(e))
         raise ConfigError(f"config key 'synth.{name.group(1) if name else '?'}': {str(e).removeprefix('synth: ')}") \
@@ -385,9 +385,16 @@ def check_values(cfg: DictConfig) -> None:
     need(later is None or len(later) > 0, "data.later_caption_fields", "name at least one caption field, or null")
     need(cfg.data.later_epoch >= 2, "data.later_epoch", "must be >= 2 (epochs count from 1; epoch 1 reads "
          "data.caption_fields)")
+    # On the world `compclip train` builds, a field that only a synth option writes would be missing from every
+    # sample: each one skipped, an epoch with nothing to train on.
+    world = str(cfg.data.train_shards).startswith(str(cfg.synth.out_dir).rstrip("/") + "/") and cfg.synth.auto
     for name, fields in (("caption_fields", cfg.data.caption_fields), ("later_caption_fields", later or {})):
         for k, w in fields.items():
             need(isinstance(w, (int, float)) and w > 0, f"data.{name}.{k}", "weights must be positive numbers")
+            if world and k in OPTIONAL_FIELDS:
+                arg, ok, want = OPTIONAL_FIELDS[k]
+                need(ok(args[arg]), f"data.{name}.{k}", f"the synthetic world writes {k} only with synth.{arg}"
+                     f"{want} (it is {args[arg]})")
     need(cfg.data.sentence_sample >= 0, "data.sentence_sample", "must be >= 0")
     need(not cfg.data.resampled or bool(cfg.data.samples_per_epoch), "data.samples_per_epoch",
          "required when data.resampled=true")

@@ -107,6 +107,11 @@ def test_synthetic_world_and_caption_curriculum_values_are_checked_before_anythi
                               ("synth.one_attribute_colour=-1", "'synth.one_attribute_colour': one_attribute_colo"),
                               ("synth.far_end_anchors=2", "'synth.far_end_anchors': far_end_anchors must be a sh"),
                               ("synth.plain_lists=2", "'synth.plain_lists': plain_lists must be 0 or 1, got 2"),
+                              ("data.later_caption_fields={plain_list: 1.0}",
+                               "'data.later_caption_fields.plain_list': the synthetic world writes plain_list only "
+                               "with synth.plain_lists=1 \\(it is 0\\)"),
+                              ("data.caption_fields={recaption_one_attribute: 1.0}",
+                               "'data.caption_fields.recaption_one_attribute': .* only with synth.one_attribute_anchors > 0"),
                               ("data.later_epoch=1", "'data.later_epoch': must be >= 2"),
                               ("data.later_caption_fields={}", "'data.later_caption_fields': name at least one"),
                               ("data.later_caption_fields.x=0", "'data.later_caption_fields.x': weights must be")):
@@ -116,6 +121,9 @@ def test_synthetic_world_and_caption_curriculum_values_are_checked_before_anythi
     assert main(["train", "synth.shape_twins=2", f"synth.out_dir={tmp_path / 'w'}", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "synth.shape_twins" in err and not (tmp_path / "w").exists()
+    # real shards (outside synth.out_dir), or a world used as it is, may hold any field: not checked
+    for other in (["data.train_shards=/data/laion/{00000..00009}.tar"], ["synth.auto=false"]):
+        load_config([], ["data.later_caption_fields={plain_list: 1.0}", *other])
     cfg = load_config([], ["data.later_caption_fields={recaption_one_attribute: 1.0}", "synth.one_attribute_anchors=0.5"])
     assert cfg.data.later_caption_fields == {"recaption_one_attribute": 1.0} and cfg.data.later_epoch == 2
 

@@ -18,6 +18,9 @@ from lit_compclip.synth import captions as cap
 from lit_compclip.synth.world import (HELD_OUT, INVERSE, MAX_OBJECTS, MEMBERS, RELATIONS, SIZES, TWIN_MEMBERS,
                                       _sample_layout, encode, render, sample_family, scene_dict, shape_twin, size_scale)
 
+# Training caption fields written only when an argument asks for them: field -> (argument, what it must be).
+OPTIONAL_FIELDS = {"recaption_one_attribute": ("one_attribute_anchors", lambda v: v > 0, " > 0"),
+                   "plain_list": ("plain_lists", lambda v: v == 1, "=1")}
 # Arguments added after a format, with the value an older manifest's world was built with (nothing to rebuild).
 LATER_ARGS = {"one_attribute_anchors": 0.0, "one_attribute_colour": 0.5, "far_end_anchors": 0.0,
               "plain_lists": 0}
