@@ -373,7 +373,8 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     try:
-        from lit_compclip.synth.write import OPTIONAL_FIELDS, config_args, world_args  # (lit_compclip.synth imports config)
+        # not lit_compclip.synth: it imports config
+        from lit_compclip.synth.write import OPTIONAL_FIELDS, config_args, under_world, world_args
 
         args = world_args(**config_args(cfg.synth))
     except ValueError as e:  # 'synth: NAME must ...'
@@ -387,7 +388,7 @@ def check_values(cfg: DictConfig) -> None:
          "data.caption_fields)")
     # On the world `compclip train` builds, a field that only a synth option writes would be missing from every
     # sample: each one skipped, an epoch with nothing to train on.
-    world = str(cfg.data.train_shards).startswith(str(cfg.synth.out_dir).rstrip("/") + "/") and cfg.synth.auto
+    world = cfg.synth.auto and under_world(cfg.synth.out_dir, str(cfg.data.train_shards))
     for name, fields in (("caption_fields", cfg.data.caption_fields), ("later_caption_fields", later or {})):
         for k, w in fields.items():
             need(isinstance(w, (int, float)) and w > 0, f"data.{name}.{k}", "weights must be positive numbers")

@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from lit_compclip.synth.captions import locations
+from lit_compclip.synth.captions import axis_end, locations
 from lit_compclip.synth.world import render, sample_family
 
 
@@ -31,8 +31,7 @@ def scenes_and_texts(n: int, seed: int, image_size: int = 64) -> tuple[list, dic
     for k in range(n):
         scene = sample_family(rng, 2, "eval", image_size)[0]
         images.append(render(scene, image_size, (seed, k)))
-        where = locations(scene)
-        start = scene["objects"][where.index("left" if "left" in where else "top")]
+        start = scene["objects"][locations(scene).index(axis_end(scene))]
         end = next(o for o in scene["objects"] if o is not start)
         a, b = f"a {start['colour']} {start['shape']}", f"a {end['colour']} {end['shape']}"
         for key, text in (("start", a), ("end", b), ("in_order", f"{a} and {b}"), ("reversed", f"{b} and {a}")):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from lit_compclip.synth.world import hard_negative_stats
-from lit_compclip.synth.write import config_args, differs, generate
+from lit_compclip.synth.write import config_args, differs, generate, under_world
 
 __all__ = ["build_synth", "ensure_synth", "generate", "hard_negative_stats", "synth_args"]
 
@@ -28,7 +28,7 @@ def ensure_synth(cfg) -> None:
     out = os.path.normpath(cfg.synth.out_dir)
     paths = [cfg.data.train_shards, cfg.data.val_shards or ""]
     paths += [str(v) for suite in cfg.probes.suites.values() for v in suite.values()]
-    uses_synth = any(os.path.normpath(p).startswith(out + os.sep) for p in paths if p)
+    uses_synth = any(under_world(out, p) for p in paths)
     if not (cfg.synth.auto and uses_synth):
         return
     why = differs(out, synth_args(cfg))

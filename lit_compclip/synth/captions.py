@@ -150,9 +150,10 @@ def recaption(scene: dict, rng: random.Random, split: str, one_attribute: float 
     _check_split(split)
     objs = scene["objects"]
     end = axis_end(scene)
-    first = objs[locations(scene).index(end)]
+    where = locations(scene)
+    first = objs[where.index(end)]
     order = [objs[i] for i in rng.sample(range(len(objs)), len(objs))]
-    far = objs[locations(scene).index(FAR_END[end])] if far_end else None
+    far = objs[where.index(FAR_END[end])] if far_end else None
     sentences = [anchored_list(order, first, end, rng, split, one_attribute, colour_share, far)]
     sentences += [_relation_sentence(scene, r, rng, split) for r in scene["relations"]]
     return " ".join(rng.sample(sentences, len(sentences)))

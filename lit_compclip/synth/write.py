@@ -72,13 +72,14 @@ def record(sample: Sample, seed: int, one_attribute_anchors: float = 0.0, one_at
            far_end_anchors: float = 0.0, plain_lists: int = 0) -> dict:
     """The KEY.json content; captions come from rngs seeded by (seed, key) so a probe can rebuild them. With
     `one_attribute_anchors` > 0 a training record also holds `recaption_one_attribute`: its recaption drawn again
-    from the same stream (the same anchored list; the relation sentences after it drawn afresh), with that share of the anchored lists naming the first object by one attribute, a share
-    `one_attribute_colour` of them by its colour (captions.anchored_list; `data.later_caption_fields` can switch to it
-    for the later epochs). With `far_end_anchors` > 0 that share of the training samples' lists (both fields) names
+    from the same stream (the same anchored list; the relation sentences after it drawn afresh), with that share of
+    the anchored lists naming the first object by one attribute, a share `one_attribute_colour` of them by its colour
+    (captions.anchored_list; `data.later_caption_fields` can switch to it for the later epochs). With `far_end_anchors` > 0 that share of the training samples' lists (both fields) names
     the object at the far end instead, 'the blue square is the rightmost', drawn from a stream of its own. With
     `plain_lists` a training record also holds `plain_list`: its objects listed with no place (captions.plain_list)."""
     split = "train" if sample.split == "train" else "eval"
-    far = split == "train" and far_end_anchors > 0 and random.Random(f"{seed}/far_end/{sample.key}").random() < far_end_anchors
+    far = (split == "train" and far_end_anchors > 0
+           and random.Random(f"{seed}/far_end/{sample.key}").random() < far_end_anchors)
     out = {"key": sample.name,
            "alt_text": cap.alt_text(sample.scene, random.Random(f"{seed}/alt/{sample.key}"), split),
            "recaption": cap.recaption(sample.scene, random.Random(f"{seed}/recaption/{sample.key}"), split,
@@ -327,6 +328,11 @@ def differs(out_dir, args: dict) -> str | None:
     old = {**LATER_ARGS, **stored.get("args", {}), "format_version": stored.get("format_version")}
     new = {**args, "format_version": FORMAT_VERSION}
     return ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
+
+
+def under_world(out_dir, path: str) -> bool:
+    """Whether the data path `path` lies inside the world folder `out_dir` (what `synth.auto` builds the world for)."""
+    return bool(path) and os.path.normpath(path).startswith(os.path.normpath(out_dir) + os.sep)
 
 
 def eval_scenes(out_dir) -> dict[int, dict]:
