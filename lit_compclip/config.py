@@ -80,8 +80,9 @@ class SynthConfig:
     # this share of the training lists names the object at the far end again ("the blue square is the rightmost"), not
     # the left (top) one: then no object is the one every caption names twice (docs/RESEARCH_LOG.md, issue 18)
     far_end_anchors: float = 0.0
-    # 1: each training sample also gets `plain_list`, its objects listed with no place (for data.later_caption_fields)
-    plain_lists: int = 0
+    # 1: each training sample also gets `plain_list`, its objects listed with no place: the default's epoch 2 trains a
+    # quarter of its samples on it (data.later_caption_fields; docs/RESEARCH_LOG.md, issue 18)
+    plain_lists: int = 1
 
 
 @dataclass
@@ -95,8 +96,11 @@ class DataConfig:
     train_shards: str = "data/synth/train"  # a folder, a brace pattern, a URL, or several joined with '::'
     val_shards: Optional[str] = "data/synth/val"
     caption_fields: Dict[str, float] = field(default_factory=lambda: {"recaption": 1.0})  # 'txt' or .json fields
-    # A caption curriculum: from epoch `later_epoch` (1-based) on, training reads these sources instead (null: never)
-    later_caption_fields: Optional[Dict[str, float]] = None
+    # A caption curriculum: from epoch `later_epoch` (1-based) on, training reads these sources instead (null: never).
+    # The default: a quarter of epoch 2's samples read the place-free list (synth.plain_lists), which is as true of the
+    # place-swapped twin in the batch, so a list's embedding learns to favour neither object (docs/RESEARCH_LOG.md).
+    later_caption_fields: Optional[Dict[str, float]] = field(
+        default_factory=lambda: {"recaption": 0.75, "plain_list": 0.25})
     later_epoch: int = 2
     sentence_sample: int = 1  # >0: train on a random subset of at most this many sentences (the paper's refinement)
     batch_size: int = 64  # 16 families of 4 counterfactuals
@@ -309,22 +313,24 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 # Maps whose meaning depends on a name inside them: a new tower or a new probe list replaces, never merges.
-def _clear_replaced(cfg: DictConfig, new: DictConfig, whole_suites: bool = True, whole_fields: bool = True) -> None:
+def _clear_replaced(cfg: DictConfig, new: DictConfig, key: str | None = None) -> None:
+    """Empty the maps that `new` replaces whole: any of them when `new` is an experiment file (key None), else only the
+    map an override names whole (`key`)."""
     text = OmegaConf.select(new, "model.text", default=None)
     if isinstance(text, DictConfig) and text.get("tower", cfg.model.text.get("tower")) != cfg.model.text.get("tower"):
         cfg.model.text = {}
-    if whole_suites and isinstance(OmegaConf.select(new, "probes.suites", default=None), DictConfig):
-        cfg.probes.suites = {}
-    # A caption_fields mapping is the whole mixture (alt_text.yaml's {alt_text: 1.0} must not keep the default
-    # recaption beside it); a dotted override of one field (data.caption_fields.alt_text=0.2) still adds to it.
-    if whole_fields and isinstance(OmegaConf.select(new, "data.caption_fields", default=None), DictConfig):
-        cfg.data.caption_fields = {}
+    # A caption mixture is whole (alt_text.yaml's {alt_text: 1.0} must not keep the default recaption beside it); a
+    # dotted override of one field (data.caption_fields.alt_text=0.2) still adds to it.
+    for path in ("probes.suites", "data.caption_fields", "data.later_caption_fields"):
+        if key in (None, path) and isinstance(OmegaConf.select(new, path, default=None), DictConfig):
+            OmegaConf.update(cfg, path, {}, merge=False)
 
 
 def load_config(files: list[str] = (), overrides: list[str] = ()) -> DictConfig:
     """Defaults <- each experiment YAML in order <- key=value overrides; checked, one-line ConfigError otherwise."""
     schema = OmegaConf.structured(Config)
     cfg = schema.copy()
+    later_named = False  # whether a file or an override sets data.later_caption_fields (see _fit_default_curriculum)
     for path in files:
         if not os.path.isfile(path):
             raise ConfigError(f"experiment file not found: {path}")
@@ -334,6 +340,7 @@ def load_config(files: list[str] = (), overrides: list[str] = ()) -> DictConfig:
             raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path} must hold a mapping of config keys")
+        later_named |= isinstance(loaded.get("data"), DictConfig) and "later_caption_fields" in loaded.data
         try:
             _clear_replaced(cfg, loaded)
             cfg = OmegaConf.merge(cfg, loaded)
@@ -344,7 +351,8 @@ def load_config(files: list[str] = (), overrides: list[str] = ()) -> DictConfig:
         try:
             new = OmegaConf.from_dotlist([item])
             key = item.split("=", 1)[0].strip()
-            _clear_replaced(cfg, new, whole_suites=key == "probes.suites", whole_fields=key == "data.caption_fields")
+            later_named |= key.startswith("data.later_caption_fields")
+            _clear_replaced(cfg, new, key)
             cfg = OmegaConf.merge(cfg, new)
         except OmegaConfBaseException as e:
             raise _one_line(e, f"override {item!r}", schema) from None
@@ -355,8 +363,26 @@ def load_config(files: list[str] = (), overrides: list[str] = ()) -> DictConfig:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise _one_line(e, "interpolation", schema) from None
+    if not later_named:
+        _fit_default_curriculum(cfg)
     check_values(cfg)
     return cfg
+
+
+def _fit_default_curriculum(cfg: DictConfig) -> None:
+    """The default curriculum's epoch 2 reads `plain_list`, which only a synthetic world built with synth.plain_lists=1
+    holds: on any other training data it is off (null) unless a file or an override names data.later_caption_fields."""
+    from lit_compclip.synth.write import under_world, world_manifest_args
+
+    if not under_world(cfg.synth.out_dir, str(cfg.data.train_shards)):
+        holds = False
+    elif cfg.synth.auto:  # the world is built (or rebuilt) from these arguments
+        holds = cfg.synth.plain_lists == 1
+    else:  # a world used as it is: its manifest says (none yet: the missing shards stop the run)
+        built = world_manifest_args(cfg.synth.out_dir)
+        holds = built is None or built.get("plain_lists") == 1
+    if not holds:
+        cfg.data.later_caption_fields = None
 
 
 def check_values(cfg: DictConfig) -> None:
@@ -374,7 +400,8 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     try:
         # not lit_compclip.synth: it imports config
-        from lit_compclip.synth.write import OPTIONAL_FIELDS, config_args, under_world, world_args
+        from lit_compclip.synth.write import (OPTIONAL_FIELDS, config_args, under_world, world_args,
+                                              world_manifest_args)
 
         args = world_args(**config_args(cfg.synth))
     except ValueError as e:  # 'synth: NAME must ...'
@@ -386,16 +413,20 @@ def check_values(cfg: DictConfig) -> None:
     need(later is None or len(later) > 0, "data.later_caption_fields", "name at least one caption field, or null")
     need(cfg.data.later_epoch >= 2, "data.later_epoch", "must be >= 2 (epochs count from 1; epoch 1 reads "
          "data.caption_fields)")
-    # On the world `compclip train` builds, a field that only a synth option writes would be missing from every
-    # sample: each one skipped, an epoch with nothing to train on.
-    world = cfg.synth.auto and under_world(cfg.synth.out_dir, str(cfg.data.train_shards))
+    # A field that only a synth option writes (the default's epoch-2 `plain_list`) would be missing from every sample
+    # of a world built without it, and of any other shards: each one skipped, or the mixture silently changed.
+    on_world = under_world(cfg.synth.out_dir, str(cfg.data.train_shards))
+    built = args if cfg.synth.auto else world_manifest_args(cfg.synth.out_dir) if on_world else None
     for name, fields in (("caption_fields", cfg.data.caption_fields), ("later_caption_fields", later or {})):
         for k, w in fields.items():
             need(isinstance(w, (int, float)) and w > 0, f"data.{name}.{k}", "weights must be positive numbers")
-            if world and k in OPTIONAL_FIELDS:
-                arg, ok, want = OPTIONAL_FIELDS[k]
-                need(ok(args[arg]), f"data.{name}.{k}", f"the synthetic world writes {k} only with synth.{arg}"
-                     f"{want} (it is {args[arg]})")
+            if k not in OPTIONAL_FIELDS:
+                continue
+            need(on_world, f"data.{name}.{k}", f"only the synthetic world writes {k}, and data.train_shards lies "
+                 f"outside synth.out_dir ({cfg.synth.out_dir}): set data.{name}=null or name fields your shards hold")
+            arg, ok, want = OPTIONAL_FIELDS[k]
+            need(built is None or ok(built[arg]), f"data.{name}.{k}", f"the synthetic world writes {k} only with "
+                 f"synth.{arg}{want} (it is {built and built[arg]})")
     need(cfg.data.sentence_sample >= 0, "data.sentence_sample", "must be >= 0")
     need(not cfg.data.resampled or bool(cfg.data.samples_per_epoch), "data.samples_per_epoch",
          "required when data.resampled=true")

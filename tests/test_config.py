@@ -1,4 +1,5 @@
 import glob
+import json
 
 import pytest
 
@@ -107,7 +108,7 @@ def test_synthetic_world_and_caption_curriculum_values_are_checked_before_anythi
                               ("synth.one_attribute_colour=-1", "'synth.one_attribute_colour': one_attribute_colo"),
                               ("synth.far_end_anchors=2", "'synth.far_end_anchors': far_end_anchors must be a sh"),
                               ("synth.plain_lists=2", "'synth.plain_lists': plain_lists must be 0 or 1, got 2"),
-                              ("data.later_caption_fields={plain_list: 1.0}",
+                              (("synth.plain_lists=0", "data.later_caption_fields={plain_list: 1.0}"),
                                "'data.later_caption_fields.plain_list': the synthetic world writes plain_list only "
                                "with synth.plain_lists=1 \\(it is 0\\)"),
                               ("data.caption_fields={recaption_one_attribute: 1.0}",
@@ -116,14 +117,33 @@ def test_synthetic_world_and_caption_curriculum_values_are_checked_before_anythi
                               ("data.later_caption_fields={}", "'data.later_caption_fields': name at least one"),
                               ("data.later_caption_fields.x=0", "'data.later_caption_fields.x': weights must be")):
         with pytest.raises(ConfigError, match=message):
-            load_config([], [override])
+            load_config([], [override] if isinstance(override, str) else list(override))
     # a bad world value was a traceback from the generator, after the model was built; now one line, exit 2
     assert main(["train", "synth.shape_twins=2", f"synth.out_dir={tmp_path / 'w'}", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "synth.shape_twins" in err and not (tmp_path / "w").exists()
-    # real shards (outside synth.out_dir), or a world used as it is, may hold any field: not checked
-    for other in (["data.train_shards=/data/laion/{00000..00009}.tar"], ["synth.auto=false"]):
-        load_config([], ["data.later_caption_fields={plain_list: 1.0}", *other])
+    # the default's curriculum reads plain_list, which only a synthetic world built with synth.plain_lists=1 holds:
+    # elsewhere it is off unless named, and naming plain_list there is one line saying how to turn it off
+    default = {"recaption": 0.75, "plain_list": 0.25}
+    assert load_config().data.later_caption_fields == default
+    real = ["data.train_shards=/data/laion/{00000..00009}.tar"]
+    assert load_config([], real).data.later_caption_fields is None
+    assert load_config([], ["synth.plain_lists=0"]).data.later_caption_fields is None
+    with pytest.raises(ConfigError, match="'data.later_caption_fields.plain_list': only the synthetic world writes "
+                                          "plain_list, .* set data.later_caption_fields=null"):
+        load_config([], [*real, "data.later_caption_fields={recaption: 0.75, plain_list: 0.25}"])
+    assert load_config([], [*real, "data.later_caption_fields={txt: 1.0}"]).data.later_caption_fields == {"txt": 1.0}
+    # a world used as it is (synth.auto=false) is judged by its manifest, when it has one
+    world = tmp_path / "built"
+    world.mkdir()
+    used = [f"synth.out_dir={world}", "synth.auto=false", f"data.train_shards={world}/train"]
+    assert load_config([], used).data.later_caption_fields == default  # no manifest yet
+    (world / "manifest.json").write_text(json.dumps({"format_version": 8, "args": {"plain_lists": 0}}))
+    assert load_config([], used).data.later_caption_fields is None
+    with pytest.raises(ConfigError, match="only with synth.plain_lists=1 \\(it is 0\\)"):
+        load_config([], [*used, "data.later_caption_fields.plain_list=0.5"])
+    (world / "manifest.json").write_text(json.dumps({"format_version": 8, "args": {"plain_lists": 1}}))
+    assert load_config([], used).data.later_caption_fields == default
     cfg = load_config([], ["data.later_caption_fields={recaption_one_attribute: 1.0}", "synth.one_attribute_anchors=0.5"])
     assert cfg.data.later_caption_fields == {"recaption_one_attribute": 1.0} and cfg.data.later_epoch == 2
 

@@ -57,7 +57,8 @@ def _flat(cfg) -> dict:
 def test_ablation_cells_differ_from_the_default_only_by_the_two_levers_and_the_scratch_cells_lr(tmp_path):
     runs = plan(load_spec("experiments/sweeps/ablation.yaml"), tmp_path, [], None, 0)
     default = {r["cfg"].seed: _flat(r["cfg"]) for r in runs if cell_of(OmegaConf.to_container(r["cfg"])) == "both"}
-    levers = ("data.caption_fields.", "model.text.")
+    # the caption lever is the whole caption schedule: the alt-text cells read alt-text in epoch 2 too
+    levers = ("data.caption_fields.", "data.later_caption_fields", "model.text.")
     for run in runs:
         cell, flat = cell_of(OmegaConf.to_container(run["cfg"])), _flat(run["cfg"])
         base = default[run["cfg"].seed]

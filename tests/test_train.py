@@ -24,7 +24,9 @@ TINY_MODEL = ["model.image.img_size=32", "model.image.depth=1", "model.image.wid
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "world"
-    generate(str(out), train_families=48, eval_families=8, shard_size=64, probe_size=8)
+    # every optional caption field, so each experiment file's fields are there and the default's epoch-2 curriculum runs
+    generate(str(out), train_families=48, eval_families=8, shard_size=64, probe_size=8, one_attribute_anchors=1 / 3,
+             plain_lists=1)
     return out
 
 
@@ -91,6 +93,9 @@ def test_short_run_writes_every_output(short_run):
         assert 0.0 <= probes[key] <= 1.0
     history = json.loads((run / "probes_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]  # every epoch, and no repeat at the end of fit
+    # the default's epoch 2 read the place-free lists of a world that holds them, and no sample went missing
+    assert OmegaConf.load(run / "config.yaml").data.later_caption_fields == {"recaption": 0.75, "plain_list": 0.25}
+    assert json.loads((run / "data_skips.json").read_text())["train"]["total"] == 0
     # what the probes cost: each pass is the sum of its probes' logged seconds, set against fit's wall time
     timing = json.loads((run / "run_time.json").read_text())
     passes = [sum(v for k, v in h["metrics"].items() if k.endswith("/seconds")) for h in history]

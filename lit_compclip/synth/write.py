@@ -335,6 +335,18 @@ def under_world(out_dir, path: str) -> bool:
     return bool(path) and os.path.normpath(path).startswith(os.path.normpath(out_dir) + os.sep)
 
 
+def world_manifest_args(out_dir) -> dict | None:
+    """The generator arguments the world in `out_dir` was built with (older manifests' later arguments filled in), or
+    None when no readable manifest is there."""
+    try:
+        manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("args"), dict):
+        return None
+    return {**LATER_ARGS, **manifest["args"]}
+
+
 def eval_scenes(out_dir) -> dict[int, dict]:
     """The scenes of the validation (and probe) samples of the world in `out_dir`, by sample key, rebuilt from its
     manifest's arguments without rendering: what each probe image shows, for tools that split results by it.
