@@ -158,19 +158,92 @@ def test_finished_shard_with_the_wrong_sample_count_is_redone(world, tmp_path, c
 
 
 def test_failing_samples_keep_their_fields_get_the_reason_and_set_the_exit_code(world, tmp_path, capsys):
-    rc, out, err = recaption(world / "train", tmp_path / "a", "--backend", "flaky", "--max-failure-rate", 0.2,
+    rc, out, err = recaption(world / "train", tmp_path / "a", "--backend", "flaky", "--max-failure-rate", 0.4,
                              capsys=capsys)
-    # keys 0, 4, ..., 20 fail with HTTP 503 (6), key 1 answers blank (1): 7 of 24 = 29%
-    assert rc == 1 and "24 samples, 17 recaptioned, 7 failed" in out and "failure rate 0.292" in err
+    # keys 0, 4, ..., 20 fail with HTTP 503 (6), key 1 answers blank (1): 7 of 24; 3 of 8 in shard 0, 2 of 8 after
+    assert rc == 0 and "24 samples, 17 recaptioned, 7 failed" in out and "3 done" in out
     assert "6 x HTTP 503 after 3 tries" in out and "1 x empty answer" in out
     metas = {n: json.loads(d) for n, d in members(tmp_path / "a" / "shard-000000.tar") if n.endswith(".json")}
     failed = metas["000000004.json"]
     assert failed["recaption_error"] == "HTTP 503 after 3 tries" and "recaption" not in failed
     assert failed["alt_text"] and failed["scene"]  # original fields kept
     assert metas["000000002.json"]["recaption"] == "cap 2" and "recaption_error" not in metas["000000002.json"]
-    rc, _, _ = recaption(world / "train", tmp_path / "b", "--backend", "flaky", "--max-failure-rate", 0.3,
-                         capsys=capsys)
-    assert rc == 0
+    rc, out, err = recaption(world / "train", tmp_path / "b", "--backend", "flaky", "--max-failure-rate", 0.2,
+                             capsys=capsys)
+    assert rc == 1 and "0 done" in out and "3 over the failure limit" in out and "3 shard(s) over" in err
+    assert sorted(os.listdir(tmp_path / "b")) == [f"shard-00000{i}.tar{PARTIAL}" for i in range(3)]
+
+
+def test_a_shard_over_the_failure_limit_stays_partial_exits_1_with_one_line_and_is_redone(world, tmp_path, capsys,
+                                                                                          caplog):
+    inputs = tree_bytes(world / "train")
+    args = [world / "train", tmp_path, "--backend", "flaky", "--progress", "lines"]
+    rc, out, err = recaption(*args, "--max-failure-rate", 0.3, capsys=capsys)  # shard 0: 3 of 8 failed
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 1 and [line for line in lines if line.startswith("compclip recaption:")] == lines[-1:], err
+    assert "1 shard(s) over --max-failure-rate 0.3" in lines[-1] and "shard-000000.tar: 3 of 8 samples failed" in err
+    assert "2 done" in out and "1 over the failure limit" in out
+    assert sorted(os.listdir(tmp_path)) == ["shard-000000.tar" + PARTIAL, "shard-000001.tar", "shard-000002.tar"]
+    assert tree_bytes(world / "train") == inputs  # the inputs are read only
+    finished = {n: (tmp_path / n).read_bytes() for n in ("shard-000001.tar", "shard-000002.tar")}
+    rc, out, err = recaption(*args, "--max-failure-rate", 0.3, capsys=capsys)  # the same command: still over
+    assert rc == 1 and "2 already finished (skipped)" in out and "0 done" in out and "redoing the partial" in caplog.text
+    rc, out, err = recaption(*args, "--max-failure-rate", 0.4, capsys=capsys)  # a limit the shard is within
+    assert rc == 0 and "1 done, 2 already finished (skipped)" in out and err.count("compclip recaption:") == 0
+    assert sorted(os.listdir(tmp_path)) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert all((tmp_path / n).read_bytes() == data for n, data in finished.items())
+    assert tree_bytes(world / "train") == inputs
+
+
+def without_scenes(world, folder):
+    """Copies of the world's training shards as real data comes: KEY.json without a scene graph."""
+    folder.mkdir()
+    for name in sorted(os.listdir(world / "train")):
+        with tarfile.open(world / "train" / name) as src, tarfile.open(folder / name, "w") as dst:
+            for member in src.getmembers():
+                data = src.extractfile(member).read()
+                if member.name.endswith(".json"):
+                    meta = json.loads(data)
+                    del meta["scene"]
+                    data = json.dumps(meta).encode()
+                    member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+    return folder
+
+
+def test_a_backend_that_fails_every_sample_stops_early_and_finishes_no_shard(world, tmp_path, capsys):
+    real = without_scenes(world, tmp_path / "real")
+    rc, out, err = recaption(real, tmp_path / "recap", "--backend", "scene", capsys=capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 1 and out == "" and lines[-1].startswith("compclip recaption: error: the scene backend failed all "
+                                                          "of its first 16 requests (16 x no scene in KEY.json")
+    assert [line for line in lines if line.startswith("compclip")] == lines[-1:]
+    # shard 0 (8 failures) stays partial; shard 1 brings the run to 16 failures and no answer: stopped, no shard 2
+    assert os.listdir(tmp_path / "recap") == ["shard-000000.tar" + PARTIAL]
+    rc, out, _ = recaption(real, tmp_path / "recap", "--backend", "echo", capsys=capsys)
+    assert rc == 0 and "24 recaptioned" in out and "3 done, 0 already finished" in out
+
+
+def test_a_foreign_or_failed_output_is_redone_and_said_so(world, tmp_path, capsys, caplog):
+    real, out_dir = without_scenes(world, tmp_path / "real"), tmp_path / "recap"
+    rc, out, _ = recaption(real, out_dir, "--backend", "scene", "--max-failure-rate", 1, capsys=capsys)
+    assert rc == 0 and "24 failed" in out and "3 done" in out  # a limit of 1 accepts shards that failed throughout
+    rc, out, _ = recaption(real, out_dir, "--backend", "echo", capsys=capsys)
+    assert rc == 0 and "3 done, 0 already finished (skipped), 3 redone" in out
+    assert "shard-000000.tar: written by another job (backend 'scene'" in out
+    assert "written by another job (backend 'scene', model 'synth.captions.recaption'" in caplog.text
+    provenance = {json.loads(d)["recaption_provenance"]["backend"] for s in sorted(os.listdir(out_dir))
+                  for n, d in members(out_dir / s) if n.endswith(".json")}
+    assert provenance == {"echo"}
+    rc, out, _ = recaption(real, out_dir, "--backend", "echo", capsys=capsys)
+    assert rc == 0 and "0 done, 3 already finished (skipped), 0 redone" in out
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("Describe: {alt_text}")
+    for change in (["--prompt", prompt], ["--prompt", prompt, "--fields", "txt"]):  # another prompt, other fields
+        rc, out, _ = recaption(real, out_dir, "--backend", "echo", *change, capsys=capsys)
+        assert rc == 0 and "3 done, 0 already finished (skipped), 3 redone" in out
+    assert f"this run: backend 'echo', model 'stub', prompt {prompt_version('Describe: {alt_text}')}, fields txt)" \
+           in caplog.text
 
 
 def test_shard_index_split_covers_every_shard_exactly_once(world, tmp_path, capsys):
@@ -227,16 +300,29 @@ def test_custom_prompt_fills_the_chosen_fields(world, tmp_path, capsys):
         load_template(None, ["txt"])
 
 
+def damage_a_middle_header(path):
+    """Flip a byte of the name in the header of the shard's 5th member: the checksum fails, so Python's tar reader
+    would quietly take the damaged header for the end of the archive; the archive still ends as a whole one does."""
+    with tarfile.open(path) as tar:
+        offset = tar.getmembers()[4].offset
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 def test_unreadable_input_shard_is_reported_and_the_others_are_done(world, tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
     for name in ("shard-000000.tar", "shard-000001.tar"):
         (src / name).write_bytes((world / "train" / name).read_bytes())
-    data = (src / "shard-000001.tar").read_bytes()
-    (src / "shard-000001.tar").write_bytes(data[:len(data) // 2 + 100])  # cut inside a member
+    damage_a_middle_header(src / "shard-000001.tar")  # found only when read: the cheap checks up front pass
     rc, out, err = recaption(src, tmp_path / "out", "--backend", "scene", capsys=capsys)
     assert rc == 1 and "1 unreadable" in out and "unreadable input shard" in out and "shard-000001.tar" in out
+    assert "cut short or damaged at byte" in out and "1 input shard(s) unreadable" in err.splitlines()[-1]
     assert os.listdir(tmp_path / "out") == ["shard-000000.tar"]
+    os.remove(src / "shard-000000.tar")  # only the damaged one: nothing is written, not even the output folder
+    rc, out, err = recaption(src, tmp_path / "new" / "out", "--backend", "scene", capsys=capsys)
+    assert rc == 1 and "1 unreadable" in out and not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -338,3 +424,15 @@ def test_bad_several_input_command_lines_fail_with_one_line(world, tmp_path, cap
     rc, _, err = recaption(*[a.format(**names) for a in args], capsys=capsys)
     assert rc == 2 and message.format(**names) in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_backend_is_built(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "unbuilt", f"{__name__}:UnbuiltBackend")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access  # root may write anywhere, so the permission is denied here, as a non-root user sees it
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else access(path, mode))
+    for out in (locked, locked / "new" / "out"):
+        rc, out_text, err = recaption(world / "train", out, "--backend", "unbuilt", capsys=capsys)
+        assert rc == 2 and err.count("\n") == 1 and f"is not writable: no permission to write in '{locked}'" in err
+    assert os.listdir(locked) == []

@@ -1,9 +1,13 @@
-"""The openai backend against a real loopback HTTP server: request shape, retries, failures, timeouts, concurrency, key."""
+"""The openai backend against a real loopback HTTP server: request shape, retries, failures, timeouts, concurrency, key;
+and `compclip recaption` against a dead one."""
 
 import base64
+import io
 import json
 import logging
+import os
 import socket
+import tarfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from lit_compclip.recaption.base import Request
+from lit_compclip.recaption.command import main
 from lit_compclip.recaption.openai_backend import OpenAIBackend, parse_answer
+from lit_compclip.recaption.pipeline import PARTIAL
 
 KEY = "sk-test-0123456789abcdef-SECRET"
 IMAGE = b"\xff\xd8\xff\xe0fake-jpeg-bytes"
@@ -229,7 +235,7 @@ def test_concurrency_limits_requests_in_flight(server, concurrency):
 
 def test_api_key_is_sent_but_never_shown(server, monkeypatch, caplog):
     monkeypatch.setenv("MY_KEY", KEY)
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="lit_compclip")  # retries are logged at debug level
     backend = make(server, api_key_env="MY_KEY", retries=1)
     outs = backend.caption([req("ok"), req("flaky:1:500"), req("always:400"), req("always:503")])
     assert {s["headers"]["Authorization"] for s in server.seen} == {f"Bearer {KEY}"}
@@ -257,3 +263,133 @@ def test_unreachable_server_is_a_connection_error_after_all_tries():
         [out] = backend.caption([req("ok")])
         backend.close()
     assert out.text is None and out.error.startswith("connection error") and out.error.endswith("after 3 tries")
+
+
+# ---- a dead endpoint through the whole command: it stops early, finishes nothing, and a rerun redoes the shards ----
+
+class DeadHandler(BaseHTTPRequestHandler):
+    """Answers every request as server.mode says: 'ok', '500', 'garbage' (HTTP 200, a body that is not JSON) or
+    'hang' (no answer until the test ends)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        srv = self.server
+        with srv.lock:
+            srv.hits += 1
+        if srv.mode == "hang":
+            srv.release.wait(60)
+            return
+        code, data = {"500": (500, b'{"error": {"message": "internal"}}'), "garbage": (200, b"<html>busy</html>{")
+                      }.get(srv.mode, (200, json.dumps({"choices": [{"message": {"content": "a red square"},
+                                                                     "finish_reason": "stop"}]}).encode()))
+        try:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    srv = Server(("127.0.0.1", 0), DeadHandler)
+    srv.lock, srv.hits, srv.mode, srv.release = threading.Lock(), 0, "ok", threading.Event()
+    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    yield srv
+    srv.release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def shards(tmp_path):
+    """Two shards in the img2dataset layout: 00000.tar with 6 samples, 00001.tar with 20."""
+    folder = tmp_path / "web"
+    folder.mkdir()
+    for name, keys in (("00000.tar", range(6)), ("00001.tar", range(6, 26))):
+        with tarfile.open(folder / name, "w") as tar:
+            for k in keys:
+                for ext, data in (("jpg", IMAGE), ("txt", f"alt text {k}".encode()),
+                                  ("json", json.dumps({"key": f"{k:09d}", "caption": "c"}).encode())):
+                    info = tarfile.TarInfo(f"{k:09d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return folder
+
+
+def recaptions(folder):
+    """{shard: [recaption or None per sample]} of every finished shard in `folder`."""
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        with tarfile.open(folder / name) as tar:
+            metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+        found[name] = [m.get("recaption") for m in metas]
+    return found
+
+
+COMMON = ["--backend", "openai", "--model", "vlm", "--retries", "0", "--concurrency", "4", "--progress", "lines"]
+
+
+@pytest.mark.parametrize("mode, reason", [("500", "HTTP 500 after 1 try"), ("garbage", "answer is not JSON"),
+                                          ("hang", "timeout after 1 try"), ("refused", "connection error")])
+def test_dead_endpoint_stops_early_finishes_nothing_and_the_rerun_redoes_every_shard(endpoint, shards, tmp_path,
+                                                                                     capsys, mode, reason):
+    out = tmp_path / "recap"
+    endpoint.mode = mode
+    with socket.socket() as s:  # bound but never listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1" if mode == "refused" else endpoint.url
+        rc = main([str(shards), str(out), *COMMON, "--base-url", url, "--timeout", "0.3"])
+    stdout, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 1 and [line for line in lines if line.startswith("compclip recaption")] == lines[-1:], err
+    assert lines[-1].startswith("compclip recaption: error: the openai backend failed all of its first 22 requests")
+    assert reason in lines[-1] and "Traceback" not in err and stdout == ""
+    # 00000.tar (6 requests) ends over the failure limit and stays partial; in 00001.tar the first call of 16 takes
+    # the run to 22 failures and no answer: it stops there, before the other 4 samples are sent, its partial removed
+    assert endpoint.hits == (0 if mode == "refused" else 22)
+    assert os.listdir(out) == ["00000.tar" + PARTIAL]
+    endpoint.mode = "ok"
+    rc = main([str(shards), str(out), *COMMON, "--base-url", endpoint.url, "--timeout", "30"])
+    stdout, err = capsys.readouterr()
+    assert rc == 0 and "26 samples, 26 recaptioned, 0 failed" in stdout and "2 done, 0 already finished" in stdout
+    assert recaptions(out) == {"00000.tar": ["a red square"] * 6, "00001.tar": ["a red square"] * 20}
+
+
+def test_shards_a_dead_endpoint_filled_with_failures_are_redone_not_skipped(endpoint, shards, tmp_path, capsys,
+                                                                           caplog):
+    out = tmp_path / "recap"
+    endpoint.mode = "500"  # --max-failure-rate 1 accepts any failure: no early stop, both shards written
+    rc = main([str(shards), str(out), *COMMON, "--base-url", endpoint.url, "--max-failure-rate", "1"])
+    stdout, _ = capsys.readouterr()
+    assert rc == 0 and "26 failed" in stdout and recaptions(out) == {"00000.tar": [None] * 6, "00001.tar": [None] * 20}
+    endpoint.mode = "ok"
+    rc = main([str(shards), str(out), *COMMON, "--base-url", endpoint.url])  # the default limit, 0.05
+    stdout, _ = capsys.readouterr()
+    assert rc == 0 and "2 done, 0 already finished (skipped), 2 redone" in stdout
+    assert "00000.tar: 6 of 6 samples failed, over --max-failure-rate 0.05; redoing it" in caplog.text
+    assert recaptions(out) == {"00000.tar": ["a red square"] * 6, "00001.tar": ["a red square"] * 20}
+
+
+def test_a_rejected_key_stops_the_command_with_one_line_leaving_nothing_and_never_showing_the_key(server, shards,
+                                                                                                  tmp_path, capsys,
+                                                                                                  monkeypatch):
+    monkeypatch.setenv("MY_KEY", KEY)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("always:401")  # the test server answers HTTP 401, with the key in its error message
+    rc = main([str(shards), str(tmp_path / "new" / "recap"), "--backend", "openai", "--model", "vlm", "--base-url",
+               server.base_url, "--api-key-env", "MY_KEY", "--prompt", str(prompt)])
+    stdout, err = capsys.readouterr()
+    assert rc == 2 and stdout == "" and err.count("\n") == 1 and "HTTP 401: the API key was rejected (check $MY_KEY)" in err
+    assert {s["headers"]["Authorization"] for s in server.seen} == {f"Bearer {KEY}"}  # the key was sent
+    assert not (tmp_path / "new").exists()  # no output folder, no empty .partial
+    assert KEY not in stdout + err

@@ -6,13 +6,17 @@ import argparse
 import datetime
 import inspect
 import logging
+import math
 import os
+import re
 import sys
 from collections import Counter
 
+from lit_compclip.cli_args import Parser, UsageError, first_line
 from lit_compclip.recaption import BACKENDS, build_backend
-from lit_compclip.recaption.pipeline import Job, input_shards, run, worker_shards
+from lit_compclip.recaption.pipeline import FAIL_FAST, Job, Stopped, input_shards, run, worker_shards
 from lit_compclip.recaption.prompt import DEFAULT_FIELDS, load_template, prompt_version
+from lit_compclip.recaption.tars import check_input
 from lit_compclip.registry import resolve
 
 # (flag, type, help): options handed to the backend, only when given and only if its constructor takes them
@@ -25,7 +29,8 @@ BACKEND_OPTIONS = (
     ("--batch-size", int, "images per model forward pass"),
     ("--concurrency", int, "requests in flight at once"),
     ("--base-url", str, "OpenAI-compatible endpoint, e.g. http://host:8000/v1"),
-    ("--api-key-env", str, "environment variable holding the API key (never written anywhere)"),
+    ("--api-key-env", str, "NAME of the environment variable holding the API key (default OPENAI_API_KEY; the key "
+                           "itself never goes on the command line and is never printed or written)"),
     ("--timeout", float, "seconds per request"),
     ("--retries", int, "retries per request after the first try"),
     ("--device", str, "auto, cpu, cuda, cuda:1, ..."),
@@ -34,6 +39,10 @@ BACKEND_OPTIONS = (
 PROVENANCE_OPTIONS = ("max_tokens", "temperature", "top_p", "seed", "dtype")  # what shapes the text
 DEFAULT_CHUNK = 16  # requests per backend call when the backend states no batch size or concurrency
 USAGE = "compclip recaption INPUT_SHARDS [INPUT_SHARDS ...] OUTPUT_DIR --backend NAME [options]"
+# options whose values may be secrets (other than --api-key-env, which holds a variable's name), and key shapes
+SECRET_OPTION = re.compile(r"^--?(?:\w+-)*(?:api-?key|key|token|secret|password|passwd|auth)$", re.IGNORECASE)
+KEY_LIKE = re.compile(r"^(sk|pk|rk)-\S{6,}$|^hf_\w{16,}$|^Bearer\s", re.IGNORECASE)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXAMPLES = """examples:
   compclip recaption data/web data/recap --backend scene              every *.tar in data/web
   compclip recaption data/web/*.tar data/recap --backend scene        what a shell glob gives: several inputs
@@ -43,12 +52,14 @@ EXAMPLES = """examples:
 log = logging.getLogger(__name__)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> Parser:
+    p = Parser(
         prog="compclip recaption", usage=USAGE, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Write a copy of img2dataset/WebDataset shards whose KEY.json carries a new `recaption`\n"
                     "(and `recaption_provenance`); every original file is kept byte for byte. Rerun the same\n"
-                    "command to resume: finished shards are skipped, a partial one is redone.")
+                    "command to resume: a shard counts as finished only when its output holds every sample,\n"
+                    "was written by the same backend, model, prompt and --fields, and is within\n"
+                    "--max-failure-rate; any other output (partial, failed, foreign) is redone, and said so.")
     # one list, split in main(): argparse would hand every path to a greedy INPUT_SHARDS and leave OUTPUT_DIR empty
     p.add_argument("paths", nargs="+", metavar="INPUT_SHARDS ... OUTPUT_DIR",
                    help="INPUT_SHARDS: one or more of a .tar shard, a folder of .tar shards, a brace pattern "
@@ -66,7 +77,10 @@ def parser() -> argparse.ArgumentParser:
                                                               "j %% num-shards == shard-index (default: 0)")
     p.add_argument("--num-shards", type=int, default=1, help="number of workers splitting the shards (default: 1)")
     p.add_argument("--max-failure-rate", type=float, default=0.05,
-                   help="exit 1 when failed/samples exceeds this (default: %(default)s)")
+                   help="a shard whose failed/samples exceeds this is not finished: it stays NAME.tar.partial, is "
+                        "redone when the command is run again, and the run exits 1. If the backend fails all of "
+                        f"the run's first {FAIL_FAST} requests (server down, HTTP 5xx, garbage, timeouts) the run "
+                        "stops there (exit 1). 1 accepts any failure (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo shards that are already finished in OUTPUT_DIR (default: skip them)")
     p.add_argument("--provenance-time", metavar="ISO",
@@ -110,10 +124,62 @@ def _check(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.retries is not None and args.retries < 0:
         raise ValueError(f"--retries must be >= 0, got {args.retries}")
+    if args.timeout is not None and not (args.timeout > 0 and math.isfinite(args.timeout)):
+        raise ValueError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
 
 
-def gather_inputs(specs: list[str]) -> list[str]:
-    """Local shard paths of every INPUT_SHARDS spec (each '::' part expanded by pipeline.input_shards), in order."""
+def _check_key_env(name: str | None) -> None:
+    """An --api-key-env given must name a variable that is set. Its name appears in messages, so a key given here
+    by mistake stops the run unprinted."""
+    if name is None:
+        return
+    if not ENV_NAME.match(name):
+        raise ValueError("--api-key-env takes the NAME of an environment variable holding the key (letters, digits "
+                         "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not such a name (not "
+                         "shown: it may be a key)")
+    if not os.environ.get(name):
+        raise ValueError(f"--api-key-env {name}: the environment variable ${name} is not set (export it first, or "
+                         f"leave out --api-key-env for a server that needs no key)")
+
+
+def secrets(argv: list[str]) -> list[str]:
+    """Values on the command line that may be keys: any value of an option named like a key, token or password
+    (--api-key-env holds a name, and is checked to be one), and anything shaped like an API key."""
+    found = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if arg.startswith("-") and name != "--api-key-env" and SECRET_OPTION.match(name):
+            found.append(value if eq else argv[i + 1] if i + 1 < len(argv) else "")
+        found += [v for v in (arg, value) if KEY_LIKE.match(v)]
+    return sorted({f for f in found if f}, key=len, reverse=True)
+
+
+def redact(text: str, argv: list[str]) -> str:
+    for secret in secrets(argv):
+        text = text.replace(secret, "***")
+    return text
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line, or UsageError; an unknown option is named without the value that follows it (it may be a
+    key: `--api-key sk-...`)."""
+    if not argv:
+        raise UsageError(f"no arguments; usage: {USAGE} (--help for the options)")
+    args, unknown = parser().parse_known_intermixed_args(argv)  # options may sit between the paths
+    names = [u.partition("=")[0] for u in unknown if u.startswith("-")]
+    if names:
+        hint = (" (give the key in an environment variable and its name with --api-key-env)"
+                if any(SECRET_OPTION.match(n) for n in names) else "")
+        raise UsageError(f"unrecognized option {', '.join(names)}{hint}; options are never abbreviated "
+                         f"(--help lists them)")
+    if unknown:
+        raise UsageError(f"{len(unknown)} unexpected argument(s) (--help for the usage)")
+    return args
+
+
+def gather_inputs(specs: list[str]) -> tuple[list[str], list[str]]:
+    """(local shard paths of every INPUT_SHARDS spec (each '::' part expanded by pipeline.input_shards), in order,
+    each once; the paths that repeated one)."""
     paths, seen, repeats = [], set(), []
     for spec in specs:
         for part in spec.split("::"):
@@ -124,20 +190,17 @@ def gather_inputs(specs: list[str]) -> list[str]:
                     continue
                 seen.add(real)
                 paths.append(path)
-    # Overlapping globs (data/0*.tar data/*.tar) name a shard twice; like `cp a a dir/`, warn and take it once:
-    # its output file is named after it, so a second pass could only rewrite the same file.
-    if repeats:
-        log.warning("%d input shard(s) given more than once, recaptioned once: e.g. %s", len(repeats), repeats[0])
     names = Counter(os.path.basename(p) for p in paths)
     twice = [n for n, c in names.items() if c > 1]
     if twice:  # as pipeline.input_shards says for one spec
         raise ValueError(f"input shards share the file name {twice[0]!r}; output shards keep input names, so each "
                          f"name must be unique")
-    return paths
+    return paths, repeats
 
 
 def check_output(out_dir: str, shards: list[str]) -> None:
-    """Refuse an OUTPUT_DIR that is a file or an input folder before any backend is built."""
+    """Refuse an OUTPUT_DIR that is a file, an input folder, beneath a file or not writable, before any backend is
+    built (the folder itself is made only when the first shard is written)."""
     if out_dir.endswith(".tar") and not os.path.isdir(out_dir):  # a glob swallowed OUTPUT_DIR, or a typo
         what = "an existing .tar file" if os.path.exists(out_dir) else "a name ending in .tar"
         raise ValueError(f"OUTPUT_DIR {out_dir!r} is {what}, not a folder; give the output folder as the last "
@@ -147,37 +210,69 @@ def check_output(out_dir: str, shards: list[str]) -> None:
     out_real = os.path.realpath(out_dir)
     if any(os.path.dirname(os.path.realpath(s)) == out_real for s in shards):  # run() says it too, after the build
         raise ValueError(f"output folder {out_dir!r} holds input shards; write the recaptioned shards elsewhere")
+    there = os.path.abspath(out_dir)  # the folder that exists (OUTPUT_DIR, or the parent it will be made in)
+    while not os.path.exists(there) and there != os.path.dirname(there):
+        there = os.path.dirname(there)
+    if not os.path.isdir(there):
+        raise ValueError(f"OUTPUT_DIR {out_dir!r} cannot be made: {there!r} is a file, not a folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise ValueError(f"OUTPUT_DIR {out_dir!r} is not writable: no permission to write in {there!r}")
 
 
 def format_summary(summary: dict) -> str:
     s = summary
     lines = [f"recaption: {s['samples']} samples, {s['recaptioned']} recaptioned, {s['failed']} failed "
              f"({100 * s['failure_rate']:.1f}%); shards: {s['shards_done']} done, {s['shards_finished_before']} "
-             f"already finished (skipped), {len(s['shards_redone'])} redone, {len(s['bad_shards'])} unreadable",
+             f"already finished (skipped), {len(s['shards_redone'])} redone, {len(s['over_limit'])} over the "
+             f"failure limit (kept as .partial), {len(s['bad_shards'])} unreadable",
              f"  {s['samples_per_s']:.1f} samples/s, "
              + (f"{s['tokens_per_s']:.1f} tokens/s" if s["tokens_per_s"] is not None else "tokens/s unknown")
              + f", {s['seconds']:.1f} s"]
     lines += [f"  failed: {n} x {reason}" for reason, n in s["failures"].items()]
+    lines += [f"  redone: {r}" for r in s["shards_redone"]]
+    lines += [f"  over the failure limit: {o}" for o in s["over_limit"]]
     lines += [f"  unreadable input shard: {b}" for b in s["bad_shards"]]
     return "\n".join(lines)
 
 
+def failed_line(summary: dict, limit: float) -> str | None:
+    """The one stderr line of a run that exits 1 (a shard over the failure limit, an unreadable input), else None."""
+    over, bad = summary["over_limit"], summary["bad_shards"]
+    parts = []
+    if over:
+        parts.append(f"{len(over)} shard(s) over --max-failure-rate {limit} kept as NAME.tar.partial (e.g. "
+                     f"{over[0]}; failure rate {summary['failure_rate']:.3f} over this run)")
+    if bad:
+        parts.append(f"{len(bad)} input shard(s) unreadable (e.g. {bad[0]})")
+    if not parts:
+        return None
+    return f"compclip recaption: {'; '.join(parts)}; finished shards are kept; run the same command again to redo " \
+           f"the rest"
+
+
+_HANDLER = logging.StreamHandler()
+_HANDLER.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+
 def _setup_logging() -> None:
+    _HANDLER.stream = sys.stderr  # this call's stderr: a process running the command twice may have swapped it
     logger = logging.getLogger("lit_compclip")
     if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+        logger.addHandler(_HANDLER)
         logger.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when done, 1 when the failure rate passed --max-failure-rate or an input shard was unreadable,
-    2 for a usage error, 130 when interrupted (rerun to resume)."""
+    """Exit 0 when every shard is finished, 1 when a shard ended over --max-failure-rate, an input shard was
+    unreadable, the backend failed all of the first requests or the output could not be written (one line on
+    stderr), 2 for a bad command line (one line, nothing written), 130 when interrupted (rerun to resume)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser().parse_intermixed_args(argv)  # options may sit between the paths
-    except SystemExit as exn:  # argparse printed the usage and the error (or --help)
+        args = parse(argv)
+    except UsageError as exn:
+        print(f"compclip recaption: error: {redact(first_line(exn, 1000), argv)}", file=sys.stderr)
+        return 2
+    except SystemExit as exn:  # --help
         return int(exn.code or 0)
     _setup_logging()
     try:
@@ -187,39 +282,47 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--fields is empty; give e.g. txt,title")
         template = load_template(args.prompt, fields)
         options = backend_options(args, args.backend)
+        _check_key_env(args.api_key_env)
         if len(args.paths) < 2:
             raise ValueError(f"OUTPUT_DIR is missing: give the output folder after the input shards ({USAGE})")
         *inputs, out_dir = args.paths
-        every = gather_inputs(inputs)
+        every, repeats = gather_inputs(inputs)
         check_output(out_dir, every)
         shards = worker_shards(every, args.shard_index, args.num_shards)
+        for shard in shards:
+            check_input(shard)
         backend = build_backend(args.backend, options)
-    except (ValueError, FileNotFoundError, ImportError) as exn:
-        print(f"compclip recaption: error: {exn}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as exn:
+        print(f"compclip recaption: error: {redact(first_line(exn, 1000), argv)}", file=sys.stderr)
         return 2
+    # Overlapping globs (data/0*.tar data/*.tar) name a shard twice; like `cp a a dir/`, warn and take it once:
+    # its output file is named after it, so a second pass could only rewrite the same file.
+    if repeats:
+        log.warning("%d input shard(s) given more than once, recaptioned once: e.g. %s", len(repeats), repeats[0])
     when = args.provenance_time or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     provenance = {"backend": backend.name, "model": backend.model, "prompt_version": prompt_version(template),
                   "fields": fields, "time": when,
                   "options": {k: v for k, v in options.items() if k in PROVENANCE_OPTIONS}}
     chunk = request_chunk(backend, options)
-    job = Job(backend, fields, template, provenance, chunk)
+    job = Job(backend, fields, template, provenance, chunk, args.max_failure_rate)
     progress = None if args.progress == "auto" else args.progress == "bar"
     try:
         stats = run(shards, out_dir, job, overwrite=args.overwrite, progress=progress)
-    except ValueError as exn:
-        print(f"compclip recaption: error: {exn}", file=sys.stderr)
+    except ValueError as exn:  # the backend refused every request alike (a rejected key, an unknown model)
+        print(f"compclip recaption: error: {redact(first_line(exn, 1000), argv)}", file=sys.stderr)
         return 2
+    except (Stopped, OSError) as exn:  # a dead backend; a full disk
+        print(f"compclip recaption: error: {redact(first_line(exn, 1000), argv)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("compclip recaption: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
         backend.close()
     summary = stats.summary()
-    print(format_summary(summary))
-    if summary["bad_shards"]:
-        return 1
-    if summary["failure_rate"] > args.max_failure_rate:
-        print(f"compclip recaption: failure rate {summary['failure_rate']:.3f} > --max-failure-rate "
-              f"{args.max_failure_rate}", file=sys.stderr)
+    print(redact(format_summary(summary), argv))
+    line = failed_line(summary, args.max_failure_rate)
+    if line:
+        print(redact(line, argv), file=sys.stderr)
         return 1
     return 0

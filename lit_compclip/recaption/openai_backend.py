@@ -195,12 +195,13 @@ class OpenAIBackend:
                 return self._try(payload)
             except _Retryable as e:
                 if attempt + 1 == tries:
-                    return Outcome(None, f"{e.reason} after {tries} tries")
+                    return Outcome(None, f"{e.reason} after {tries} {'try' if tries == 1 else 'tries'}")
                 backoff = self.backoff_s * 2 ** attempt
                 wait = e.wait if e.wait is not None else backoff * random.uniform(0.5, 1.0)
                 wait = min(wait, self.max_wait_s)
-                log.info("recaption %s: %s, retry %d/%d in %.2f s", request.key, e.reason, attempt + 1,
-                         self.retries, wait)
+                # debug: a dead server would print every retry of every request in flight
+                log.debug("recaption %s: %s, retry %d/%d in %.2f s", request.key, e.reason, attempt + 1,
+                          self.retries, wait)
                 time.sleep(wait)
         raise AssertionError("unreachable")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -12,21 +13,19 @@ import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from lit_compclip.recaption.base import Outcome, Request
 from lit_compclip.recaption.prompt import placeholder, render
+from lit_compclip.recaption.tars import (InputError, count_samples, describe, job_identity, output_record, read_units,
+                                         split_name)
 from lit_compclip.shards import expand_shards, is_remote
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # as the data module reads them
-PARTIAL = ".partial"  # suffix of a shard being written; renamed away only when the shard is complete
+PARTIAL = ".partial"  # suffix of a shard being written; renamed away only when it is complete and within the limit
 REASON_CHARS = 120  # failure reasons are grouped by their text, cut to this length
-
-
-class InputError(Exception):
-    """An input shard that cannot be read to its end."""
+FAIL_FAST = 16  # a run stops once this many requests failed with none answered (unless --max-failure-rate 1)
 
 
 def input_shards(spec: str) -> list[str]:
@@ -58,67 +57,41 @@ def worker_shards(paths: list[str], shard_index: int, num_shards: int) -> list[s
     return paths[shard_index::num_shards]
 
 
-def split_name(name: str) -> tuple[str, str] | None:
-    """'dir/000001.jpg' -> ('dir/000001', 'jpg'): the key ends at the first dot of the base name, as webdataset's."""
-    head, _, base = name.rpartition("/")
-    if "." not in base.strip("."):
-        return None
-    stem, ext = base.split(".", 1)
-    return (f"{head}/{stem}" if head else stem), ext
-
-
-def read_units(path: str, with_data: bool = True) -> Iterator[tuple[str | None, list[tuple[tarfile.TarInfo, bytes]]]]:
-    """(key, [(member, bytes)]) per sample (consecutive files with one key), in order; (None, [...]) for a member
-    that belongs to no sample (a folder, a name without extension), which is copied through as it is."""
-    try:
-        with tarfile.open(path, "r:") as tar:
-            key, group = None, []
-            for info in tar:
-                parts = split_name(info.name) if info.isfile() else None
-                if group and (parts is None or parts[0] != key):
-                    yield key, group
-                    group = []
-                data = tar.extractfile(info).read() if with_data and info.isfile() else b""
-                if parts is None:
-                    yield None, [(info, data)]
-                    continue
-                key = parts[0]
-                group.append((info, data))
-            if group:
-                yield key, group
-    except (tarfile.TarError, OSError, EOFError) as exn:
-        raise InputError(f"{path}: {type(exn).__name__}: {exn}") from None
-
-
-def count_samples(path: str) -> int:
-    return sum(1 for key, _ in read_units(path, with_data=False) if key is not None)
-
-
 @dataclass
 class Stats:
     samples: int = 0
     recaptioned: int = 0
     failures: Counter = field(default_factory=Counter)  # reason -> samples
     tokens: int | None = None  # None while no backend answer reported a count
-    shards_done: int = 0
-    shards_finished_before: int = 0  # skipped: complete output from an earlier run
-    shards_redone: list = field(default_factory=list)  # output present but its sample count was wrong
+    answered: int = 0  # requests the backend answered with a recaption
+    unanswered: Counter = field(default_factory=Counter)  # reason -> requests it failed (error, empty, refused)
+    shards_done: int = 0  # written and renamed into place: complete and within the failure limit
+    shards_finished_before: int = 0  # skipped: this job's finished output from an earlier run
+    shards_redone: list = field(default_factory=list)  # "name: why" for an earlier output that was not finished
+    over_limit: list = field(default_factory=list)  # "name: k of n samples failed", kept as NAME.tar.partial
     bad_shards: list = field(default_factory=list)  # "path: reason" for inputs that could not be read to the end
     seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
 
     def fail(self, reason: str) -> None:
         self.failures[reason[:REASON_CHARS]] += 1
 
     def summary(self) -> dict:
         secs = max(self.seconds, 1e-9)
-        n_fail = sum(self.failures.values())
-        return {"samples": self.samples, "recaptioned": self.recaptioned, "failed": n_fail,
-                "failure_rate": n_fail / self.samples if self.samples else 0.0,
+        return {"samples": self.samples, "recaptioned": self.recaptioned, "failed": self.failed,
+                "failure_rate": self.failed / self.samples if self.samples else 0.0,
                 "failures": dict(self.failures.most_common()), "shards_done": self.shards_done,
                 "shards_finished_before": self.shards_finished_before, "shards_redone": self.shards_redone,
-                "bad_shards": self.bad_shards, "seconds": round(self.seconds, 3),
+                "over_limit": self.over_limit, "bad_shards": self.bad_shards, "seconds": round(self.seconds, 3),
                 "samples_per_s": round(self.samples / secs, 2),
                 "tokens": self.tokens, "tokens_per_s": None if self.tokens is None else round(self.tokens / secs, 2)}
+
+
+class Stopped(Exception):
+    """The backend failed every request of the run so far: every shard would end over the failure limit."""
 
 
 @dataclass
@@ -128,6 +101,7 @@ class Job:
     template: str
     provenance: dict  # written into every KEY.json as recaption_provenance
     chunk: int = 64  # requests per backend.caption() call
+    max_failure_rate: float = 1.0  # a shard whose failed share passes it is never finished
 
 
 @dataclass
@@ -194,6 +168,15 @@ def _write_sample(out: tarfile.TarFile, sample: _Sample, meta: dict | None) -> N
         out.addfile(info, io.BytesIO(new))
 
 
+def _stop_message(job: Job, stats: Stats) -> str:
+    reason, n = stats.unanswered.most_common(1)[0]
+    url = getattr(job.backend, "url", None)
+    check = "is the server up? are --base-url and --model right?" if url else "is it the right one for this data?"
+    return (f"the {job.backend.name} backend failed all of its first {sum(stats.unanswered.values())} requests"
+            f"{f' to {url}' if url else ''} ({n} x {reason}); stopped with nothing recaptioned. Check the backend "
+            f"({check}) and run the same command again")
+
+
 def _flush(out: tarfile.TarFile, pending: list[_Sample], job: Job, stats: Stats) -> None:
     requests = [s.request for s in pending if s.request is not None]
     outcomes = job.backend.caption(requests) if requests else []
@@ -204,6 +187,10 @@ def _flush(out: tarfile.TarFile, pending: list[_Sample], job: Job, stats: Stats)
         outcome = next(answers) if sample.request is not None else None
         if outcome is not None and not (outcome.text or "").strip():
             outcome = Outcome(None, outcome.error or "empty answer", outcome.tokens)
+        if outcome is not None:
+            stats.answered += outcome.text is not None
+            if outcome.text is None:
+                stats.unanswered[outcome.error[:REASON_CHARS]] += 1
         if outcome is not None and outcome.tokens is not None:
             stats.tokens = (stats.tokens or 0) + outcome.tokens
         meta = annotate(sample, outcome, job) if sample.meta is not None else None
@@ -216,11 +203,16 @@ def _flush(out: tarfile.TarFile, pending: list[_Sample], job: Job, stats: Stats)
         stats.samples += 1
         _write_sample(out, sample, meta)
     pending.clear()
+    # A dead endpoint (or a backend that cannot caption this data) fails every request alike: stop instead of
+    # spending hours writing shards that could only end over the limit. A limit of 1 accepts any failure.
+    if job.max_failure_rate < 1 and stats.answered == 0 and sum(stats.unanswered.values()) >= FAIL_FAST:
+        raise Stopped(_stop_message(job, stats))
 
 
-def recaption_shard(src: str, dst: str, job: Job, stats: Stats, on_samples=lambda n: None) -> None:
-    """Write src's recaptioned copy to dst + PARTIAL, then rename it to dst; an unreadable src raises InputError."""
-    tmp = dst + PARTIAL
+def recaption_shard(src: str, tmp: str, job: Job, stats: Stats, on_samples=lambda n: None) -> tuple[int, int]:
+    """Write src's recaptioned copy to tmp; (samples, failed samples) of the shard. An unreadable src raises
+    InputError, a backend that failed every request so far Stopped."""
+    samples, failed = stats.samples, stats.failed
     with open(tmp, "wb") as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as out:
             pending: list[_Sample] = []
@@ -239,72 +231,116 @@ def recaption_shard(src: str, dst: str, job: Job, stats: Stats, on_samples=lambd
             on_samples(stats.samples - before)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, dst)
+    return stats.samples - samples, stats.failed - failed
 
 
-def _finished(src: str, dst: str, stats: Stats) -> bool:
-    """Whether dst is a complete output of src (same sample count); a wrong one is logged and redone."""
+def _finished(src: str, dst: str, job: Job, stats: Stats) -> bool:
+    """Whether dst is src's finished output from this same job: every sample there, written by this backend, model
+    and prompt, within the failure limit. Any other output is logged, counted as redone and redone."""
     if not os.path.exists(dst):
         return False
     try:
         n_in = count_samples(src)
     except InputError:
         return False  # redone, and reported as a bad shard there
+    ours = job_identity(job.provenance)
     try:
-        n_out = count_samples(dst)
+        n_out, failed, jobs = output_record(dst)
     except InputError as exn:
-        n_out = f"unreadable ({exn})"
-    if n_out == n_in:
-        return True
-    log.warning("%s: output has %s samples, input %s has %d; redoing it", dst, n_out, src, n_in)
-    stats.shards_redone.append(os.path.basename(dst))
+        why = f"unreadable ({exn})"
+    else:
+        others = sorted((j for j in jobs if j != ours), key=repr)
+        if n_out != n_in:
+            why = f"output has {n_out} samples, input {src} has {n_in}"
+        elif others:
+            why = f"written by another job ({describe(others[0])}; this run: {describe(ours)})"
+        elif n_out and failed / n_out > job.max_failure_rate:
+            why = f"{failed} of {n_out} samples failed, over --max-failure-rate {job.max_failure_rate}"
+        else:
+            return True
+    log.warning("%s: %s; redoing it", dst, why)
+    stats.shards_redone.append(f"{os.path.basename(dst)}: {why}")
     return False
 
 
+def _missing_folders(path: str) -> list[str]:
+    """path and those of its parents that do not exist yet, deepest first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.exists(path) and path != os.path.dirname(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
 def run(shards: list[str], out_dir: str, job: Job, overwrite: bool = False, progress: bool | None = None) -> Stats:
-    """Recaption `shards` into out_dir (same file names); finished outputs are skipped unless overwrite."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Recaption `shards` into out_dir (same file names); finished outputs are skipped unless overwrite. A shard over
+    job.max_failure_rate stays NAME.tar.partial. out_dir is made when the first shard is written, and removed again
+    (with the parents made for it) if this run leaves it empty."""
     out_real = os.path.realpath(out_dir)
     if any(os.path.dirname(os.path.realpath(s)) == out_real for s in shards):
         raise ValueError(f"output folder {out_dir!r} holds input shards; write the recaptioned shards elsewhere")
-    stats, start = Stats(), time.perf_counter()
+    stats, start, made, written = Stats(), time.perf_counter(), None, 0
     tty = sys.stderr.isatty() if progress is None else progress
     bar = None
     if tty:
         from tqdm import tqdm
 
         bar = tqdm(total=None, unit="sample", dynamic_ncols=True, desc="recaption")
-    for i, src in enumerate(shards):
-        dst = os.path.join(out_dir, os.path.basename(src))
-        if os.path.exists(dst + PARTIAL):
-            log.info("%s: redoing the partial shard an interrupted run left", dst)
-            os.remove(dst + PARTIAL)
-        if not overwrite and _finished(src, dst, stats):
-            stats.shards_finished_before += 1
-            continue
-        if overwrite and os.path.exists(dst):
-            log.info("%s: overwriting (--overwrite)", dst)
-        before, t0 = stats.samples, time.perf_counter()
-        try:
-            recaption_shard(src, dst, job, stats, bar.update if bar is not None else lambda n: None)
-        except InputError as exn:
-            if os.path.exists(dst + PARTIAL):
-                os.remove(dst + PARTIAL)
-            stats.bad_shards.append(str(exn))
-            log.error("skipping unreadable input shard %s", exn)
-            continue
-        stats.shards_done += 1
-        stats.seconds = time.perf_counter() - start
-        done, left = stats.shards_done, len(shards) - i - 1
-        rate = stats.samples / max(stats.seconds, 1e-9)
-        if bar is not None:  # the total is an estimate: shards left times the mean shard size so far
-            bar.total = stats.samples + round(left * stats.samples / done)
-            bar.refresh()
-        else:
-            eta = left * stats.samples / done / rate if rate else 0.0
-            log.info("%s: %d samples in %.1f s; %d/%d shards, %.1f samples/s, ETA %.0f s", os.path.basename(src),
-                     stats.samples - before, time.perf_counter() - t0, i + 1, len(shards), rate, eta)
-    if bar is not None:
-        bar.close()
+    try:
+        for i, src in enumerate(shards):
+            dst = os.path.join(out_dir, os.path.basename(src))
+            tmp = dst + PARTIAL
+            if os.path.exists(tmp):
+                log.info("%s: redoing the partial shard an earlier run left (interrupted, or over the failure "
+                         "limit)", dst)
+                os.remove(tmp)
+            if not overwrite and _finished(src, dst, job, stats):
+                stats.shards_finished_before += 1
+                continue
+            if overwrite and os.path.exists(dst):
+                log.info("%s: overwriting (--overwrite)", dst)
+            if made is None:
+                made = _missing_folders(out_dir)
+                os.makedirs(out_dir, exist_ok=True)
+            before, t0 = stats.samples, time.perf_counter()
+            try:
+                n, failed = recaption_shard(src, tmp, job, stats, bar.update if bar is not None else lambda n: None)
+            except InputError as exn:
+                _remove(tmp)
+                stats.bad_shards.append(str(exn))
+                log.error("skipping unreadable input shard %s", exn)
+                continue
+            except Exception:  # the run stops; only an interrupt leaves its partial shard behind
+                _remove(tmp)
+                raise
+            if n and failed / n > job.max_failure_rate:
+                stats.over_limit.append(f"{os.path.basename(dst)}: {failed} of {n} samples failed")
+                log.warning("%s: %d of %d samples failed, over --max-failure-rate %s; kept as %s, redone when the "
+                            "command is run again", dst, failed, n, job.max_failure_rate, tmp)
+            else:
+                os.replace(tmp, dst)
+                stats.shards_done += 1
+            written += 1
+            stats.seconds = time.perf_counter() - start
+            left = len(shards) - i - 1
+            rate = stats.samples / max(stats.seconds, 1e-9)
+            if bar is not None:  # the total is an estimate: shards left times the mean shard size so far
+                bar.total = stats.samples + round(left * stats.samples / written)
+                bar.refresh()
+            else:
+                eta = left * stats.samples / written / rate if rate else 0.0
+                log.info("%s: %d samples in %.1f s; %d/%d shards, %.1f samples/s, ETA %.0f s", os.path.basename(src),
+                         stats.samples - before, time.perf_counter() - t0, i + 1, len(shards), rate, eta)
+    finally:
+        if bar is not None:
+            bar.close()
+        for folder in made or []:  # deepest first; a folder someone else wrote into stays
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
     stats.seconds = time.perf_counter() - start
     return stats

@@ -50,7 +50,14 @@ def load_template(path: str | None, fields: list[str]) -> str:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"prompt template {path!r} is not a file")
-        template, where = p.read_text(encoding="utf-8"), f"prompt template {path!r}"
+        where = f"prompt template {path!r}"
+        try:
+            template = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exn:
+            raise ValueError(f"{where} cannot be read as UTF-8 text ({type(exn).__name__}: {exn})") from None
+        if not template.strip():
+            raise ValueError(f"{where} is empty; write the instruction for the model, with {{alt_text}} and the "
+                             f"other fields as placeholders where wanted")
     given = [placeholder(f) for f in fields]
     unknown = [n for n in placeholders(template) if n not in given]
     if unknown:
