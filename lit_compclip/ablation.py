@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from lit_compclip.callbacks import COUNT_METRICS
+from lit_compclip.cli_args import first_line
 
 # The paper's 2x2 (PAPER.md, DOCCI text-to-image R@1): both > recaption only > tower only > neither.
 PAPER_ORDER = ("both", "recaption only", "tower only", "neither")
@@ -256,6 +257,6 @@ def write_report(out: str | Path, spec_path: str | None = None, failed: list[str
     try:
         logged = log_wandb(table, order_rows, chart) if runs else False
     except Exception as e:  # the local report is written either way; say why W&B did not get it
-        summary += f"\n(W&B report not logged: {str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        summary += f"\n(W&B report not logged: {first_line(e)})"
     return {"path": path, "summary": summary + ("\nlogged to W&B" if logged else ""), "table": table,
             "order": order_rows}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -10,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from lit_compclip.cli_args import Parser, UsageError, first_line
 from lit_compclip.plots import bar_panels, by_suite, chance, order_columns
 
 Table = dict[str, dict[str, float]]  # model -> column ("<suite>/<metric>") -> value
+OUTPUTS = ("compare.md", "compare.png")  # what a comparison writes in --out
 
 
 class CompareError(ValueError):
@@ -34,16 +37,26 @@ def results_file(path: str | os.PathLike) -> Path:
 
 
 def read_results(path: Path) -> dict[str, float]:
-    """A probes.json's numeric entries: `probe/<suite>/<metric>` -> value (`probe/` optional)."""
+    """A probes.json's numeric entries: `probe/<suite>/<metric>` -> value (`probe/` optional), every one finite."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CompareError(f"{path}: not valid JSON ({str(err).splitlines()[0]})") from None
+        raise CompareError(f"{path}: not valid JSON ({first_line(err)})") from None
+    except OSError as err:
+        raise CompareError(f"{path}: cannot be read ({err.strerror or first_line(err)})") from None
     if not isinstance(data, dict):
         raise CompareError(f"{path}: expected a JSON object of metric -> value, got a {type(data).__name__}")
     # Numbers only: a bool, a string or a nested record (what the encoder was, say) is not a score.
-    out = {k.removeprefix("probe/"): float(v) for k, v in data.items()
-           if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" in k.removeprefix("probe/")}
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and "/" in key.removeprefix("probe/"):
+            try:
+                number = float(value)
+            except OverflowError:  # a whole number too large for a float
+                number = math.inf
+            if not math.isfinite(number):  # json reads Infinity and NaN
+                raise CompareError(f"{path}: {key!r} is {number}, not a finite number")
+            out[key.removeprefix("probe/")] = number
     if not out:
         raise CompareError(f"{path}: holds no probe metric (keys like 'probe/sugarcrepe/swap_att')")
     return out
@@ -124,26 +137,51 @@ def markdown(table: Table, chance_levels: Mapping[str, float] | None = None,
     return "\n".join(lines) + "\n"
 
 
-def plot(table: Table, path: str | os.PathLike, chance_levels: Mapping[str, float] | None = None):
+def plot(table: Table, path, chance_levels: Mapping[str, float] | None = None):
     """compare.png: grouped bars, a panel per suite, a bar per model and subset, its value printed, chance dashed
-    (plots.bar_panels); returns the figure."""
+    (plots.bar_panels), saved to `path` (a file name or a binary file); returns the figure."""
     fig = bar_panels(table, by_suite(columns_of(table)), chance_levels)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     return fig
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not argparse's usage block
-        raise CompareError(message)
+def check_out(out: Path) -> None:
+    """--out must be a folder this user can make or write: found before any input is read, not after the chart."""
+    if out.exists() and not out.is_dir():
+        raise CompareError(f"--out {str(out)!r} is a file, not a folder")
+    existing = out.absolute()
+    while not existing.exists():  # made only once both files are rendered: its nearest existing ancestor decides
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CompareError(f"--out {str(out)!r} lies beneath the file {str(existing)!r}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CompareError(f"--out {str(out)!r} cannot be written ({str(existing)!r} is not writable)")
+    for name in OUTPUTS:
+        if (out / name).is_dir():
+            raise CompareError(f"--out {str(out)!r} holds a folder {name}, where the comparison's file goes")
+
+
+def write_all(files: Mapping[Path, bytes]) -> None:
+    """Each file under a temporary name, then each renamed into place: a failure leaves no file half-written."""
+    temps: dict[Path, Path] = {}
+    try:
+        for path, data in files.items():
+            temps[path] = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            temps[path].write_bytes(data)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = _Parser(prog="compclip compare", description="Several models' probe results: compare.md and compare.png.")
+    parser = Parser(prog="compclip compare", description="Several models' probe results: compare.md and compare.png.")
     parser.add_argument("inputs", nargs="*", metavar="RUN_OR_RESULT",
                         help="a run folder, a `compclip probe` output folder or a probes.json")
     parser.add_argument("--out", default=".", help="folder for compare.md and compare.png (default: here)")
     parser.add_argument("--names", help="comma-separated model names, one per input (default: folder names)")
-    return parser.parse_args(list(argv))  # errors raise CompareError; only --help exits
+    return parser.parse_args(list(argv))  # errors raise UsageError; only --help exits
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,23 +190,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parse(sys.argv[1:] if argv is None else argv)
         except SystemExit as done:  # --help was printed
             return int(done.code or 0)
+        out = Path(args.out).expanduser()
+        check_out(out)
         names = args.names.split(",") if args.names is not None else None
         raw = load(args.inputs, names)
         files = [str(results_file(p)) for p in args.inputs]
         table, levels = scores(raw), chance(raw)
-        out = Path(args.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise CompareError(f"--out {str(out)!r} is a file, not a folder")
-        out.mkdir(parents=True, exist_ok=True)
         text = markdown(table, levels, dict(zip(raw, files)))
-        (out / "compare.md").write_text(text, encoding="utf-8")
-        plot(table, out / "compare.png", levels)
-    except CompareError as err:
+        chart = io.BytesIO()
+        plot(table, chart, levels)
+        out.mkdir(parents=True, exist_ok=True)
+        write_all({out / "compare.md": text.encode("utf-8"), out / "compare.png": chart.getvalue()})
+    except (UsageError, CompareError) as err:
         print(f"compclip compare: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # an unwritable --out
-        print(f"compclip compare: error: cannot write to {str(err.filename or args.out)!r}: {err.strerror}",
-              file=sys.stderr)
+    except OSError as err:  # --out could not be made or written after all (a full disk, a race)
+        print(f"compclip compare: error: cannot write to {str(err.filename or args.out)!r}: "
+              f"{err.strerror or first_line(err)}", file=sys.stderr)
         return 2
     print(text)
     print(f"written: {out / 'compare.md'}, {out / 'compare.png'}")

@@ -23,7 +23,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from lit_compclip.config import ConfigError, load_config, split_args
+from lit_compclip.cli_args import Parser, UsageError, first_line
+from lit_compclip.config import ConfigError, load_config, normalise_overrides, split_args
 from lit_compclip.registry import suggest
 
 SPEC_KEYS = ("name", "description", "program", "method", "metric", "parameters", "command", "early_terminate",
@@ -31,23 +32,35 @@ SPEC_KEYS = ("name", "description", "program", "method", "metric", "parameters",
 METHODS = ("grid", "random", "bayes")
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform", "q_log_uniform_values", "categorical")
 DONE = "sweep_run.json"
+# The W&B macros that hand a run's parameters to its command (`${args}`: `--key=value` each, as compclip train takes).
+ARGS_MACROS = ("${args}", "${args_no_hyphens}")
+SET_BY_SWEEP = ("run_dir", "name")  # each run's folder and name come from --out and its parameters
 
 
 def load_spec(path: str) -> dict[str, Any]:
-    """The spec as a plain dict, checked: known keys, a method, parameters with `value`, `values` or a distribution."""
+    """The spec as a plain dict, checked: known keys, a method, parameters with `value`, `values` or a distribution,
+    and a program and command that `compclip train` is."""
+    if os.path.isdir(path):
+        raise ConfigError(f"sweep spec {path} is a folder, not a YAML file")
     if not os.path.isfile(path):
         raise ConfigError(f"sweep spec not found: {path}")
     try:
         spec = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as e:
-        raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"cannot parse {path}: {first_line(e)}") from None
     if not isinstance(spec, dict):
         raise ConfigError(f"{path} must hold a mapping (method, parameters, ...)")
+    if not spec:
+        raise ConfigError(f"{path} is empty: a sweep spec needs a method and parameters")
     for key in spec:
         if key not in SPEC_KEYS:
-            raise ConfigError(f"{path}: unknown sweep key {key!r}{suggest(key, SPEC_KEYS)}; valid keys: {list(SPEC_KEYS)}")
+            raise ConfigError(f"{path}: unknown sweep key {key!r}{suggest(str(key), SPEC_KEYS)}; "
+                              f"valid keys: {list(SPEC_KEYS)}")
     if spec.get("method") not in METHODS:
         raise ConfigError(f"{path}: method {spec.get('method')!r} is not one of {list(METHODS)}")
+    if not isinstance(spec.get("name", ""), str):
+        raise ConfigError(f"{path}: 'name' must be a string (it names the sweep's folder), got {spec['name']!r}")
+    check_command(spec, path)
     params = spec.get("parameters")
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"{path}: 'parameters' must map config keys to {{value: ...}} or {{values: [...]}}")
@@ -63,7 +76,47 @@ def load_spec(path: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: 'min' without 'max'")
         if spec["method"] == "grid" and "values" not in p and "value" not in p:
             raise ConfigError(f"{where}: a grid needs 'value' or 'values', not a distribution")
+        if "value" not in p and "values" not in p:
+            check_range(p, where)
     return spec
+
+
+def check_command(spec: dict[str, Any], path: str) -> None:
+    """Every run is `python -m lit_compclip.cli train ${args}`: a spec whose program or command says otherwise
+    (another script, no `train`, no `${args}` to pass the parameters) would run here as something it does not name."""
+    program = spec.get("program")
+    if program is not None and not (isinstance(program, str) and program.endswith("lit_compclip/cli.py")):
+        raise ConfigError(f"{path}: program {program!r} is not lit_compclip/cli.py, the only program `compclip sweep` "
+                          f"runs (as `compclip train`)")
+    command = spec.get("command")
+    if command is None:
+        return
+    runs_cli = isinstance(command, list) and all(isinstance(w, str) for w in command) and "train" in command and \
+        any(w in command for w in ("lit_compclip.cli", "compclip", "${program}"))
+    if not runs_cli or not any(m in command for m in ARGS_MACROS):
+        raise ConfigError(f"{path}: command {command!r} does not run `lit_compclip.cli train ${{args}}`, the only "
+                          f"command `compclip sweep` runs (see experiments/sweeps/)")
+
+
+def check_range(p: dict[str, Any], where: str) -> None:
+    """A distribution's min, max and q: numbers that can be drawn from."""
+    if p.get("distribution") == "categorical":
+        raise ConfigError(f"{where}: a categorical distribution needs 'values'")
+    if "min" not in p or "max" not in p:
+        raise ConfigError(f"{where}: distribution {p['distribution']!r} needs 'min' and 'max'")
+    lo, hi = p["min"], p["max"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi)):
+        raise ConfigError(f"{where}: 'min' and 'max' must be numbers, got {lo!r} and {hi!r}")
+    if lo > hi:
+        raise ConfigError(f"{where}: 'min' {lo} is above 'max' {hi}")
+    dist = p.get("distribution")
+    if dist == "int_uniform" and not (isinstance(lo, int) and isinstance(hi, int)):
+        raise ConfigError(f"{where}: int_uniform needs whole-number 'min' and 'max', got {lo!r} and {hi!r}")
+    if dist in ("log_uniform_values", "q_log_uniform_values") and lo <= 0:
+        raise ConfigError(f"{where}: {dist} needs 'min' above 0, got {lo!r}")
+    q = p.get("q", 1)
+    if not (isinstance(q, (int, float)) and not isinstance(q, bool) and q > 0 and math.isfinite(q)):
+        raise ConfigError(f"{where}: 'q' must be a number above 0, got {q!r}")
 
 
 def _draw(p: dict[str, Any], rng: random.Random) -> Any:
@@ -87,14 +140,17 @@ def _draw(p: dict[str, Any], rng: random.Random) -> Any:
 
 
 def expand(spec: dict[str, Any], count: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """The runs' parameters: every grid point in spec order, or `count` random draws (random / bayes locally)."""
+    """The runs' parameters: every grid point in spec order (the first `count`), or `count` random draws (random /
+    bayes locally)."""
+    if count is not None and count < 1:
+        raise ConfigError(f"--count {count}: must be at least 1")
     params = spec["parameters"]
     if spec["method"] == "grid":
         names = list(params)
         choices = [p["values"] if "values" in p else [p["value"]] for p in params.values()]
         runs = [dict(zip(names, combo)) for combo in itertools.product(*choices)]
-        return runs[:count] if count else runs
-    if not count:
+        return runs[:count]
+    if count is None:
         raise ConfigError(f"method {spec['method']!r} draws runs at random: give --count N")
     rng = random.Random(seed)
     return [{name: _draw(p, rng) for name, p in params.items()} for _ in range(count)]
@@ -125,6 +181,13 @@ def run_id(params: dict[str, Any], spec: dict[str, Any]) -> str:
 
 def plan(spec: dict[str, Any], out: Path, overrides: list[str], count: int | None, seed: int) -> list[dict]:
     """Every run: id, folder, command-line arguments and its checked config (so a bad spec fails before any run)."""
+    varying = {name for name, p in spec["parameters"].items() if "value" not in p}
+    for item in normalise_overrides(split_args(list(overrides))[1]):
+        key = item.split("=", 1)[0].strip()
+        if key in SET_BY_SWEEP:
+            raise ConfigError(f"override {item!r}: the sweep sets each run's {key} (its folders go under --out)")
+        if key in varying:  # given after the spec's parameters, it would make every run the same
+            raise ConfigError(f"override {item!r}: the spec sweeps {key}; change its values in the spec instead")
     runs, seen = [], set()
     for params in expand(spec, count, seed):
         rid = run_id(params, spec)
@@ -219,34 +282,70 @@ def execute(runs: list[dict], out: Path, jobs: int | None = None, echo=print) ->
     return status
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="compclip sweep", description=__doc__.splitlines()[0])
-    ap.add_argument("spec", help="a W&B sweep spec (YAML)")
+def at_least_one(text: str) -> int:
+    """--count and --jobs: a whole number, 1 or more (0 would mean 'all' to a slice, -1 'all but one')."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def check_out(out: Path) -> None:
+    """The sweep's folder must be one this user can make or write: found before any run starts, not at the end."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file, not a folder")
+    existing = out.absolute()
+    while not existing.exists():  # the folder is made later: its nearest existing ancestor decides
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {str(out)!r} lies beneath the file {str(existing)!r}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out)!r} cannot be written ({str(existing)!r} is not writable)")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = Parser(prog="compclip sweep", description=__doc__.splitlines()[0])
+    ap.add_argument("spec", nargs="?", help="a W&B sweep spec (YAML)")
     ap.add_argument("--out", help="folder of the runs and REPORT.md (default runs/<spec name>)")
-    ap.add_argument("--jobs", type=int, help="runs at once (default: one per GPU, else min(4, CPU cores))")
-    ap.add_argument("--count", type=int, help="number of runs (random/bayes specs: draws; grid: the first N)")
+    ap.add_argument("--jobs", type=at_least_one, help="runs at once (default: one per GPU, else min(4, CPU cores))")
+    ap.add_argument("--count", type=at_least_one, help="number of runs (random/bayes specs: draws; grid: the first N)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     ap.add_argument("--dry-run", action="store_true", help="list the runs and their arguments, run nothing")
     ap.add_argument("overrides", nargs="*", help="key=value given to every run, after the spec's parameters")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after the options
+    if args.spec is None:  # optional to argparse only so that its message does not call the overrides required
+        raise UsageError("name a sweep spec: compclip sweep SPEC.yaml [options] [key=value ...]")
+    return args
+
+
+def main(argv: list[str]) -> int:
     try:
-        if args.jobs is not None and args.jobs < 1:
-            raise ConfigError(f"--jobs {args.jobs}: must be at least 1")
+        args = parse(list(argv))
         spec = load_spec(args.spec)
-        if spec["method"] == "bayes":
-            print("note: bayes search needs the W&B sweep server; locally its parameters are drawn at random")
         out = Path(args.out or os.path.join("runs", spec.get("name") or Path(args.spec).stem))
+        check_out(out)
         runs = plan(spec, out, args.overrides, args.count, args.seed)
-    except ConfigError as e:
-        print(f"compclip: error: {e}", file=sys.stderr)
+    except SystemExit as done:  # --help was printed
+        return int(done.code or 0)
+    except (UsageError, ConfigError) as e:
+        print(f"compclip sweep: error: {e}", file=sys.stderr)
         return 2
+    if spec["method"] == "bayes":
+        print("note: bayes search needs the W&B sweep server; locally its parameters are drawn at random")
     if args.dry_run:
         for run in runs:
             state = "finished" if finished(run) else "to run"
             print(f"{run['id']:<32} {state:<9} compclip train {' '.join(run['args'])}")
         return 0
     print(f"sweep {args.spec}: {len(runs)} runs in {out}")
-    status = execute(runs, out, args.jobs)
+    try:
+        status = execute(runs, out, args.jobs)
+    except ConfigError as e:  # the synthetic world the runs share could not be built
+        print(f"compclip sweep: error: {e}", file=sys.stderr)
+        return 2
     from lit_compclip.ablation import write_report
 
     report = write_report(out, spec_path=args.spec, failed=status["failed"])

@@ -46,6 +46,7 @@ def test_breakdown_of_a_runs_records_and_the_command(tmp_path, capsys):
     assert tables["sugarcrepe/swap_obj by caption form"] == {"list": (0.5, 2), "relation": (1.0, 1)}
     assert tables["sugarcrepe/swap_obj"] == {"cross-star": (2 / 3, 3)}
     assert "swap_att" not in " ".join(tables)  # a subset without records is left out, not shown empty
+    (tmp_path / "empty").mkdir()
     assert main(["breakdown", str(tmp_path / "empty")]) == 2
     assert "no probe records" in capsys.readouterr().err
 

@@ -188,6 +188,20 @@ def test_bad_inputs_are_one_line_exit_2(case, outputs, tmp_path):
     assert not (tmp_path / "compare.md").exists()
 
 
+def test_a_chart_that_fails_leaves_the_earlier_comparison_as_it_was(outputs, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    assert run_cli([outputs["alpha"], "--out", out])[0] == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the chart could not be drawn")
+
+    monkeypatch.setattr(compare, "bar_panels", fail)
+    with pytest.raises(RuntimeError):
+        run_cli([outputs["alpha"], outputs["probe-beta"], "--out", out])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier  # no new table beside the old chart, no temp
+
+
 def test_a_folder_of_runs_names_its_runs(outputs):
     code, _, err = run_cli([outputs["alpha"].parent])
     assert code == 2 and "alpha" in err and "probe-beta" in err and len(err.strip().splitlines()) == 1
