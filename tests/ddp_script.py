@@ -1,5 +1,6 @@
-"""Run as a subprocess by test_ddp.py: one training step of CompClip per mode (a tiny model, and the shipped default),
-in one process and then in two DDP processes (CPU, gloo); then, with mode `skips`, a real epoch over WORK/shards.
+"""Run as a subprocess by test_ddp.py: one training step of CompClip per mode (a tiny model, and the shipped default
+with and without its dropout), in one process and then in two DDP processes (CPU, gloo); then, with mode `skips`, a
+real epoch over WORK/shards.
 
 Usage: ddp_script.py OUT SINGLE_MODE[,...] DDP_MODE[,...] WORK. Writes {"single": {mode: ...}, "ddp": {mode: ...}}
 with, as rank 0 sees them: the logged train/loss, rank 0's own step loss, the synchronised gradients, the updated
@@ -33,25 +34,40 @@ OPTIM = {"lr": 0.01, "text_lr": None, "weight_decay": 0.1, "betas": [0.9, 0.98],
 # Hard negatives in rank order; ranks hold different numbers of them (2 and 1), as real batches do.
 NEGATIVES = ["a white circle", "a green star", "a red square"]
 NEGATIVE_SLICES = {1: [slice(0, 3)], 2: [slice(0, 2), slice(2, 3)]}
-MODES = {  # name -> (model keys, optim keys, with hard negatives)
-    "full": ({"local_loss": False}, {}, False),
-    "full_negatives": ({"local_loss": False}, {}, True),
-    "local": ({"local_loss": True}, {}, False),
-    "local_negatives": ({"local_loss": True}, {}, True),
+MODES = {  # name -> (base model, its changed keys, optim keys, with hard negatives)
+    "full": ("small", {"local_loss": False}, {}, False),
+    "full_negatives": ("small", {"local_loss": False}, {}, True),
+    "local": ("small", {"local_loss": True}, {}, False),
+    "local_negatives": ("small", {"local_loss": True}, {}, True),
     # per rank: images (2, 2), texts (2, 2, 2) or (2, 2, 1): more text than image micro-batches, an uneven last one
-    "grad_cache_negatives": ({"local_loss": True}, {"micro_batch_size": 2}, True),
+    "grad_cache_negatives": ("small", {"local_loss": True}, {"micro_batch_size": 2}, True),
     # the shipped model as load_config([], []) builds it: conv stem (GroupNorm), MiniLM whose two trained layers
     # run dropout, two length groups, the local loss
-    "default": (None, {}, False),
+    "default": ("default", {}, {}, False),
+    # the shipped model with its dropout at 0: nothing in the step is random, so the reference is one process's
+    # plain step, the whole batch encoded at once (its length groups cut all 8 captions, each rank's cut 4)
+    "default_no_dropout": ("default_no_dropout", {}, {}, False),
+    "default_no_dropout_full_negatives": ("default_no_dropout", {"local_loss": False}, {}, True),
+    "default_no_dropout_grad_cache_negatives": ("default_no_dropout", {}, {"micro_batch_size": 2}, True),
 }
 SKIP_BATCH = 4  # the `skips` epoch: 4 shards of 9 good samples (8 in whole batches), 2 loader workers per rank
 
 
-def model_options(mode: str, work: str) -> dict:
-    keys = MODES[mode][0]
-    if keys is None:
-        return OmegaConf.to_container(load_config([], [f"cache_dir={work}/cache"]).model, resolve=True)
-    return {**MODEL, **keys}
+def model_options(mode: str, work: str, devices: int) -> dict:
+    base, keys = MODES[mode][:2]
+    if base == "small":
+        return {**MODEL, **keys}
+    # a text cache of each process count's own: DDP's ranks compute their frozen prefix, never read the reference's
+    shipped = load_config([], [f"cache_dir={work}/cache-{devices}"]).model
+    return {**OmegaConf.to_container(shipped, resolve=True), **keys}
+
+
+def without_dropout(model: CompClip) -> CompClip:
+    """Dropout at 0 everywhere (the trained MiniLM layers): the step holds nothing random."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
 
 
 class SharedMasks(CompClip):
@@ -124,15 +140,17 @@ class Record(L.Callback):
 def run(devices: int, mode: str, work: str) -> dict:
     """One step in float64: the claim is a mathematical equality, so what is left is rounding (~1e-15 of a tensor's
     norm), which no CPU's summation order can push near the test's tolerance."""
-    _, optim_keys, negatives = MODES[mode]
-    options = model_options(mode, work)
+    base, _, optim_keys, negatives = MODES[mode]
+    options = model_options(mode, work, devices)
     L.seed_everything(0, verbose=False)
     # with dropout, one process must draw each rank's masks to be the DDP step's reference (see SharedMasks)
-    kind = SharedMasks if devices == 1 and mode == "default" else CompClip
+    kind = SharedMasks if devices == 1 and base == "default" else CompClip
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # every module and tensor built in the step, the cached text prefix too
     try:
         model = kind(options, {**OPTIM, **optim_keys}, total_steps=1).double()
+        if base == "default_no_dropout":
+            without_dropout(model)
         return step(model, devices, negatives, options)
     finally:
         torch.set_default_dtype(previous)

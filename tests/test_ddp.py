@@ -1,5 +1,6 @@
-"""Two CPU DDP processes against one: the step (tiny model and the shipped default) equals the single-process
-global-batch step, GradCache syncs once, and a real epoch's skip counts are every rank's sum."""
+"""Two CPU DDP processes against one: the step (tiny model and the shipped default: local and full loss, hard
+negatives, GradCache) equals the single-process global-batch step, GradCache syncs once, and a real epoch's skip
+counts are every rank's sum."""
 
 import csv
 import io
@@ -18,9 +19,14 @@ from skip_shards import add, write_shard
 RTOL = 1e-9  # the steps run in float64
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_script.py")
-# DDP mode -> the single-process run it must equal (one process holds the whole batch: local loss = the loss)
+# DDP mode -> the single-process run it must equal (one process holds the whole batch: local loss = the loss).
+# "default" is the shipped model with dropout, whose reference encodes each rank's half from the ranks' random state
+# (ddp_script.SharedMasks); the default_no_dropout modes' reference is a plain step on the whole batch at once.
 REFERENCE = {"full": "full", "local": "full", "local_negatives": "full_negatives",
-             "grad_cache_negatives": "full_negatives", "default": "default"}
+             "grad_cache_negatives": "full_negatives", "default": "default",
+             "default_no_dropout": "default_no_dropout",
+             "default_no_dropout_full_negatives": "default_no_dropout_full_negatives",
+             "default_no_dropout_grad_cache_negatives": "default_no_dropout_full_negatives"}
 # Per shard (one per loader worker, two per rank): 9 good samples in batches of 4, so the 9th is left over (dropped),
 # and broken ones before, between and after them all
 BROKEN = [{"truncated_jpeg": 1, "bad_json": 1}, {"garbage_jpeg": 2, "no_image": 1},

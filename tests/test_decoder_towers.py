@@ -65,6 +65,22 @@ def test_sentence_transformers_decoder_pools_at_the_last_real_token(random_lm, f
         assert_close_by_norm(out[i], alone, RTOL, caption)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("pooling", ["mean", "eos"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_transformers_tower_gives_each_caption_its_own_embedding(random_lm, family, pooling,
+                                                                             bidirectional):
+    """A plain transformers folder padded on the left: a caption's embedding in a padded batch is its embedding
+    alone (positions counted over its real tokens, padding masked for the causal and the bidirectional blocks)."""
+    tower = build(random_lm, family, "transformers", "left", pooling=pooling, bidirectional=bidirectional).eval()
+    tokens = tower.tokenize(CAPTIONS)
+    assert bool(tokens["attention_mask"][:, 0].eq(0).any()) and bool(tokens["attention_mask"][:, -1].all())
+    with torch.no_grad():
+        batch = tower(tokens)
+        for i, caption in enumerate(CAPTIONS):
+            assert_close_by_norm(batch[i], tower(tower.tokenize([caption]))[0], RTOL, caption)
+
+
 @pytest.mark.parametrize("pooling", ["mean", "last", "eos"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_transformers_tower_pools_as_asked(random_lm, family, pooling):
@@ -165,11 +181,15 @@ def test_cache_gives_the_outputs_and_gradients_of_recomputing(random_lm, tmp_pat
                                                               bidirectional):
     tower = build(random_lm, family, kind, side, bidirectional=bidirectional, cache_dir=str(tmp_path),
                   cache_dtype="float32").train()
-    first, second = tower.tokenize(CAPTIONS[:3]), tower.tokenize(CAPTIONS[1:])  # overlapping, padded differently
+    # two captions in both batches, at other rows and padded to another length: the longest caption sets the first
+    # batch's, a short new one joins them in the second
+    first = tower.tokenize([CAPTIONS[0], CAPTIONS[1], CAPTIONS[3]])
+    second = tower.tokenize([CAPTIONS[3], "a red star", CAPTIONS[0]])
+    assert first["input_ids"].shape[1] > second["input_ids"].shape[1] + 5
     options, tower.cache_options = tower.cache_options, None
     want = [outputs_and_grads(tower, t) for t in (first, second)]
     tower.cache_options = options
-    got = [outputs_and_grads(tower, t) for t in (first, second)]  # misses, then two hits and one miss
+    got = [outputs_and_grads(tower, t) for t in (first, second)]  # three misses, then two hits and one miss
     assert tower.cache.hits == 2 and tower.cache.misses == 4
     for (out, grads), (want_out, want_grads) in zip(got, want):
         assert_close_by_norm(out, want_out, RTOL, "output")
@@ -186,15 +206,21 @@ def test_length_groups_on_a_left_padded_decoder_equal_one_padded_call(random_lm)
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_gradient_checkpointing_changes_no_gradient(random_lm, tmp_path, cache):
-    options = {"bidirectional": True, "cache_dir": str(tmp_path) if cache else None, "cache_dtype": "float32"}
+    options = {"bidirectional": True, "cache_dtype": "float32"}
+    folder = lambda name: str(tmp_path / name) if cache else None  # noqa: E731 (each tower a cache of its own)
     tokens = build(random_lm, "llama", "transformers").tokenize(CAPTIONS)
-    plain = outputs_and_grads(build(random_lm, "llama", "transformers", **options).train(), tokens)
-    checkpointed = build(random_lm, "llama", "transformers", grad_checkpointing=True, **options).train()
+    plain = outputs_and_grads(build(random_lm, "llama", "transformers", cache_dir=folder("plain"), **options).train(),
+                              tokens)
+    checkpointed = build(random_lm, "llama", "transformers", grad_checkpointing=True, cache_dir=folder("checkpointed"),
+                         **options).train()
     assert checkpointed.lm.is_gradient_checkpointing
-    for _ in range(2):  # with the cache: a miss, then a hit
+    n = len(CAPTIONS)
+    for attempt, counts in (("miss", (0, n)), ("hit", (n, n))):  # with the cache: (hits, misses) so far
         out, grads = outputs_and_grads(checkpointed, tokens)
-        assert_close_by_norm(out, plain[0], RTOL)
-        assert_same_tensors(grads, plain[1], RTOL, "gradient")
+        if cache:
+            assert (checkpointed.cache.hits, checkpointed.cache.misses) == counts, attempt
+        assert_close_by_norm(out, plain[0], RTOL, attempt)
+        assert_same_tensors(grads, plain[1], RTOL, f"{attempt} gradient")
 
 
 def test_frozen_layers_in_bfloat16_train_the_tail_in_float32(random_lm):

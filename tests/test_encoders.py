@@ -60,42 +60,70 @@ class Direct:
         return float(self.image(record["image"], record.get("box")) @ self.text(caption))
 
 
-def read_records(folder: Path) -> dict[str, dict[str, list[dict]]]:
-    return {d.name: {f.stem: [json.loads(line) for line in f.read_text().splitlines()] for f in d.glob("*.jsonl")}
-            for d in folder.iterdir() if d.is_dir() and d.name != "clip_benchmark"}
+# The per-example record files the synthetic world's probe sets give (probes.limit=4): <probe>/<subset>.jsonl
+PP_SUBSETS = [f"{kind}_{task}" for kind in ("swap_att", "swap_obj", "replace_att", "replace_obj", "replace_rel")
+              for task in ("itt", "tot")]
+RECORDS = {"sugarcrepe": {"add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj"},
+           "sugarcrepe_pp": set(PP_SUBSETS), "aro": {"vg_relation", "vg_attribution"}, "winoground": {"group"},
+           "whatsup": {"controlled_a", "coco_qa_two"}, "docci": {"t2i"}}
 
 
-def verdict(want: bool, margins: list[float], got: bool, checked: list) -> None:
-    """The official strict rule on the direct scores; skipped only where a comparison is within rounding."""
-    if min(abs(m) for m in margins) > 10 * ATOL:
-        assert got == want
-        checked.append(1)
+def read_records(folder: Path, names) -> dict[str, dict[str, list[dict]]]:
+    """Every record file of the probes run, each asserted to be there and to hold records."""
+    records = {d.name: {f.stem: [json.loads(line) for line in f.read_text().splitlines()] for f in d.glob("*.jsonl")}
+               for d in folder.iterdir() if d.is_dir() and d.name != "clip_benchmark"}
+    assert {probe: set(subsets) for probe, subsets in records.items()} == {name: RECORDS[name] for name in names}
+    assert all(rows for subsets in records.values() for rows in subsets.values())
+    return records
 
 
-def check_against_direct(records: dict, direct: Direct) -> int:
-    """Every record's scores equal the direct computation and its verdict the official rule; returns how many
-    verdicts were checked."""
-    checked: list = []
+class Verdicts:
+    """The official strict rule on the direct scores, per metric; checked against each record's verdict except
+    where a comparison is within rounding (there the record's verdict is counted: either is right)."""
+
+    def __init__(self):
+        self.checked, self.by_metric = 0, {}
+
+    def add(self, metric: str, want: bool, margins: list[float], got: bool) -> bool:
+        if min(abs(m) for m in margins) > 10 * ATOL:
+            assert got == want, metric
+            self.checked += 1
+        else:
+            want = got
+        self.by_metric.setdefault(metric, []).append(want)
+        return want
+
+    def accuracies(self) -> dict[str, float]:
+        return {metric: sum(v) / len(v) for metric, v in self.by_metric.items()}
+
+
+def check_against_direct(records: dict, direct: Direct) -> Verdicts:
+    """Every record's scores equal the direct computation and its verdict the official rule; returns the verdicts,
+    whose accuracies the probe's own figures must equal."""
+    verdicts = Verdicts()
     for probe, subsets in records.items():
         for subset, rows in subsets.items():
-            assert rows, (probe, subset)
+            metric = f"probe/{probe}/{subset}"
             for r in rows:
                 if probe == "sugarcrepe_pp":  # both positives must beat the negative (ITT); caption2 first (TOT)
                     c1, c2, neg = r["all_captions"]
                     if subset.endswith("_itt"):
                         s = [direct.sim(r, c) for c in (c1, c2, neg)]
                         assert r["image_scores"] == pytest.approx(s, abs=ATOL)
-                        verdict(s[0] > s[2] and s[1] > s[2], [s[0] - s[2], s[1] - s[2]], r["correct"], checked)
+                        verdicts.add(metric, s[0] > s[2] and s[1] > s[2], [s[0] - s[2], s[1] - s[2]], r["correct"])
                     else:
                         t = [float(direct.text(a) @ direct.text(b)) for a, b in ((c1, c2), (c1, neg), (c2, neg))]
                         assert r["text_scores"] == pytest.approx(t, abs=ATOL)
-                        verdict(t[0] > t[1] and t[0] > t[2], [t[0] - t[1], t[0] - t[2]], r["correct"], checked)
+                        verdicts.add(metric, t[0] > t[1] and t[0] > t[2], [t[0] - t[1], t[0] - t[2]], r["correct"])
                 elif probe == "winoground":  # matrix[c][i] = sim(caption c, image i)
                     m = [[float(direct.image(i) @ direct.text(c)) for i in r["images"]] for c in r["captions"]]
                     assert torch.tensor(r["matrix"]) == pytest.approx(torch.tensor(m), abs=ATOL)
-                    text, image = m[0][0] > m[1][0] and m[1][1] > m[0][1], m[0][0] > m[0][1] and m[1][1] > m[1][0]
-                    margins = [m[0][0] - m[1][0], m[1][1] - m[0][1], m[0][0] - m[0][1], m[1][1] - m[1][0]]
-                    verdict(text and image, margins, r["correct"], checked)
+                    text = verdicts.add(f"probe/{probe}/text", m[0][0] > m[1][0] and m[1][1] > m[0][1],
+                                        [m[0][0] - m[1][0], m[1][1] - m[0][1]], r["text"])
+                    image = verdicts.add(f"probe/{probe}/image", m[0][0] > m[0][1] and m[1][1] > m[1][0],
+                                         [m[0][0] - m[0][1], m[1][1] - m[1][0]], r["image_score"])
+                    assert r["correct"] == (text and image)
+                    verdicts.by_metric.setdefault(f"probe/{probe}/group", []).append(text and image)
                 elif probe == "docci":  # text-to-image: the own image must beat every other image of the set
                     own = direct.sim(r, r["captions"][0])
                     assert r["scores"] == pytest.approx([own], abs=ATOL)
@@ -103,12 +131,20 @@ def check_against_direct(records: dict, direct: Direct) -> int:
                         [float(direct.image(i) @ direct.text(r["captions"][0])) for i in r["rival_images"]], abs=ATOL)
                     others = [float(direct.image(x["image"]) @ direct.text(r["captions"][0])) for x in rows
                               if x["image"] != r["image"]]
-                    verdict(all(own > o for o in others), [own - o for o in others], r["correct"], checked)
+                    verdicts.add(f"probe/{probe}/t2i_r1", all(own > o for o in others), [own - o for o in others],
+                                 r["correct"])
                 else:  # sugarcrepe, aro, whatsup: the true caption (first) above every other option
                     s = [direct.sim(r, c) for c in r["captions"]]
                     assert r["scores"] == pytest.approx(s, abs=ATOL)
-                    verdict(s[0] > max(s[1:]), [s[0] - x for x in s[1:]], r["correct"], checked)
-    return len(checked)
+                    verdicts.add(metric, s[0] > max(s[1:]), [s[0] - x for x in s[1:]], r["correct"])
+    return verdicts
+
+
+def check_accuracies(out: Path, verdicts: Verdicts) -> None:
+    """probes.json's accuracy of every subset recorded is the share of examples the official rule gets right."""
+    probes = json.loads((out / "probes.json").read_text())
+    want = verdicts.accuracies()
+    assert {k: probes[k] for k in want} == pytest.approx(want, abs=1e-9)
 
 
 def run_probe(args, capsys) -> None:
@@ -151,7 +187,9 @@ def test_open_clip_encoder_scores_every_probe_as_the_model_does(world, open_clip
     with torch.no_grad():
         direct = Direct(lambda im: model.encode_image(preprocess(im)[None]),
                         lambda t: model.encode_text(tokenizer([t])))
-        assert check_against_direct(read_records(tmp_path), direct) >= 50
+        verdicts = check_against_direct(read_records(tmp_path, RECORDS), direct)
+    assert verdicts.checked >= 50
+    check_accuracies(tmp_path, verdicts)
     info = check_outputs(tmp_path, spec, ARCH, str(path), ("sugarcrepe", "aro", "winoground", "docci"))
     assert info["tokenizer"] == "SimpleTokenizer" and info["context_length"] == 77
     assert info["image_preprocess"]["size"] == [224, 224]
@@ -226,7 +264,9 @@ def test_hf_encoder_scores_every_probe_as_the_model_does(world, tmp_path, capsys
             return model.get_image_features(**processor(images=[im], return_tensors="pt")).pooler_output
 
         direct = Direct(image, text)
-        assert check_against_direct(read_records(out), direct) >= (40 if family == "clip" else 20)
+        verdicts = check_against_direct(read_records(out, names), direct)
+    assert verdicts.checked >= (40 if family == "clip" else 20)
+    check_accuracies(out, verdicts)
     info = check_outputs(out, spec, str(tmp_path / family), "hf", names)
     assert info["context_length"] == length and info["text_kwargs"]["padding"] == padding
     probes = json.loads((out / "probes.json").read_text())

@@ -5,6 +5,7 @@ tensor by norm: what is left is rounding (~1e-15), which no CPU's summation orde
 real difference (another dropout mask, batch statistics) is orders of magnitude above it. Each claim holds on a small
 model and on the shipped default (conv stem with GroupNorm, MiniLM with two trained layers, length groups)."""
 
+import contextlib
 import copy
 
 import lightning as L
@@ -12,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import DataLoader, IterableDataset
 
 from helpers import assert_close_by_norm, assert_same_tensors, close_by_norm
@@ -187,7 +189,7 @@ def test_grad_cache_clips_gradients_like_the_trainer(config):
     assert total_norm(unclipped["grads"]) > 4 * clip  # clipping really changes this step
     want = step(without_dropout(make_model(model_options)), batch, gradient_clip_val=clip)
     model = without_dropout(make_model(model_options, 3))
-    model.manual_clip_val = clip  # as train() sets it from trainer.gradient_clip_val
+    model.manual_clip_val = clip  # as train() sets it (test_train_clips_grad_cache_steps_at_the_configured_value)
     got = step(model, batch)
     assert total_norm(want["grads"]) == pytest.approx(clip, rel=1e-4)  # the optimizer got clipped gradients
     assert_same_step(got, want)  # GradCache's clipped gradients, and so its step, are the Trainer's
@@ -230,10 +232,31 @@ def test_micro_batch_size_must_be_positive():
     assert load_config([], ["optim.micro_batch_size=16"]).optim.micro_batch_size == 16
 
 
-def test_train_runs_grad_cache_with_clipping_and_hard_negatives(world, tmp_path):
-    # Lightning refuses Trainer(gradient_clip_val=...) with manual optimization: train() hands it to the model
+@contextlib.contextmanager
+def optimizer_step_norms():
+    """The total norm of the gradients every optimizer step inside the block is handed (after any clipping)."""
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(total_norm(dict(enumerate(grads))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        yield norms
+    finally:
+        handle.remove()
+
+
+def test_train_clips_grad_cache_steps_at_the_configured_value(world, tmp_path):
+    """Lightning refuses Trainer(gradient_clip_val=...) with manual optimization, so train() hands the config's value
+    to GradCache's own clipping: a value far below the step's gradient norm is the norm the optimizer gets."""
+    clip = 1e-3
     overrides = world_overrides(world) + TINY_MODEL + [
         "trainer.fast_dev_run=true", f"run_dir={tmp_path}/run", "optim.micro_batch_size=3",
-        "trainer.gradient_clip_val=1.0", "data.hard_negatives.source=scene"]
-    result = train(load_config([], overrides))
+        f"trainer.gradient_clip_val={clip}", "data.hard_negatives.source=scene"]
+    with optimizer_step_norms() as norms:
+        result = train(load_config([], overrides))
     assert result["probes"]["probe/sugarcrepe/n"] == 8 * 7
+    # one step (fast_dev_run); unclipped, its gradients' norm is tens (a value dropped on the way would leave it so)
+    assert norms == [pytest.approx(clip, rel=1e-3)]

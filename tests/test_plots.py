@@ -33,14 +33,18 @@ def drawn(fig) -> list:
 
 def test_probes_png_has_one_panel_per_suite(tmp_path):
     path = tmp_path / "probes.png"
-    fig = plot_history(tiny_history(), str(path))
+    history = tiny_history()
+    fig = plot_history(history, str(path))
     assert path.stat().st_size > 10_000
     axes = drawn(fig)
     assert len(axes) == len(SUITES) == len(fig.axes)
     assert [ax.get_title(loc="left") for ax in axes] == list(SUITES)  # papers' suites first, any other after
-    for ax, subsets in zip(axes, SUITES.values()):
+    for ax, (suite, subsets) in zip(axes, SUITES.items()):
         solid = [line for line in ax.lines if line.get_linestyle() == "-"]
         assert sorted(line.get_label() for line in solid) == sorted(subsets)  # no counts, ties or seconds
+        for line in solid:  # each line is its own subset's history (every subset's values differ)
+            assert list(line.get_xdata()) == [h["epoch"] for h in history]
+            assert list(line.get_ydata()) == [h["metrics"][f"probe/{suite}/{line.get_label()}"] for h in history]
         colours = [line.get_color() for line in solid if line.get_color() != "black"]  # the summary (mean) is black
         assert len(set(map(str, colours))) == len(colours)
         texts = [t.get_text() for t in ax.texts]
@@ -109,12 +113,21 @@ def test_compare_png_has_one_panel_per_suite(tmp_path):
 
 
 def test_curves_chart_has_a_row_per_suite_and_a_column_per_run():
-    a = {f"probe/{s}/{m}": [(10, 0.4), (20, 0.6)] for s, subsets in SUITES.items() for m in subsets}
-    b = {k: v for k, v in a.items() if not k.startswith("probe/aro/")}
-    fig = plots.curves_chart({"a": a, "b": b, "counts": {"probe/aro/n": [(10, 4.0)]}})
+    a = {f"probe/{s}/{m}": [(10, 0.4 + 0.01 * i), (20, 0.6 - 0.01 * i)]  # every subset's curve its own
+         for s, subsets in SUITES.items() for i, m in enumerate(subsets)}
+    b = {k: [(x, y + 0.05) for x, y in v] for k, v in a.items() if not k.startswith("probe/aro/")}
+    curves = {"a": a, "b": b, "counts": {"probe/aro/n": [(10, 4.0)]}}
+    fig = plots.curves_chart(curves)
     titles = [ax.get_title(loc="left") for ax in fig.axes]
     assert titles[:3] == ["sugarcrepe · a", "sugarcrepe · b", "aro · a"]  # b has no aro: its cell stays empty
     assert len(fig.axes) == 2 * len(SUITES) - 1
+    for ax, title in zip(fig.axes, titles):
+        suite, run = title.split(" · ")
+        solid = [line for line in ax.lines if line.get_linestyle() == "-"]
+        assert sorted(line.get_label() for line in solid) == sorted(SUITES[suite])
+        for line in solid:  # each line is its own run's curve of its own subset
+            want = curves[run][f"probe/{suite}/{line.get_label()}"]
+            assert list(zip(line.get_xdata(), line.get_ydata())) == want
     with pytest.raises(ValueError, match="no curve"):
         plots.curves_chart({"counts": {"probe/aro/n": [(10, 4.0)]}})
 

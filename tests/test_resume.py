@@ -86,9 +86,8 @@ def killed_and_resumed(request, tmp_path_factory):
     killed_run(root, root / "killed.jsonl", KILL, common)  # in runs/tiny
     shutil.copytree(root / "runs" / "tiny", root / "forgetful")
     recorded_run(root, root / "resumed.jsonl", common + ["resume=last"])
-    if request.param == "small":  # the control needs one model only (a resume costs ~20 s here)
-        recorded_run(root, root / "forgetful.jsonl", common + [f"resume={root}/forgetful/checkpoints/last.ckpt"],
-                     restore_random_state=False)
+    recorded_run(root, root / "forgetful.jsonl", common + [f"resume={root}/forgetful/checkpoints/last.ckpt"],
+                 restore_random_state=False)
     return root
 
 
@@ -124,8 +123,6 @@ def test_a_resume_that_forgets_the_random_state_trains_otherwise(killed_and_resu
     """The control that shows the test above can fail: dropout really runs in the main process, so without the
     restored generators the same batches give other losses and other weights."""
     root = killed_and_resumed
-    if not (root / "forgetful.jsonl").exists():
-        pytest.skip("the control runs on the small model")
     reference, forgetful = steps(root / "reference.jsonl"), steps(root / "forgetful.jsonl")
     later = range(RESUMED_AT, 2 * EPOCH)
     assert [forgetful[s]["keys"] for s in later] == [reference[s]["keys"] for s in later]  # the data still continues

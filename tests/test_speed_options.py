@@ -96,12 +96,18 @@ def test_length_groups_keep_every_rows_embedding_and_gradients(text, tmp_path, f
 
 def test_length_groups_keep_the_default_models_text_embeddings_and_gradients(tmp_path, float64):
     """The shipped model as the config gives it (MiniLM, two trained layers, float16 cache, length_groups=2)
-    against the same weights encoding each batch in one padded call; trained layers in train mode, dropout at 0."""
-    cfg = OmegaConf.to_container(load_config([], [f"cache_dir={tmp_path}"]), resolve=True)
+    against the same weights encoding each batch in one padded call; trained layers in train mode, dropout at 0.
+    Each model has a cache folder of its own, so both compute their frozen prefix (a miss), then both read it."""
+    cfg = OmegaConf.to_container(load_config([], []), resolve=True)
     assert cfg["model"]["length_groups"] == 2 and cfg["model"]["text"]["cache_dir"]
-    plain, grouped = twin(lambda **o: no_dropout(CompClip({**cfg["model"], **o}, cfg["optim"], total_steps=1)
-                                                 .double()), length_groups=2)
-    plain.length_groups = 1
+
+    def build(folder, **options):
+        text = {**cfg["model"]["text"], "cache_dir": str(tmp_path / folder)}
+        return no_dropout(CompClip({**cfg["model"], "text": text, **options}, cfg["optim"], total_steps=1).double())
+
+    plain, grouped = twin(lambda **o: build("grouped", **o) if o else build("plain", length_groups=1),
+                          length_groups=2)
+    assert plain.length_groups == 1
     assert plain.text.cache_options and all(layer.training for layer in grouped.text.trainable)
     tokens = plain.text.tokenize(LONG_CAPTIONS)
     assert tokens["attention_mask"].sum(1).unique().numel() > 3
@@ -110,7 +116,12 @@ def test_length_groups_keep_the_default_models_text_embeddings_and_gradients(tmp
     def forward(model):
         return model.encode_text(LONG_CAPTIONS) * weights
 
-    assert_same(loss_and_grads(plain, forward), loss_and_grads(grouped, forward), **F64)
+    n = len(LONG_CAPTIONS)
+    for attempt, counts in (("miss", (0, n)), ("hit", (n, n))):  # (hits, misses) of each model's own cache so far
+        assert_same(loss_and_grads(plain, forward), loss_and_grads(grouped, forward), **F64)
+        for model in (plain, grouped):
+            assert (model.text.cache.hits, model.text.cache.misses) == counts, attempt
+    assert plain.text.cache.path != grouped.text.cache.path
 
 
 def test_length_groups_run_each_group_at_its_own_length():
@@ -228,7 +239,8 @@ def test_scratch_tower_trains_through_causal_scaled_dot_product_attention(monkey
         reference = tower(tokens)
     with torch.no_grad():
         inference = tower.eval()(tokens)  # nn.TransformerEncoderLayer's own fused inference path
-    assert_close_by_norm(out, reference, 1e-5, "fused") and assert_close_by_norm(out, inference, 1e-5, "inference")
+    assert_close_by_norm(out, reference, 1e-5, "fused")
+    assert_close_by_norm(out, inference, 1e-5, "inference")
 
 
 def test_vit_trunk_attention_uses_scaled_dot_product_attention():
