@@ -4,6 +4,10 @@ exception for an error message."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+import tempfile
 
 
 class UsageError(ValueError):
@@ -22,6 +26,18 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class ScriptParser(argparse.ArgumentParser):
+    """For the scripts make runs (the benchmarks): no abbreviations, and an error is one line `PROG: error: ...` and
+    exit 2, without argparse's usage block."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first non-empty line of an exception's message, or its type's name when it has none (EOFError from a
     zero-byte file carries an empty message)."""
@@ -29,3 +45,48 @@ def first_line(err: BaseException, limit: int = 200) -> str:
         if line.strip():
             return line.strip()[:limit]
     return type(err).__name__
+
+
+def check_writable_folder(path: str, what: str, error: type[ValueError] = UsageError) -> None:
+    """A one-line `error` naming `what` unless folder `path` exists or could be made, and files can be written in
+    it: a file in its place or above it, or a folder we may not write in, is found before any work. Tries a real
+    file (removed at once) rather than os.access, which says yes to root even where writing fails (/proc, a
+    read-only mount)."""
+    target = os.path.abspath(os.path.expanduser(path))
+    existing = target
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        if existing == target:
+            raise error(f"{what} {path!r} is a file, not a folder")
+        raise error(f"{what} {path!r} cannot be made: {existing!r} is a file, not a folder")
+    try:
+        handle, name = tempfile.mkstemp(dir=existing, prefix=".compclip-write-check-")
+        os.close(handle)
+        os.remove(name)
+    except OSError as e:
+        raise error(f"{what} {path!r} cannot be written (creating a file in {existing!r}: "
+                         f"{e.strerror or type(e).__name__})") from None
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record, so a process that runs commands one after another
+    (the tests, a notebook) never logs to a stream an earlier command had."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets it: ignored
+        pass
+
+
+def log_to_stderr() -> None:
+    """The package's INFO lines on stderr, as `LEVEL logger: message`; once, however often a command starts."""
+    logger = logging.getLogger("lit_compclip")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

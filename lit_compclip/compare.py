@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from lit_compclip.cli_args import Parser, UsageError, first_line
+from lit_compclip.cli_args import Parser, UsageError, check_writable_folder, first_line
 from lit_compclip.plots import bar_panels, by_suite, chance, order_columns
 
 Table = dict[str, dict[str, float]]  # model -> column ("<suite>/<metric>") -> value
@@ -147,15 +147,7 @@ def plot(table: Table, path, chance_levels: Mapping[str, float] | None = None):
 
 def check_out(out: Path) -> None:
     """--out must be a folder this user can make or write: found before any input is read, not after the chart."""
-    if out.exists() and not out.is_dir():
-        raise CompareError(f"--out {str(out)!r} is a file, not a folder")
-    existing = out.absolute()
-    while not existing.exists():  # made only once both files are rendered: its nearest existing ancestor decides
-        existing = existing.parent
-    if not existing.is_dir():
-        raise CompareError(f"--out {str(out)!r} lies beneath the file {str(existing)!r}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise CompareError(f"--out {str(out)!r} cannot be written ({str(existing)!r} is not writable)")
+    check_writable_folder(str(out), "--out", CompareError)
     for name in OUTPUTS:
         if (out / name).is_dir():
             raise CompareError(f"--out {str(out)!r} holds a folder {name}, where the comparison's file goes")

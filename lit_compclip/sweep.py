@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from lit_compclip.cli_args import Parser, UsageError, first_line
+from lit_compclip.cli_args import Parser, UsageError, check_writable_folder, first_line
 from lit_compclip.config import ConfigError, load_config, normalise_overrides, split_args
 from lit_compclip.registry import suggest
 
@@ -295,15 +295,7 @@ def at_least_one(text: str) -> int:
 
 def check_out(out: Path) -> None:
     """The sweep's folder must be one this user can make or write: found before any run starts, not at the end."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file, not a folder")
-    existing = out.absolute()
-    while not existing.exists():  # the folder is made later: its nearest existing ancestor decides
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"--out {str(out)!r} lies beneath the file {str(existing)!r}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {str(out)!r} cannot be written ({str(existing)!r} is not writable)")
+    check_writable_folder(str(out), "--out", ConfigError)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

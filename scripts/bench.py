@@ -11,14 +11,14 @@ docs/BENCHMARKS.md says what each arm and row is.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 import time
+
+from lit_compclip.cli_args import ScriptParser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled MiniLM only: never wait on the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -50,7 +50,7 @@ CACHE_LAYERS = (1, 0)  # trained MiniLM layers of the extra cache pairs (the def
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one block, one step per run, toy second model: a smoke test")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per run (default 3, the ViT-B/16-sized case half that; quick 1)")

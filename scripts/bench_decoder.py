@@ -11,7 +11,6 @@ every arm starts from. docs/BENCHMARKS.md ("Decoder text towers") says what each
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import shutil
@@ -20,11 +19,12 @@ import sys
 import tempfile
 import time
 
+from lit_compclip.cli_args import ScriptParser
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random decoders and the bundled MiniLM only: never wait on the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from lit_compclip.towers.random_lm import FAMILIES  # noqa: E402  (after the offline switches)
-
 
 # The paper's regime: Gemma-2's architecture, 26 layers of which 4 are trained (Gemma-2-2B's). The width is cut so
 # that a step takes 1-2 s on 2 CPU cores, with heads of 64 (2 key-value heads). Not qwen2 by default: under
@@ -40,7 +40,7 @@ ARMS = ["text", "step_on", "step_off", "minilm_on"]
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one block, one step per run, toy decoder: a smoke test")
     p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 3; quick 1)")
     p.add_argument("--rounds", type=int, default=None, help="A B B A blocks (default 3; quick 1)")

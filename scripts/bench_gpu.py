@@ -10,12 +10,13 @@ peak, itself measured as a large bf16 matmul in the same run.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import statistics
 import sys
 import tempfile
+
+from lit_compclip.cli_args import ScriptParser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -66,7 +67,7 @@ def run_case(cfg, steps: int, warmup: int, peak: float, device: str = "cuda") ->
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--out", default="bench_gpu.json")

@@ -13,13 +13,14 @@ the card is known (`SPEC_PEAKS`), else the best large bf16 matmul measured in th
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import os
 import statistics
 import sys
 import tempfile
+
+from lit_compclip.cli_args import ScriptParser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -96,7 +97,7 @@ def run_case(cfg, steps: int, warmup: int, device: str = "cuda") -> dict:
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20, help="timed steps per run")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")

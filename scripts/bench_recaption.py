@@ -6,13 +6,13 @@ column is each row's samples/s over the concurrency-1 row measured in the same r
 Each backend gets all samples in one caption() call, so this is the backend's own capacity; the pipeline's batch
 size caps how many requests it can have in flight (keep batch_size >= concurrency)."""
 
-import argparse
 import json
 import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from lit_compclip.cli_args import ScriptParser
 from lit_compclip.recaption.base import Request
 from lit_compclip.recaption.openai_backend import OpenAIBackend
 from lit_compclip.recaption.prompt import DEFAULT_TEMPLATE, render
@@ -78,7 +78,7 @@ def rate(backend, requests: list[Request], repeats: int = 1) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=96)
     parser.add_argument("--delay", type=float, default=0.05, help="seconds the loopback server takes per answer")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import tarfile
 
 import pytest
@@ -235,3 +236,20 @@ def test_timing_arguments_default_and_refuse_zero(script, capsys):
         with pytest.raises(SystemExit) as e:
             parse(bad)
         assert e.value.code == 2 and "--steps and --rounds must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["bench", "bench_gpu", "bench_decoder", "bench_gpu_decoder", "bench_recaption"])
+@pytest.mark.parametrize("bad", [["--bogus"], ["--quic"], ["--steps", "many"]])
+def test_a_bad_benchmark_argument_is_one_line_and_exit_2(script, bad, monkeypatch, capsys):
+    """What `make bench ARGS=...` gives a typo: one line naming it, not argparse's usage block; no abbreviations."""
+    module = load_script(script)
+    if script == "bench_recaption":  # parses sys.argv
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", *bad])
+        call = module.main
+    else:
+        call = (lambda: module.main(bad)) if not hasattr(module, "parse") else (lambda: module.parse(bad))
+    with pytest.raises(SystemExit) as e:
+        call()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1 and ": error: " in err[0], err
+    assert bad[0] in err[0] or bad[-1] in err[0], err

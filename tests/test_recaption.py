@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import pytest
 
@@ -430,9 +431,16 @@ def test_an_unwritable_output_folder_is_refused_before_the_backend_is_built(worl
     monkeypatch.setitem(BACKENDS, "unbuilt", f"{__name__}:UnbuiltBackend")
     locked = tmp_path / "locked"
     locked.mkdir()
-    access = os.access  # root may write anywhere, so the permission is denied here, as a non-root user sees it
-    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else access(path, mode))
+    mkstemp = tempfile.mkstemp  # root may write anywhere, so the write is denied here, as a non-root user sees it
+
+    def denied(*args, dir=None, **kwargs):
+        if str(dir) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
     for out in (locked, locked / "new" / "out"):
         rc, out_text, err = recaption(world / "train", out, "--backend", "unbuilt", capsys=capsys)
-        assert rc == 2 and err.count("\n") == 1 and f"is not writable: no permission to write in '{locked}'" in err
+        assert rc == 2 and err.count("\n") == 1 and f"cannot be written (creating a file in '{locked}': " \
+            "Permission denied)" in err, err
     assert os.listdir(locked) == []

@@ -12,9 +12,22 @@ import re
 import sys
 from collections import Counter
 
-from lit_compclip.cli_args import Parser, UsageError, first_line
+from lit_compclip.cli_args import (
+    Parser,
+    UsageError,
+    check_writable_folder,
+    first_line,
+    log_to_stderr,
+)
 from lit_compclip.recaption import BACKENDS, build_backend
-from lit_compclip.recaption.pipeline import FAIL_FAST, Job, Stopped, input_shards, run, worker_shards
+from lit_compclip.recaption.pipeline import (
+    FAIL_FAST,
+    Job,
+    Stopped,
+    input_shards,
+    run,
+    worker_shards,
+)
 from lit_compclip.recaption.prompt import DEFAULT_FIELDS, load_template, prompt_version
 from lit_compclip.recaption.tars import check_input
 from lit_compclip.registry import resolve
@@ -210,13 +223,7 @@ def check_output(out_dir: str, shards: list[str]) -> None:
     out_real = os.path.realpath(out_dir)
     if any(os.path.dirname(os.path.realpath(s)) == out_real for s in shards):  # run() says it too, after the build
         raise ValueError(f"output folder {out_dir!r} holds input shards; write the recaptioned shards elsewhere")
-    there = os.path.abspath(out_dir)  # the folder that exists (OUTPUT_DIR, or the parent it will be made in)
-    while not os.path.exists(there) and there != os.path.dirname(there):
-        there = os.path.dirname(there)
-    if not os.path.isdir(there):
-        raise ValueError(f"OUTPUT_DIR {out_dir!r} cannot be made: {there!r} is a file, not a folder")
-    if not os.access(there, os.W_OK | os.X_OK):
-        raise ValueError(f"OUTPUT_DIR {out_dir!r} is not writable: no permission to write in {there!r}")
+    check_writable_folder(out_dir, "OUTPUT_DIR", ValueError)
 
 
 def format_summary(summary: dict) -> str:
@@ -250,18 +257,6 @@ def failed_line(summary: dict, limit: float) -> str | None:
            f"the rest"
 
 
-_HANDLER = logging.StreamHandler()
-_HANDLER.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-
-
-def _setup_logging() -> None:
-    _HANDLER.stream = sys.stderr  # this call's stderr: a process running the command twice may have swapped it
-    logger = logging.getLogger("lit_compclip")
-    if not logger.handlers:
-        logger.addHandler(_HANDLER)
-        logger.setLevel(logging.INFO)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when every shard is finished, 1 when a shard ended over --max-failure-rate, an input shard was
     unreadable, the backend failed all of the first requests or the output could not be written (one line on
@@ -274,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exn:  # --help
         return int(exn.code or 0)
-    _setup_logging()
+    log_to_stderr()
     try:
         _check(args)
         fields = [f.strip() for f in args.fields.split(",") if f.strip()]
