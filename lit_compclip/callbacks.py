@@ -11,8 +11,10 @@ from typing import Any, Mapping
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from lit_compclip.encoders.compclip import ModuleEncoder  # noqa: F401 (its home before lit_compclip.encoders)
+from lit_compclip.stopping import held_signals
 
 log = logging.getLogger(__name__)
 # Not accuracies: kept out of the plot.
@@ -112,7 +114,9 @@ class ProbeCallback(L.Callback):
             return
         if not self.history or self.history[-1]["step"] != trainer.global_step:
             self._run(trainer, module)
-        if self.run_dir and self.history:
+        if not (self.run_dir and self.history):
+            return
+        with held_signals():  # a stop signal waits until these files are whole
             records_dir = os.path.join(self.run_dir, "probe_records") if self.dump else None
             write_results(self.history[-1]["metrics"], self.records, self.run_dir, self.failures, records_dir,
                           f"Probe failures of {os.path.basename(self.run_dir)} at step {trainer.global_step}")
@@ -154,6 +158,14 @@ class ProgressLines(L.Callback):
         left = per_step * max(0, self.total_steps - step)
         print(f"step {step}/{self.total_steps}  epoch {trainer.current_epoch + 1}  loss {float(outputs['loss']):.3f}  "
               f"{per_step:.2f} s/step  ~{left / 60:.1f} min left", flush=True)
+
+
+class WholeRowsCSVLogger(CSVLogger):
+    """Lightning's CSV logger (metrics.csv), whose rows a stop signal never cuts: it waits until they are written."""
+
+    def save(self) -> None:
+        with held_signals():
+            super().save()
 
 
 class TextCacheStats(L.Callback):
@@ -203,6 +215,12 @@ def skip_line(record: Mapping, path: str | None = None) -> str:
     text = f"data: skipped {part(record['train'], 'training samples')}"
     if "val" in record:
         text += f", {part(record['val'], 'in the last validation pass')}"
+    cut = record.get("cut_shards", [])
+    if cut:
+        lost = [s["samples_lost"] for s in cut if s["samples_lost"] is not None]  # where a _stats.json tells
+        told = "how many samples were lost is unknown: no img2dataset _stats.json" if not lost else \
+            f"{sum(lost)} samples lost" + ("" if len(lost) == len(cut) else f" in the {len(lost)} with a _stats.json")
+        text += f"; {len(cut)} shard(s) cut short ({told})"
     return text + (f"; see {path}" if path else "")
 
 
@@ -211,8 +229,10 @@ class DataSkips(L.Callback):
     run (a resumed run goes on from the checkpoint's), validation's of its latest pass (it re-reads the same data).
 
     Logged as data/skipped (and data/val_skipped) where Lightning writes metrics; when training ends, a final row with
-    data/skipped/<reason> goes to every logger, rank 0 writes <run_dir>/data_skips.json and prints one line. The
-    training totals live in the module (skipped, skipped_by_reason), which saves them in the checkpoint."""
+    data/skipped/<reason> goes to every logger, rank 0 writes <run_dir>/data_skips.json (with the shards found cut
+    short, `cut_shards`) and prints one line. The training totals live in the module (skipped, skipped_by_reason),
+    which saves them in the checkpoint. A skip counts once the batch that carries it is consumed, as the loader logs
+    it (data/stream.py): what the loader read ahead and training never took is neither counted nor logged."""
 
     def __init__(self, run_dir: str | None = None):
         self.run_dir = run_dir
@@ -272,6 +292,9 @@ class DataSkips(L.Callback):
         if self.validated:
             self.record["val"] = {"total": sum(self.val.values()), "by_reason": dict(sorted(self.val.items())),
                                   "counts": "the last validation pass, summed over ranks and loader workers"}
+        cut = getattr(trainer.datamodule, "cut", None) or {}
+        if any(cut.values()):  # found by rank 0 when the run started (data.tars.cut_shards)
+            self.record["cut_shards"] = [{"split": split, **shard} for split, shards in cut.items() for shard in shards]
         if not trainer.is_global_zero:
             return
         final = {"data/skipped": module.skipped, **{f"data/skipped/{r}": n for r, n in train.items()}}
@@ -285,6 +308,6 @@ class DataSkips(L.Callback):
         if self.run_dir:
             os.makedirs(self.run_dir, exist_ok=True)
             path = os.path.join(self.run_dir, "data_skips.json")
-            with open(path, "w") as f:
+            with held_signals(), open(path, "w") as f:
                 json.dump(self.record, f, indent=1)
         print(skip_line(self.record, path), flush=True)

@@ -10,6 +10,7 @@ import re
 import zipfile
 from typing import Any
 
+from lit_compclip.cli_args import first_line
 from lit_compclip.config import ConfigError
 
 TRAINING_KEYS = ("state_dict", "hyper_parameters", "loops", "optimizer_states", "global_step")
@@ -40,12 +41,20 @@ def _global_named(e: Exception) -> str | None:
     return found.group(1) if found else None
 
 
+def _why(e: BaseException) -> str:
+    """'Type: first sentence of its message', or the type alone when the message is empty (EOFError of a cut file)."""
+    if not str(e).strip():
+        return type(e).__name__
+    sentence = re.split(r"(?<=[.;])\s", first_line(e, 160))[0]
+    return f"{type(e).__name__}: {sentence.rstrip('.;')}"
+
+
 def _refusal(path: str, e: Exception) -> ConfigError:
     """One line naming the file and the global its pickle asks for; else one saying the file cannot be read."""
     name = _global_named(e)
     if name is None:  # an opcode the weights-only reader does not know: damaged, or not a torch file
-        detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip() or str(e)
-        return ConfigError(f"checkpoint {path!r} cannot be read (UnpicklingError: {detail.splitlines()[0][:160]})")
+        detail = pickle.UnpicklingError(str(e).split("WeightsUnpickler error:", 1)[-1])
+        return ConfigError(f"checkpoint {path!r} cannot be read ({_why(detail)})")
     return ConfigError(f"checkpoint {path!r} is refused: it needs the global {name} to load, which could run code; "
                        f"only tensors and plain values are read (re-save it from a trusted copy)")
 
@@ -62,14 +71,15 @@ def load_safely(source, path: str, mmap: bool = False) -> Any:
     except pickle.UnpicklingError as e:  # weights_only refused a global, or the pickle is damaged
         raise _refusal(path, e) from None
     except Exception as e:  # truncated, not a torch file, ...
-        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-                          ) from None
+        raise ConfigError(f"checkpoint {path!r} cannot be read: cut short, or not a torch file ({_why(e)})") from None
 
 
 def read_checkpoint_file(path: str, mmap: bool = False) -> Any:
     """What the torch file at `path` holds (memory-mapped tensors with `mmap`), or a one-line ConfigError."""
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path!r} not found")
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"checkpoint {path!r} is empty (0 bytes: an interrupted save leaves such a file)")
     return load_safely(path, path, mmap=mmap)
 
 
@@ -83,12 +93,16 @@ def read_training_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-def build_module(hp: dict):
+def build_module(hp: dict, pretrained_image: bool = True):
     """The CompClip a checkpoint's hyper_parameters describe, with fresh weights; scored eagerly (compiling for one
-    pass over the probes costs more than it saves)."""
+    pass over the probes costs more than it saves). `pretrained_image=False` skips fetching pretrained image
+    weights that the checkpoint's own weights replace."""
     from lit_compclip.model import CompClip
 
-    return CompClip({**hp["model"], "compile": False}, hp["optim"], hp.get("total_steps"))
+    model = {**hp["model"], "compile": False}
+    if not pretrained_image and isinstance(model.get("image"), dict):
+        model["image"] = {**model["image"], "pretrained": False}
+    return CompClip(model, hp["optim"], hp.get("total_steps"))
 
 
 def load_module(path: str):
@@ -99,11 +113,10 @@ def load_module(path: str):
                           f"hyper_parameters)")
     hp = checkpoint["hyper_parameters"]
     try:
-        module = build_module(hp)
+        module = build_module(hp, pretrained_image=False)  # its own weights follow: no hub, no download
         module.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"checkpoint {path!r} does not match this version's model ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]})") from None
+        raise ConfigError(f"checkpoint {path!r} does not match this version's model ({_why(e)})") from None
     return module.eval()
 
 
@@ -148,8 +161,7 @@ def check_sharded(folder: str) -> None:
     except pickle.UnpicklingError as e:
         raise _refusal(where, e) from None
     except Exception as e:
-        raise ConfigError(f"checkpoint {where!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-                          ) from None
+        raise ConfigError(f"checkpoint {where!r} cannot be read ({_why(e)})") from None
     read_checkpoint_file(os.path.join(folder, "meta.pt"))
     storage = getattr(metadata, "storage_data", None) or {}
     for fqn, md in getattr(metadata, "state_dict_metadata", {}).items():

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 
+from lit_compclip.cli_args import UsageError, log_to_stderr
 from lit_compclip.config import ConfigError, load_config, split_args
 
 USAGE = """compclip train  [EXP.yaml ...] [key=value | --key value ...]   train an experiment (defaults + files + overrides)
@@ -24,10 +23,25 @@ compclip breakdown RUN ...                                         a run's swap/
 compclip compare RUN_OR_RESULT ... [--out DIR] [--names A,B,...]   several models' probe results: one markdown
                 table and one PNG (rows models, columns benchmark subsets)
 compclip probe  (--ckpt PATH | --encoder open_clip:ARCH@TAG_OR_FILE | --encoder hf:PATH_OR_NAME) [EXP.yaml ...]
-                [key=value ...] [--probe NAME option=value ...] [--dump DIR] [--out DIR]
+                [key=value ...] [--probe NAME option=value ...] [--dump DIR] [--out DIR] [--device DEVICE]
                 score a checkpoint or another model (fp32): prints the table, writes probes.json, failures.md,
                 encoder.json and clip_benchmark/<suite>.json (and with --dump
                 one JSON-lines file of per-example results per probe subset)"""
+# commands with an argparse parser of their own (their --help lists the options): command -> "module:main"
+OWN_PARSER = {"recaption": "lit_compclip.recaption.command:main", "compare": "lit_compclip.compare:main",
+              "breakdown": "lit_compclip.breakdown:main", "sweep": "lit_compclip.sweep:main"}
+COMMANDS = ("train", "synth", "config", "batch-stats", "probe", *OWN_PARSER)
+
+
+def usage_of(command: str) -> str:
+    """The USAGE lines of one command: its own line and the indented ones that follow it."""
+    lines, keep = [], False
+    for line in USAGE.splitlines():
+        if not line.startswith(" "):
+            keep = line.split()[1] == command
+        if keep:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,73 +50,72 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in ("train", "synth", "config", "batch-stats", "probe", "recaption", "sweep", "compare",
-                       "breakdown"):
-        print(f"compclip: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    if command not in COMMANDS:
+        from lit_compclip.registry import suggest
+
+        print(f"compclip: error: unknown command {command!r}{suggest(command, COMMANDS)}; commands: "
+              f"{', '.join(COMMANDS)} (compclip --help shows their usage)", file=sys.stderr)
         return 2
-    if command == "recaption":  # its own argparse: shard paths and backend options, no experiment config
-        from lit_compclip.recaption.command import main as recaption
+    if command in OWN_PARSER:  # shard paths, run folders, a sweep spec: no experiment config of their own
+        import importlib
 
-        return recaption(rest)
-    if command == "compare":  # its own argparse: run folders or probe outputs, one table and one chart
-        from lit_compclip.compare import main as compare
-
-        return compare(rest)
-    if command == "breakdown":  # its own argparse: run folders' per-example probe records
-        from lit_compclip.breakdown import main as breakdown
-
-        return breakdown(rest)
-    if command == "sweep":  # its own argparse: a sweep spec, runner options and overrides for every run
-        from lit_compclip.sweep import main as sweep
-
-        return sweep(rest)
+        module, name = OWN_PARSER[command].split(":")
+        return getattr(importlib.import_module(module), name)(rest)
+    if "-h" in rest or "--help" in rest:
+        print(usage_of(command))
+        return 0
     # transformers draws a "Loading weights" bar on stderr for every pretrained tower: noise around a run's lines,
     # and it would turn a one-line error into three (set HF_HUB_DISABLE_PROGRESS_BARS=0 to see it)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    overwrite = "--overwrite" in rest
-    rest = [a for a in rest if a != "--overwrite"]
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("lit_compclip").addHandler(handler)
-    logging.getLogger("lit_compclip").setLevel(logging.INFO)
+    log_to_stderr()
     try:
-        if command == "probe":
-            from lit_compclip.evaluate import probe_checkpoint
-            from lit_compclip.train import format_table
-
-            result = probe_checkpoint(rest)
-            print("\n" + format_table(result["probes"]))
-            dump = f"; per-example results in {result['dump']}" if result["dump"] else ""
-            print(f"\nprobes.json and failures.md in {result['out']}{dump}  ({result['seconds']:.0f} s)")
-            return 0
-        files, overrides = split_args(rest)
-        cfg = load_config(files, overrides)
-        if command == "config":
-            from omegaconf import OmegaConf
-
-            print(OmegaConf.to_yaml(cfg), end="")
-            return 0
-        if command == "batch-stats":
-            from lit_compclip.synth.batches import batch_stats
-            from lit_compclip.synth import ensure_synth
-
-            ensure_synth(cfg)
-            print(f"fraction of samples with an in-batch negative (batch size {cfg.data.batch_size}):")
-            for label, stats in batch_stats(cfg).items():
-                print(f"  {label:<18} " + "  ".join(f"{k}={v:.3f}" for k, v in stats.items()))
-            return 0
-        if command == "synth":
-            from lit_compclip.synth import build_synth
-
-            summary = build_synth(cfg, overwrite=overwrite)
-            print(f"synthetic world in {cfg.synth.out_dir}: {summary}")
-            return 0
-        from lit_compclip.train import format_table, train
-
-        result = train(cfg)
-    except ConfigError as e:
-        print(f"compclip: error: {e}", file=sys.stderr)
+        return run(command, rest)
+    except (ConfigError, UsageError) as e:
+        print(f"compclip {command}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
+
+
+def run(command: str, rest: list[str]) -> int:
+    """One of train, synth, config, batch-stats and probe; bad input raises ConfigError or UsageError."""
+    if command == "probe":
+        from lit_compclip.evaluate import probe_checkpoint
+        from lit_compclip.train import format_table
+
+        result = probe_checkpoint(rest)
+        print("\n" + format_table(result["probes"]))
+        dump = f"; per-example results in {result['dump']}" if result["dump"] else ""
+        print(f"\nprobes.json and failures.md in {result['out']}{dump}  ({result['seconds']:.0f} s)")
+        return 0
+    overwrite = command == "synth" and "--overwrite" in rest
+    files, overrides = split_args([a for a in rest if not (command == "synth" and a == "--overwrite")])
+    cfg = load_config(files, overrides)
+    if command == "config":
+        from omegaconf import OmegaConf
+
+        from lit_compclip.config import check_caption_fields
+
+        check_caption_fields(cfg)  # what train checks first: a caption field the shards do not hold
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    if command == "batch-stats":
+        from lit_compclip.synth import ensure_synth
+        from lit_compclip.synth.batches import batch_stats
+
+        ensure_synth(cfg)
+        print(f"fraction of samples with an in-batch negative (batch size {cfg.data.batch_size}):")
+        for label, stats in batch_stats(cfg).items():
+            print(f"  {label:<18} " + "  ".join(f"{k}={v:.3f}" for k, v in stats.items()))
+        return 0
+    if command == "synth":
+        from lit_compclip.synth import build_synth
+
+        summary = build_synth(cfg, overwrite=overwrite)
+        state = "already built with these arguments" if summary["skipped"] else f"built in {summary['seconds']} s"
+        print(f"synthetic world in {cfg.synth.out_dir}: {state}; {summary['counts']}")
+        return 0
+    from lit_compclip.train import format_table, train
+
+    result = train(cfg)
     if not result["is_global_zero"]:
         return 0  # rank 0 reports
     print("\n" + format_table(result["probes"]))

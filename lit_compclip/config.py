@@ -385,6 +385,41 @@ def _fit_default_curriculum(cfg: DictConfig) -> None:
         cfg.data.later_caption_fields = None
 
 
+FIELD_SAMPLES = 64  # the first samples of the shards whose caption fields are checked before a run starts
+
+
+def check_caption_fields(cfg: DictConfig) -> bool:
+    """Each field data.caption_fields and data.later_caption_fields name occurs in the first samples of the training
+    shards, and each of caption_fields in the validation shards': a field the shards do not hold is skipped in every
+    sample, silently narrowing the mixture, or leaving no batch at all. Reads only local shards (remote or missing
+    ones are left to the loader and check_inputs). Returns whether shards of a synthetic world still to be (re)built
+    were left out: call it again once the world is built."""
+    from lit_compclip.shards import sample_fields
+    from lit_compclip.synth.write import config_args, differs, under_world, world_args
+
+    caption, later = dict(cfg.data.caption_fields), dict(cfg.data.later_caption_fields or {})
+    deferred = False
+    for key, named in (("train_shards", {**caption, **later}), ("val_shards", caption)):
+        spec = cfg.data[key]
+        if not spec:
+            continue
+        if cfg.synth.auto and under_world(cfg.synth.out_dir, str(spec)) \
+                and differs(cfg.synth.out_dir, world_args(**config_args(cfg.synth))) != "":
+            deferred = True
+            continue
+        found = sample_fields(str(spec), FIELD_SAMPLES)
+        if found is None:
+            continue
+        fields, samples = found
+        for name in named:
+            if name not in fields:
+                which = "caption_fields" if name in caption else "later_caption_fields"
+                raise ConfigError(f"config key 'data.{which}.{name}': none of the first {samples} samples of "
+                                  f"data.{key} holds {name!r}{suggest(name, fields)}; their caption fields: "
+                                  f"{', '.join(sorted(fields)) or 'none'} (txt is KEY.txt, the others KEY.json's)")
+    return deferred
+
+
 def check_values(cfg: DictConfig) -> None:
     """Checks that need no data or model: ranges, choices, and the options of named towers and probes."""
     from lit_compclip.probes import PROBES, split_suite

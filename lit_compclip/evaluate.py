@@ -3,15 +3,19 @@ command line); writes probes.json, failures.md, encoder.json and CLIP_benchmark-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from lit_compclip.cli_args import UsageError, check_writable_folder
 from lit_compclip.config import ConfigError, load_config
 
 USAGE = ("compclip probe (--ckpt PATH | --encoder KIND:TARGET) [EXP.yaml ...] [key=value ...] "
@@ -30,15 +34,20 @@ def parse_args(args: list[str]) -> dict[str, Any]:
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg in FLAGS:
-            if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise ConfigError(f"compclip probe: {arg} needs a value; usage: {USAGE}")
-            value = args[i + 1]
-            if arg == "--probe":
+        flag, eq, inline = arg.partition("=")
+        if flag in FLAGS:  # `--out DIR` or `--out=DIR`
+            value = inline if eq else args[i + 1] if i + 1 < len(args) else None
+            if value is None or (not eq and value.startswith("--")):
+                raise UsageError(f"{flag} needs a value; usage: {USAGE}")
+            if not value.strip():
+                raise UsageError(f"{flag} is given an empty value")
+            if flag == "--probe":
                 current = out["probes"].setdefault(value, {})
+            elif out[flag[2:]] is not None:
+                raise UsageError(f"{flag} is given twice ({out[flag[2:]]!r} and {value!r})")
             else:
-                out[arg[2:]] = value
-            i += 2
+                out[flag[2:]] = value
+            i += 1 if eq else 2
             continue
         if "=" in arg and current is not None and "." not in arg.split("=", 1)[0]:
             key, value = arg.split("=", 1)
@@ -55,10 +64,9 @@ def parse_args(args: list[str]) -> dict[str, Any]:
             out["overrides"].append(arg)
         i += 1
     if not out["ckpt"] and not out["encoder"]:
-        raise ConfigError(f"compclip probe: --ckpt PATH is required (or --encoder KIND:TARGET); usage: {USAGE}")
+        raise UsageError(f"--ckpt PATH is required (or --encoder KIND:TARGET); usage: {USAGE}")
     if out["ckpt"] and out["encoder"]:
-        raise ConfigError("compclip probe: give --ckpt PATH or --encoder KIND:TARGET, not both "
-                          "(--encoder compclip:PATH is --ckpt PATH)")
+        raise UsageError("give --ckpt PATH or --encoder KIND:TARGET, not both (--encoder compclip:PATH is --ckpt PATH)")
     return out
 
 
@@ -79,11 +87,41 @@ def suites_for(cfg: DictConfig, named: dict[str, dict]) -> dict[str, dict]:
     return {name: {**configured.get(name, {}), **options} for name, options in named.items()}
 
 
+@contextlib.contextmanager
+def staged(folder: str):
+    """A hidden folder beside `folder` to write into: its files are moved into `folder` (created, or merged over what
+    is there) once the block succeeds, and nothing is left when it fails. Beside it, not elsewhere: failures.md links
+    its images by paths relative to its own folder."""
+    target = os.path.abspath(os.path.expanduser(folder))
+    created = None  # the topmost folder made here, removed again on failure
+    if not os.path.exists(target):
+        created = target
+        while not os.path.exists(os.path.dirname(created)):
+            created = os.path.dirname(created)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    stage = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.partial-")
+    try:
+        yield stage
+        for root, _, files in os.walk(stage):
+            dest = os.path.join(target, os.path.relpath(root, stage))
+            os.makedirs(dest, exist_ok=True)
+            for name in files:
+                os.replace(os.path.join(root, name), os.path.join(dest, name))
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     """Run `compclip probe`; returns {"probes": metrics, "out": folder, "dump": folder or None, "seconds",
-    "encoder": what was used, "clip_benchmark": the result files written}."""
+    "encoder": what was used, "clip_benchmark": the result files written}. Everything a bad input can stop is
+    checked before the model is loaded; results are written only once every probe has run (see staged)."""
     from lit_compclip.encoders import build_encoder, check_encoder
     from lit_compclip.probes import run_suite, split_suite
+    from lit_compclip.probes.base import UnreadableImage
     from lit_compclip.probes.export import clip_benchmark_results, write_clip_benchmark
     from lit_compclip.synth import ensure_synth
 
@@ -92,7 +130,7 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     cfg = load_config(parsed["files"], parsed["overrides"])
     suites = suites_for(cfg, parsed["probes"])
     if not suites:
-        raise ConfigError("compclip probe: no probes configured; name one with --probe NAME option=value ...")
+        raise ConfigError("no probes configured; name one with --probe NAME option=value ...")
     spec = parsed["encoder"] or f"compclip:{parsed['ckpt']}"
     if parsed["device"] is not None:
         import torch
@@ -100,11 +138,21 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
         try:
             kind = torch.device(parsed["device"]).type
         except RuntimeError:
-            raise ConfigError(f"compclip probe: --device {parsed['device']!r} is not a torch device (cpu, cuda, "
-                              f"cuda:1, ...)") from None
+            raise ConfigError(f"--device {parsed['device']!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+                              ) from None
         if kind == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"compclip probe: --device {parsed['device']!r}, but torch sees no CUDA GPU")
+            raise ConfigError(f"--device {parsed['device']!r}, but torch sees no CUDA GPU")
     check_encoder(spec)  # a missing file or an unknown model stops us before the world is built
+    if parsed["ckpt"]:
+        ckpt = os.path.abspath(parsed["ckpt"])
+        stem = os.path.splitext(os.path.basename(ckpt))[0]
+        fallback = os.path.join(os.path.dirname(os.path.dirname(ckpt)), f"probe-{stem}")
+    else:
+        fallback = default_out(spec)
+    out = parsed["out"] or parsed["dump"] or fallback
+    check_writable_folder(out, "--out" if parsed["out"] else "--dump" if parsed["dump"] else "output folder")
+    if parsed["dump"]:
+        check_writable_folder(parsed["dump"], "--dump")
     if not parsed["probes"]:
         ensure_synth(cfg)  # the default suites are the synthetic world's probe sets
     from lit_compclip.callbacks import build_probes, write_results  # Lightning: seconds to import
@@ -115,21 +163,25 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
         raise ConfigError(str(e)) from None
     encoder = build_encoder(spec, parsed["device"])  # after the probes: a bad probe option costs no model load
     records: dict = {}
-    metrics = run_suite(probes, encoder, records)  # as training's probe callback runs them
-    if parsed["ckpt"]:
-        ckpt = os.path.abspath(parsed["ckpt"])
-        stem = os.path.splitext(os.path.basename(ckpt))[0]
-        fallback = os.path.join(os.path.dirname(os.path.dirname(ckpt)), f"probe-{stem}")
-    else:
-        fallback = default_out(spec)
-    out = parsed["out"] or parsed["dump"] or fallback
+    try:
+        metrics = run_suite(probes, encoder, records)  # as training's probe callback runs them
+    except (UnreadableImage, FileNotFoundError) as e:  # an image cut short, or removed since the probes were built
+        raise ConfigError(f"{e}; no results were written") from None
     title = f"Probe failures of {parsed['ckpt'] or spec}"
-    write_results(metrics, records, out, cfg.probes.failures, parsed["dump"], title)
     info = encoder.info
-    with open(os.path.join(out, "encoder.json"), "w") as f:
-        json.dump(info, f, indent=1)
     types = {name: split_suite(name, suite)[0] for name, suite in suites.items()}
     exported = clip_benchmark_results(metrics, types, str(info["model"]), str(info["pretrained"]), info)
-    paths = write_clip_benchmark(exported, os.path.join(out, "clip_benchmark"))
+    same = parsed["dump"] is not None and os.path.abspath(parsed["dump"]) == os.path.abspath(out)
+    try:
+        with contextlib.ExitStack() as stack:
+            folder = stack.enter_context(staged(out))
+            dump = None if not parsed["dump"] else folder if same else stack.enter_context(staged(parsed["dump"]))
+            write_results(metrics, records, folder, cfg.probes.failures, dump, title)
+            with open(os.path.join(folder, "encoder.json"), "w") as f:
+                json.dump(info, f, indent=1)
+            written = write_clip_benchmark(exported, os.path.join(folder, "clip_benchmark"))
+    except OSError as e:  # a full disk, a folder that became unwritable while the probes ran
+        raise ConfigError(f"cannot write the results to {out!r} ({e.strerror or type(e).__name__})") from None
+    paths = [os.path.join(out, os.path.relpath(p, folder)) for p in written]
     return {"probes": metrics, "out": out, "dump": parsed["dump"], "seconds": time.perf_counter() - start,
             "encoder": info, "clip_benchmark": paths}

@@ -14,8 +14,9 @@ import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
-from lit_compclip.config import BUILD_ERRORS, ConfigError, reported_as
+from lit_compclip.config import BUILD_ERRORS, ConfigError, check_caption_fields, reported_as
 from lit_compclip.ranks import launched_apart as _launched_apart, launched_rank as _launched_rank
+from lit_compclip.stopping import Stopped, held_signals, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +143,14 @@ def check_writable(cfg: DictConfig, model) -> None:
 def build_loggers(cfg: DictConfig, run_dir: str, resume=None):
     """CSV (run_dir/metrics.csv) and W&B loggers; a resumed run (`resume`: lit_compclip.resume.Resume) appends to
     the folder's metrics.csv and W&B run."""
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.loggers import WandbLogger
 
+    from lit_compclip.callbacks import WholeRowsCSVLogger
     from lit_compclip.resume import continue_csv, wandb_id
 
     # Rows reach the file every log step, so a killed run loses none it logged before its last checkpoint.
-    csv_logger = CSVLogger(save_dir=run_dir, name="", version="",
-                           flush_logs_every_n_steps=cfg.trainer.log_every_n_steps)
+    csv_logger = WholeRowsCSVLogger(save_dir=run_dir, name="", version="",
+                                    flush_logs_every_n_steps=cfg.trainer.log_every_n_steps)
     if resume is not None:
         continue_csv(csv_logger, resume.global_step)
     loggers = [csv_logger]
@@ -189,6 +191,7 @@ def train(cfg: DictConfig) -> dict:
 
     if cfg.init_from and not os.path.isfile(cfg.init_from):  # before the synthetic world is built (minutes)
         raise ConfigError(f"init_from: checkpoint {cfg.init_from!r} not found")
+    world_to_check = check_caption_fields(cfg)  # a field the shards lack, before anything is built
     resume = resume_point(cfg, _launched_rank())  # a missing, unreadable or weights-only checkpoint fails here
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # Expected here, and alarming to a newcomer: frozen text layers are in eval mode on purpose, config.yaml is
@@ -207,6 +210,8 @@ def train(cfg: DictConfig) -> dict:
         init_weights(model, cfg.init_from)  # before the run folder exists: a bad checkpoint leaves nothing behind
     check_writable(cfg, model)
     ensure_synth(cfg)
+    if world_to_check:
+        check_caption_fields(cfg)  # the synthetic world, now built
     probes = check_inputs(cfg)
     steps = model.total_steps = total_steps(cfg)  # the cosine schedule's length counts the data
     model.save_hyperparameters({**model.hparams, "total_steps": steps})  # checkpoints record it as before
@@ -233,25 +238,41 @@ def train(cfg: DictConfig) -> dict:
             model.manual_clip_val = t.pop("gradient_clip_val")
         trainer = L.Trainer(**t, logger=loggers, callbacks=callbacks, default_root_dir=run_dir,
                             num_sanity_val_steps=0)
-    if not _launched_rank():  # only now: a run stopped by a bad value above leaves no folder behind
-        os.makedirs(run_dir, exist_ok=True)
-        # a resumed run keeps the config it started with and records its own beside it
-        kept = resume is not None and os.path.isfile(os.path.join(run_dir, "config.yaml"))
-        OmegaConf.save(cfg, os.path.join(run_dir, "config.resume.yaml" if kept else "config.yaml"), resolve=True)
-        os.environ[RUN_DIR_ENV] = run_dir  # read by the ranks Lightning launches, at fit
-        os.environ[RESUME_ENV] = resume.path if resume else ""
-    began = time.perf_counter()
-    try:
-        # Lightning restores step, epoch, optimizer, schedule, callbacks and the train loader's position; it reads the
-        # file with weights_only=True (never a pickle's code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says), after
-        # resume_point checked it (lit_compclip.checkpoints)
-        trainer.fit(model, data, ckpt_path=resume.path if resume else None, weights_only=True)
-    finally:
-        finish_wandb(loggers)
-    timing = probe_time(probe_cb.pass_seconds(), time.perf_counter() - began)
-    if trainer.is_global_zero:
-        with open(os.path.join(run_dir, "run_time.json"), "w") as f:
-            json.dump(timing, f, indent=1)
+    # From here on SIGTERM and SIGINT stop the run wherever it is (waiting for data too), never halfway through a file.
+    with stop_on_signals() as signals:
+        try:
+            if not _launched_rank():  # only now: a run stopped by a bad value above leaves no folder behind
+                os.makedirs(run_dir, exist_ok=True)
+                # a resumed run keeps the config it started with and records its own beside it
+                kept = resume is not None and os.path.isfile(os.path.join(run_dir, "config.yaml"))
+                with held_signals():
+                    OmegaConf.save(cfg, os.path.join(run_dir, "config.resume.yaml" if kept else "config.yaml"),
+                                   resolve=True)
+                os.environ[RUN_DIR_ENV] = run_dir  # read by the ranks Lightning launches, at fit
+                os.environ[RESUME_ENV] = resume.path if resume else ""
+            began = time.perf_counter()
+            # Lightning restores step, epoch, optimizer, schedule, callbacks and the train loader's position; it reads
+            # the file with weights_only=True (never a pickle's code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says),
+            # after resume_point checked it (lit_compclip.checkpoints)
+            trainer.fit(model, data, ckpt_path=resume.path if resume else None, weights_only=True)
+            timing = probe_time(probe_cb.pass_seconds(), time.perf_counter() - began)
+            if trainer.is_global_zero:
+                with held_signals(), open(os.path.join(run_dir, "run_time.json"), "w") as f:
+                    json.dump(timing, f, indent=1)
+        except BaseException:
+            if signals.received is None:
+                raise
+            # whatever the signal interrupted (Lightning's own SIGTERM exit, a loader worker killed by the same
+            # signal): one line, and the signal's exit status
+            saved = os.path.isfile(os.path.join(run_dir, "checkpoints", "last.ckpt"))
+            stopped = Stopped(signals.received)
+            if not _launched_rank():
+                print(f"compclip train: stopped by {stopped.name} at step {trainer.global_step}; {run_dir} keeps "
+                      + ("its last checkpoint: resume=last continues the run" if saved else "no checkpoint yet"),
+                      file=sys.stderr, flush=True)
+            raise stopped from None
+        finally:
+            finish_wandb(loggers)
     return {"run_dir": run_dir, "is_global_zero": trainer.is_global_zero, "probes": probe_cb.final, "wandb_mode": mode,
             "time": timing,
             # the newest: a resumed run's folder holds one W&B folder per process that logged into the run

@@ -2,12 +2,14 @@
 libraries once (torch, Lightning, transformers: seconds of every fresh process). A child is a separate process
 with its own working directory, HOME, stdout, stderr and exit status, exactly as `python -m lit_compclip.cli`.
 
-Usage: python cli_forks.py JOBS.json RESULTS.json PARALLEL, JOBS = [{"cwd", "argv", "out", "err"}, ...]
+Usage: python cli_forks.py JOBS.json RESULTS.json PARALLEL [SECONDS.json], JOBS = [{"cwd", "argv", "out", "err"}, ...];
+RESULTS gets each job's exit status, SECONDS (if named) each job's wall time from fork to exit.
 """
 
 import json
 import os
 import sys
+import time
 
 # what the CLI itself sets before anything imports huggingface_hub (it reads the setting once, on import)
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -45,20 +47,25 @@ def child(job) -> None:
         os._exit(code)
 
 
-def run(jobs: list[dict], parallel: int) -> list[int]:
-    codes, running, queue = [None] * len(jobs), {}, list(enumerate(jobs))
+def run(jobs: list[dict], parallel: int) -> tuple[list[int], list[float]]:
+    codes, seconds, running, queue = [None] * len(jobs), [None] * len(jobs), {}, list(enumerate(jobs))
     while queue or running:
         while queue and len(running) < parallel:
             index, job = queue.pop(0)
+            started = time.perf_counter()
             pid = os.fork()
             if pid == 0:
                 child(job)
-            running[pid] = index
+            running[pid] = index, started
         pid, status = os.wait()
-        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
-    return codes
+        index, started = running.pop(pid)
+        codes[index], seconds[index] = os.waitstatus_to_exitcode(status), time.perf_counter() - started
+    return codes, seconds
 
 
 if __name__ == "__main__":
     jobs = json.load(open(sys.argv[1]))
-    json.dump(run(jobs, int(sys.argv[3])), open(sys.argv[2], "w"))
+    codes, seconds = run(jobs, int(sys.argv[3]))
+    json.dump(codes, open(sys.argv[2], "w"))
+    if len(sys.argv) > 4:
+        json.dump(seconds, open(sys.argv[4], "w"))

@@ -53,7 +53,7 @@ def write_shard(path, good: int, bad: dict[str, int], prefix: str) -> dict[str, 
 
 
 def write_cut_shard(path, good: int, prefix: str) -> dict[str, int]:
-    """A shard cut in the middle of its last sample's image: its good samples read, then one unreadable_shard."""
+    """A shard cut in the middle of its last sample's image: its good samples read, then one truncated_shard."""
     image = jpeg(999, size=48)
     samples = [{"__key__": f"{prefix}_{i:03d}", "jpg": jpeg(i), "txt": f"sample {i} of {prefix}"} for i in range(good)]
     with wds.TarWriter(str(path)) as sink:
@@ -61,7 +61,7 @@ def write_cut_shard(path, good: int, prefix: str) -> dict[str, int]:
             sink.write(sample)
     data = path.read_bytes()
     path.write_bytes(data[:data.find(image) + len(image) // 2])
-    return {"unreadable_shard": 1}
+    return {"truncated_shard": 1}
 
 
 def add(*counts: dict[str, int]) -> dict[str, int]:

@@ -88,12 +88,16 @@ def cli_runs(shards, tmp_path_factory):
     return done
 
 
+def args_of(path: str) -> str:
+    return "probe" if path == "probe" else "train"
+
+
 @pytest.mark.parametrize("path", ["probe", "init_from", "resume"])
 def test_a_malicious_checkpoint_runs_nothing_and_is_refused_with_one_line(cli_runs, path):
     code, out, err, folder, marker, bad = cli_runs[path]
     assert code == 2, err[-2000:]
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("compclip: error:"), err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"compclip {args_of(path)}: error:"), err[-2000:]
     assert bad in lines[0] and "posix.system" in lines[0] and "Traceback" not in err
     assert not marker.exists()
     assert not (folder / "run").exists() and not (folder / "runs").exists()  # no run folder left behind
@@ -145,6 +149,19 @@ def test_the_projects_training_checkpoint_loads_on_every_path(trained, shards, t
                                                 f"resume={trained}", f"run_dir={run}"]))
     last = read_training_checkpoint(os.path.join(result["run_dir"], "checkpoints", "last.ckpt"))
     assert last["global_step"] == 3
+
+
+def test_a_checkpoint_of_a_pretrained_image_tower_loads_without_the_hub(tmp_path):
+    """Its weights are in the file: probe --ckpt and init_from must not fetch the pretrained ones first (the suite is
+    offline, so a hub lookup fails here)."""
+    cfg = load_config([], TINY_RUN + ["model.image.stem=patch"])
+    model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
+    hp = dict(model.hparams)
+    hp["model"] = {**hp["model"], "image": {**hp["model"]["image"], "pretrained": True}}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hp}, tmp_path / "pretrained.ckpt")
+    loaded = load_module(str(tmp_path / "pretrained.ckpt"))
+    for name, weight in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], weight), name
 
 
 def test_tiny_checkpoint_fixture_loads_safely(tiny_checkpoint):

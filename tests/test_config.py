@@ -104,6 +104,7 @@ def test_values_are_range_checked():
 def test_synthetic_world_and_caption_curriculum_values_are_checked_before_anything_is_built(tmp_path, capsys):
     for override, message in (("synth.shape_twins=2", "'synth.shape_twins': shape_twins must be 0 or 1, got 2"),
                               ("synth.min_objects=3", "'synth.min_objects': need min_objects <= max_objects"),
+                              ("synth.max_objects=99", "'synth.max_objects': max_objects must be <= 4, got 99"),
                               ("synth.one_attribute_anchors=1.5", "'synth.one_attribute_anchors': one_attribute_anch"),
                               ("synth.one_attribute_colour=-1", "'synth.one_attribute_colour': one_attribute_colo"),
                               ("synth.far_end_anchors=2", "'synth.far_end_anchors': far_end_anchors must be a sh"),
@@ -166,7 +167,7 @@ def test_cli_missing_shards_and_probe_files_exit_2(tmp_path, capsys):
     # the model is built first (its loading bar may come before); the error is the one line after it
     err = capsys.readouterr().err.strip().splitlines()
     assert [line for line in err if "error" in line] == err[-1:] and "no.jsonl" in err[-1]
-    assert err[-1].startswith("compclip: error: config key 'probes.suites.w': ")
+    assert err[-1].startswith("compclip train: error: config key 'probes.suites.w': ")
 
 
 def test_launched_ranks_reuse_rank_zeros_run_folder(tmp_path, monkeypatch):

@@ -255,12 +255,13 @@ def test_bad_samples_and_truncated_tar_are_skipped_counted_and_logged(tmp_path, 
             batches = list(loader)
             assert sorted(keys_of(batches)) == sorted(good_keys)
             assert skips_of(batches) == {"bad_image": 1, "bad_json": 1, "no_caption": 1, "no_image": 1,
-                                         "unreadable_shard": 1}
+                                         "truncated_shard": 1}
             text = caplog.text
             for key, reason in [("corrupt_jpeg", "bad_image"), ("bad_json", "bad_json"),
                                 ("no_caption", "no_caption"), ("no_image", "no_image")]:
                 assert f"'{key}' of {tmp_path / 'bad' / '000000.tar'}: {reason}" in text
-            assert f"shard of {tmp_path / 'bad' / '000001.tar'}: unreadable_shard" in text
+            assert f"shard of {tmp_path / 'bad' / '000001.tar'}: truncated_shard (cut short: the file ends inside " \
+                   f"member 'cut.png'; 2 samples read" in text
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

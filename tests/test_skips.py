@@ -87,10 +87,14 @@ def test_a_run_ends_with_the_exact_skip_counts_by_reason(shards, one_epoch):
     # (metrics are written every 4th step: the last steps' figure reaches the file by the final row)
     assert last["data/skipped"] == 16 and last["data/val_skipped"] == 3
     assert {k.split("/")[-1]: v for k, v in last.items() if k.startswith("data/skipped/")} == train_counts
-    logged = wandb_final_values(run_dir)
-    assert float(logged["data/skipped"]) == 16 and float(logged["data/skipped/unreadable_shard"]) == 1
+    logged = wandb_final_values(run_dir)  # every reason, as metrics.csv holds them
+    assert {k: float(v) for k, v in logged.items() if k.startswith("data/skipped")} == \
+        {"data/skipped": 16, **{f"data/skipped/{reason}": n for reason, n in train_counts.items()}}
+    assert {k: float(v) for k, v in logged.items() if k.startswith("data/val_skipped")} == \
+        {"data/val_skipped": 3, **{f"data/val_skipped/{reason}": n for reason, n in val_counts.items()}}
     line = ("data: skipped 16 training samples (bad_image 6, bad_json 3, no_caption 3, no_image 3, "
-            "unreadable_shard 1), 3 in the last validation pass (bad_image 1, bad_json 1, no_image 1); "
+            "truncated_shard 1), 3 in the last validation pass (bad_image 1, bad_json 1, no_image 1); "
+            f"1 shard(s) cut short (how many samples were lost is unknown: no img2dataset _stats.json); "
             f"see {run_dir / 'data_skips.json'}")
     assert line in printed.splitlines()
 

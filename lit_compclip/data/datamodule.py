@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
 import logging
 import random
+import re
 from collections import Counter
 from typing import Callable
 
@@ -19,14 +21,17 @@ from lit_compclip.negatives import NegativeMaker
 from lit_compclip.shards import expand_shards
 
 from .captions import CaptionPicker
-from .stream import PADDING, SKIPS_ONLY, StreamLoader, fast_forward_share
+from .stream import PADDING, SKIP_NOTES, SKIPS_ONLY, StreamLoader, fast_forward_share
+from .tars import CutShard, cut_shards, listed_samples, tar_members
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _LOG_LINES_PER_REASON = 10  # per worker, then one "counted only" line
 # Why a sample (or a shard's rest) is dropped: the keys of every batch's `skipped` and of data_skips.json.
-SKIP_REASONS = ("bad_image", "bad_json", "no_caption", "no_image", "unreadable_shard")
+SKIP_REASONS = ("bad_image", "bad_json", "no_caption", "no_image", "truncated_shard", "unreadable_shard")
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own files in a shard (e.g. __index__), never sample files
+_READ = "__read__"  # a raw sample's read of its shard (resampled streams: _UsableWatch)
 
 
 def _worker_tag() -> str:
@@ -35,16 +40,19 @@ def _worker_tag() -> str:
 
 
 class _SkipLog:
-    """Per-worker skip counts by reason; `pending` (reason -> count) is what the next batch reports in its `skipped`
-    field."""
+    """Per-worker skip counts by reason, and their log lines; `take()` hands what the next batch reports: `skipped`
+    (reason -> count) and its lines, which the StreamLoader logs when that batch is consumed. So the log names
+    exactly the skips the record counts: none of a batch the loader read ahead and training never took."""
 
     def __init__(self, stream: str):
         self.stream = stream
         self.counts: Counter = Counter()
         self.pending: Counter = Counter()
+        self.notes: list[str] = []
 
     def skip(self, reason: str, url, key, detail) -> None:
-        """Count and log one skip; returns None so a stage can `return skips.skip(...)` to drop the sample."""
+        """Count one skip and note its line; returns None so a stage can `return skips.skip(...)` to drop the
+        sample."""
         assert reason in SKIP_REASONS, reason
         self.counts[reason] += 1
         self.pending[reason] += 1
@@ -52,13 +60,15 @@ class _SkipLog:
         if n <= _LOG_LINES_PER_REASON:
             what = f"sample {key!r}" if key is not None else "shard"
             so_far = ", ".join(f"{r}={c}" for r, c in sorted(self.counts.items()))
-            log.warning("%s data, %s: skipped %s of %s: %s (%s); skips so far: %s",
-                        self.stream, _worker_tag(), what, url, reason, detail, so_far)
+            self.notes.append(f"{self.stream} data, {_worker_tag()}: skipped {what} of {url}: {reason} ({detail}); "
+                              f"this worker's skips so far: {so_far}")
         elif n == _LOG_LINES_PER_REASON + 1:
-            log.warning("%s data, %s: further %r skips counted only", self.stream, _worker_tag(), reason)
+            self.notes.append(f"{self.stream} data, {_worker_tag()}: further {reason!r} skips counted only")
 
-    def take(self) -> dict[str, int]:
-        taken, self.pending = dict(self.pending), Counter()
+    def take(self) -> dict:
+        """{"skipped": reason -> count, SKIP_NOTES: log lines} since the last take."""
+        taken = {"skipped": dict(self.pending), SKIP_NOTES: self.notes}
+        self.pending, self.notes = Counter(), []
         return taken
 
 
@@ -66,25 +76,94 @@ def _describe(exn: BaseException) -> str:
     return f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}"
 
 
-class _ReadShards(wds.PipelineStage):
-    """{url} -> raw samples with webdataset's tar reader; a shard that fails to open or read is counted, not fatal."""
+class _UsableWatch:
+    """Whether a resampled worker has proven that its shards hold no usable sample, so that its endless stream ends
+    (and the loader says no batch came out) instead of waiting forever for a batch: every shard read through since
+    the last usable sample, and each of those reads' samples decoded and skipped. The worker's stages share it: reads
+    are numbered as they start, and a read settles only once its last sample was decoded (the shuffle buffer may hold
+    one for long); a usable sample starts a new generation, in which only reads begun since then count."""
 
-    def __init__(self, skips: _SkipLog):
-        self.skips = skips
+    def __init__(self, urls: list[str]):
+        self.urls = set(urls)
+        self.generation, self.started = 0, 0
+        self.dry: set[str] = set()  # shards read through, in this generation, without a usable sample
+        self.reads: dict[int, list] = {}  # read -> [url, generation it began in, samples not yet decoded, ended]
+
+    def start(self, url: str) -> int:
+        self.started += 1
+        self.reads[self.started] = [url, self.generation, 0, False]
+        return self.started
+
+    def add(self, read: int, sample: dict) -> None:
+        sample[_READ] = read
+        self.reads[read][2] += 1
+
+    def end(self, read: int) -> None:
+        self.reads[read][3] = True
+        self._settle(read)
+
+    def decoded(self, sample: dict, usable: bool) -> None:
+        if usable:
+            self.generation += 1
+            self.dry.clear()
+        read = sample.get(_READ)
+        if read in self.reads:
+            self.reads[read][2] -= 1
+            self._settle(read)
+
+    def _settle(self, read: int) -> None:
+        url, generation, left, ended = self.reads[read]
+        if ended and left == 0:
+            del self.reads[read]
+            if generation == self.generation:
+                self.dry.add(url)
+
+    @property
+    def barren(self) -> bool:
+        return self.dry >= self.urls
+
+
+class _ReadShards(wds.PipelineStage):
+    """{url} -> raw samples; a shard that fails to open or read is counted, not fatal, and so is one cut short (which
+    Python's tar reader would take for a shorter shard): what was read before the cut or the failure stays."""
+
+    def __init__(self, skips: _SkipLog, usable: _UsableWatch | None = None):
+        self.skips, self.usable = skips, usable
 
     def files(self, url: str):
+        keys = set()
         try:
-            yield from wds.tariterators.tar_file_expander(wds.tariterators.url_opener([dict(url=url)]))
-        except Exception as exn:  # missing, unreadable or truncated: what was read stays, the rest is dropped
+            stream = wds.gopen(url)
+            try:
+                for name, data in tar_members(stream):
+                    if not _META.match(name):
+                        keys.add(wds.tariterators.base_plus_ext(name)[0])
+                        yield {"fname": name, "data": data, "__url__": url}
+            finally:
+                with contextlib.suppress(Exception):  # a pipe's exit status after its tar was read is no loss
+                    stream.close()
+        except CutShard as exn:
+            listed, read = listed_samples(url), len(keys - {None})
+            lost = (f"{listed - read} lost of the {listed} its _stats.json lists" if listed is not None and listed >= read
+                    else "how many were lost is unknown (no img2dataset _stats.json beside it)")
+            self.skips.skip("truncated_shard", url, None, f"cut short: {exn}; {read} samples read, {lost}")
+        except Exception as exn:  # missing or unreadable
             self.skips.skip("unreadable_shard", url, None, _describe(exn))
-            yield {}  # webdataset's end-of-shard marker flushes the sample read so far instead of losing it
+        yield {}  # webdataset's end-of-shard marker flushes the sample read so far instead of losing it
 
     def run(self, src):
         for shard in src:
+            read = self.usable.start(shard["url"]) if self.usable is not None else None
             try:
-                yield from wds.tariterators.group_by_keys(self.files(shard["url"]))
+                for sample in wds.tariterators.group_by_keys(self.files(shard["url"])):
+                    if read is not None:
+                        self.usable.add(read, sample)
+                    yield sample
             except Exception as exn:  # e.g. a duplicate file name inside the tar
                 self.skips.skip("unreadable_shard", shard["url"], None, _describe(exn))
+            finally:
+                if read is not None:
+                    self.usable.end(read)
 
 
 class _RankShare(wds.PipelineStage):
@@ -131,16 +210,17 @@ class _ShardList(_PassSeeded):
 
 
 class _ResampledShards(_PassSeeded):
-    """Shards drawn with replacement, forever, per rank and worker. (webdataset's ResampledShards counts epochs
-    inside each worker, which a restart resets; here the pass comes from the loader.)"""
+    """Shards drawn with replacement, per rank and worker, until `usable` proves they hold no usable sample.
+    (webdataset's ResampledShards counts epochs inside each worker, which a restart resets; here the pass comes from
+    the loader.)"""
 
-    def __init__(self, urls: list[str], seed: int):
+    def __init__(self, urls: list[str], seed: int, usable: _UsableWatch):
         super().__init__(seed)
-        self.urls = list(urls)
+        self.urls, self.usable = list(urls), usable
 
     def run(self):
         rng = self.rng_for("shards")
-        while True:
+        while not self.usable.barren:
             yield {"url": rng.choice(self.urls)}
 
 
@@ -149,15 +229,17 @@ class _Decode(_PassSeeded):
     undecodable or captionless samples are counted and dropped."""
 
     def __init__(self, picker: CaptionPicker, skips: _SkipLog, seed: int, negatives: NegativeMaker | None = None,
-                 later: tuple[int, CaptionPicker] | None = None):
+                 later: tuple[int, CaptionPicker] | None = None, usable: _UsableWatch | None = None):
         super().__init__(seed)
-        self.picker, self.skips, self.negatives = picker, skips, negatives
+        self.picker, self.skips, self.negatives, self.usable = picker, skips, negatives, usable
         self.later = later  # (first 0-based epoch, its picker): data.later_caption_fields
 
     def run(self, src):
         rng, negative_rng, augment_rng = (self.rng_for(tag) for tag in ("caption", "negatives", "augment"))
         for sample in src:
             record = self.decode(sample, rng, negative_rng)
+            if self.usable is not None:
+                self.usable.decoded(sample, record is not None)
             if record is not None:
                 record["seed"] = augment_rng.getrandbits(63)
                 yield record
@@ -270,16 +352,16 @@ class _Collate(wds.PipelineStage):
             made += 1
             records = following
         left = self.skips.take()  # only where no batch came: the last one took the rest
-        if left:
+        if left["skipped"]:
             assert made == 0, left
-            yield {SKIPS_ONLY: True, "skipped": left}
+            yield {SKIPS_ONLY: True, **left}
 
     def collate(self, records: list[dict]) -> dict:
         images = [transform_seeded(self.transform, r["image"], r["seed"]) for r in records]
         batch = {"image": torch.stack(images),  # (B, 3, H, W)
                  "caption": [r["caption"] for r in records],
                  "key": [r["key"] for r in records],
-                 "skipped": self.skips.take()}  # reason -> count
+                 **self.skips.take()}  # skipped: reason -> count, and their log lines
         if "negatives" in records[0]:
             batch["negatives"] = [n for r in records for n in r["negatives"]]
             batch["no_negative"] = sum(not r["negatives"] for r in records)
@@ -329,6 +411,7 @@ class WebDataModule(lightning.LightningDataModule):
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] | None = None
+        self.cut: dict[str, list[dict]] | None = None  # split -> its local shards cut short (tars.cut_shards)
 
     def process_info(self) -> tuple[int, int]:
         """(global rank, world size) from the attached trainer, else from RANK/WORLD_SIZE or torch.distributed."""
@@ -340,6 +423,16 @@ class WebDataModule(lightning.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.train_urls = expand_shards(self.train_shards)
         self.val_urls = expand_shards(self.val_shards) if self.val_shards else None
+        if self.cut is None and (self.trainer is None or self.trainer.is_global_zero):  # named once, by one process
+            self.cut = {"train": cut_shards(self.train_urls), "val": cut_shards(self.val_urls or [])}
+            for split, shards in self.cut.items():
+                for shard in shards:
+                    listed = shard["samples_listed"]
+                    held = f"{shard['samples_lost']} lost of the {listed} its _stats.json lists" \
+                        if listed is not None else "how many were lost is unknown (no img2dataset _stats.json beside it)"
+                    log.warning("%s data: shard %s is cut short (it ends without its end-of-archive blocks): %d "
+                                "samples can be read, %s; each read of it counts as a truncated_shard skip",
+                                split, shard["shard"], shard["samples_read"], held)
 
     def _workers_for(self, urls: list[str], rank: int, world: int, name: str) -> int:
         # webdataset raises "No samples found" in a worker that gets no shard
@@ -372,10 +465,11 @@ class WebDataModule(lightning.LightningDataModule):
             if num_batches == 0:
                 raise ValueError(f"data.samples_per_epoch={self.samples_per_epoch} is less than one batch per "
                                  f"process (batch_size={self.batch_size} x {world} processes)")
-        skips = _SkipLog("train")
+        skips, usable = _SkipLog("train"), None
         if self.resampled:
             # each rank/worker draws its own shards (seeded by seed, epoch, rank, worker), so no splitting
-            shards = [_ResampledShards(urls, self.seed)]
+            usable = _UsableWatch(urls)
+            shards = [_ResampledShards(urls, self.seed, usable)]
             workers = self.num_workers
         else:
             # one order for every rank (shuffled before splitting), so ranks still partition the shards
@@ -385,12 +479,12 @@ class WebDataModule(lightning.LightningDataModule):
         collate = _Collate(skips, self.train_transform)
         pipeline = wds.DataPipeline(
             *shards,
-            _ReadShards(skips),
+            _ReadShards(skips, usable),
             # raw samples are shuffled (compressed bytes, ~50x smaller than decoded tensors); a family moves as one
             wds.pipelinefilter(group_units)(self.group_key) if grouped else None,
             _Shuffle(self.shuffle_buffer, self.seed) if self.shuffle_buffer > 0 else None,
             wds.filters.unlisted() if grouped else None,
-            _Decode(self.train_picker, skips, self.seed, negatives=self.negatives, later=self.later),
+            _Decode(self.train_picker, skips, self.seed, negatives=self.negatives, later=self.later, usable=usable),
             wds.batched(self.batch_size, collation_fn=None, partial=False),
             collate,
         )

@@ -8,10 +8,13 @@ from typing import Callable
 
 import torch
 
+from lit_compclip.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 PADDING = "padding"  # a worker's placeholder batch that keeps the loader's worker round-robin aligned on resume
 SKIPS_ONLY = "skips_only"  # a worker that made no batch: its `skipped` counts, added to the next batch's
+SKIP_NOTES = "skip_notes"  # a batch's log lines of its `skipped`: logged when the batch is consumed, as it is counted
 
 
 def fast_forward_share(batches: int, worker: int, workers: int) -> tuple[int, bool]:
@@ -40,11 +43,19 @@ class StreamLoader:
         self.epoch, self.batches, self.complete = -1, 0, False  # the epoch being read and its batches handed out
         self._restored: dict | None = None
         self._held: Counter = Counter()  # SKIPS_ONLY counts that no later batch of the epoch could carry
+        self._held_notes: list[str] = []  # and their log lines
 
     def take_held(self) -> dict[str, int]:
-        """Skip counts (reason -> count) that came after the epoch's last batch; each is handed out once."""
+        """Skip counts (reason -> count) that came after the epoch's last batch, each handed out (and logged) once."""
         held, self._held = dict(self._held), Counter()
+        self._log(self._held_notes)
+        self._held_notes = []
         return held
+
+    @staticmethod
+    def _log(notes) -> None:
+        for note in notes:
+            log.warning("%s", note)
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -78,16 +89,20 @@ class StreamLoader:
         # A generator: nothing below runs before the first batch is asked for, after Lightning restored the state.
         epoch, skip = self._next_start()
         self.epoch, self.batches, self.complete = epoch, skip, False
-        self._held = Counter()  # an earlier, unfinished iteration's: its batches were never consumed
+        self._held, self._held_notes = Counter(), []  # an unfinished iteration's: its batches were never consumed
         # Lightning prefetches one batch ahead of training when the length is unknown, so a batch counts as consumed
-        # only once the next one is asked for; with a length it fetches each batch when it trains on it.
+        # only once the next one is asked for; with a length it fetches each batch when it trains on it. Its skips
+        # are logged then too: the log names what the record counts.
         late = self.num_batches is None
         for batch in self._epoch(epoch, skip):
+            notes = batch.pop(SKIP_NOTES, [])
             if not late:
                 self.batches += 1
+                self._log(notes)
             yield batch
             if late:
                 self.batches += 1
+                self._log(notes)
         self.complete = True
 
     def _epoch(self, epoch: int, skip: int):
@@ -103,23 +118,27 @@ class StreamLoader:
                     continue
                 if SKIPS_ONLY in batch:
                     self._held.update(batch["skipped"])
+                    self._held_notes += batch.get(SKIP_NOTES, [])
                     continue
                 came += 1
                 if drop:
                     drop -= 1
-                    self._held = Counter()  # carried by a batch consumed before the checkpoint: counted then
+                    # carried by a batch consumed before the checkpoint: counted (and logged) then
+                    self._held, self._held_notes = Counter(), []
                 else:
                     if self._held:
                         batch["skipped"] = dict(Counter(batch["skipped"]) + self._held)
-                        self._held = Counter()
+                        batch[SKIP_NOTES] = self._held_notes + batch.get(SKIP_NOTES, [])
+                        self._held, self._held_notes = Counter(), []
                     yield batch
                 position += 1
                 if self.num_batches is not None and position >= self.num_batches:
                     return
             if came == 0 and (position == 0 or repeat > 0):
-                raise ValueError(f"no {self.name} batch came out of {self.spec!r}: every shard/sample was skipped or "
-                                 f"a worker had fewer than batch_size={self.batch_size} good samples (see warnings "
-                                 f"above)")
+                self.take_held()  # the warnings the message points to
+                raise ConfigError(f"data.{self.name}_shards: no {self.name} batch came out of {self.spec!r}: every "
+                                  f"shard/sample was skipped or a worker had fewer than batch_size={self.batch_size} "
+                                  f"good samples (see warnings above)")
             if self.num_batches is None:
                 return
             repeat += 1  # a finite stream shorter than the fixed epoch: read it again, reshuffled

@@ -7,6 +7,7 @@ length, dtype, device) that `compclip probe` stores beside its results, and wher
 
 from __future__ import annotations
 
+from lit_compclip.cli_args import first_line
 from lit_compclip.config import ConfigError
 from lit_compclip.registry import resolve
 
@@ -42,7 +43,7 @@ def default_device() -> str:
 
 
 def _one_line(spec: str, e: Exception) -> ConfigError:
-    return ConfigError(f"encoder {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return ConfigError(f"encoder {spec!r}: {first_line(e)}")
 
 
 def check_encoder(spec: str) -> None:

@@ -9,6 +9,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from lit_compclip.cli_args import first_line
 from lit_compclip.config import ConfigError
 
 # SigLIP was trained on text padded to the tokenizer's full length (its pooled output is the last token); its
@@ -26,7 +27,7 @@ def _unloadable(target: str, local: bool, e: Exception) -> ConfigError:
     hint = "" if local else (f" (not in the local Hugging Face cache: download it once with `hf download {target}`, "
                              "or pass a folder)")
     return ConfigError(f"hf:{target}: {'folder' if local else 'model'} cannot be loaded{hint} ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:160]})")
+                       f"{first_line(e, 160)})")
 
 
 class HFEncoder:

@@ -13,6 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from lit_compclip.cli_args import first_line
 from lit_compclip.config import ConfigError
 from lit_compclip.registry import suggest
 
@@ -36,7 +37,7 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
             state = load_file(path, device="cpu")
         except Exception as e:
             raise ConfigError(f"open_clip weights {path!r} cannot be read ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160]})") from None
+                              f"{first_line(e, 160)})") from None
     else:
         from lit_compclip.checkpoints import read_checkpoint_file
 
@@ -115,7 +116,7 @@ class OpenClipEncoder:
                 tokenizer = open_clip.get_tokenizer(arch)
         except Exception as e:  # an HF text tower or tokenizer the cache lacks, ...
             raise ConfigError(f"open_clip:{arch} cannot be built ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                              f"{first_line(e)})") from None
         load_weights(model, read_weights(path), path)
         self.model = model.to(device).eval()
         self.preprocess, self.tokenizer, self.device = preprocess, tokenizer, torch.device(device)

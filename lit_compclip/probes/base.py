@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from lit_compclip.cli_args import first_line
 from lit_compclip.registry import suggest
 
 
@@ -102,22 +103,32 @@ def field(record: Any, key: str, types: type | tuple[type, ...], where: str) -> 
     return value
 
 
+class UnreadableImage(ValueError):
+    """An image file found but not decodable (cut short, not an image): met only when a probe runs."""
+
+
 def check_images_exist(refs: Sequence[ImageRef], name: str) -> None:
-    """Fail at construction, not after an epoch of training, when an annotated image is missing."""
+    """Fail at construction, not after an epoch of training, when an annotated image is missing or empty (a stat
+    per file; a file cut short is found only when it is decoded, see load_image)."""
     for ref in refs:
         if not ref.path.is_file():
             raise FileNotFoundError(f"{name} probe: image {str(ref.path)!r} of {ref.record} not found")
+        if ref.path.stat().st_size == 0:
+            raise ValueError(f"{name} probe: image {str(ref.path)!r} of {ref.record} is empty (0 bytes)")
 
 
 def load_image(ref: ImageRef) -> Image.Image:
-    """Open as RGB and crop to the box; an unreadable file is a one-line ValueError naming it and its record."""
+    """Open as RGB and crop to the box; an unreadable file is a one-line UnreadableImage naming it and its record."""
     try:
         with Image.open(ref.path) as im:
             image = im.convert("RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"image {str(ref.path)!r} of {ref.record} not found") from None
-    except OSError as err:
-        raise ValueError(f"image {str(ref.path)!r} of {ref.record} cannot be read ({err})") from None
+    except UnidentifiedImageError:  # its message repeats the path
+        raise UnreadableImage(f"image {str(ref.path)!r} of {ref.record} cannot be read (not an image file PIL "
+                              f"knows, or cut short before its header ends)") from None
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as err:  # PIL's ways of saying "cut short"
+        raise UnreadableImage(f"image {str(ref.path)!r} of {ref.record} cannot be read ({first_line(err)})") from None
     return image.crop(ref.box) if ref.box is not None else image
 
 

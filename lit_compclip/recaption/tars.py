@@ -8,7 +8,7 @@ import os
 import tarfile
 from typing import Callable, Iterator
 
-END_BLOCKS = 2 * tarfile.BLOCKSIZE  # a tar ends with two zero blocks; a copy cut short lacks them
+from lit_compclip.shards import tar_ends_whole
 
 
 class InputError(Exception):
@@ -49,9 +49,9 @@ def read_units(path: str, data: Callable[[tarfile.TarInfo], bool] = lambda info:
                     continue
                 key = parts[0]
                 group.append((info, content))
-            # tarfile stops quietly at a missing, damaged or zeroed header: only two zero blocks are a real end
+            # tarfile stops quietly at a missing, damaged or zeroed header: only a zero block is a real end
             tar.fileobj.seek(tar.offset)
-            if tar.fileobj.read(END_BLOCKS) != tarfile.NUL * END_BLOCKS:
+            if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
                 raise InputError(f"{path}: cut short or damaged at byte {tar.offset} (no readable tar header and "
                                  f"no end-of-archive blocks there)")
             if group:
@@ -65,20 +65,18 @@ def count_samples(path: str) -> int:
 
 
 def check_input(path: str) -> None:
-    """What can be known of a shard without reading it through: it opens as a tar and ends with the two zero blocks
-    of a whole archive. ValueError naming it otherwise (a damaged middle is found, and reported, when it is read)."""
+    """What can be known of a shard without reading it through: it opens as a tar and ends as a whole archive
+    (shards.tar_ends_whole). ValueError naming it otherwise (a damaged middle is found, and reported, when it is
+    read)."""
     try:
         with tarfile.open(path, "r:"):
             pass
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - END_BLOCKS))
-            tail = f.read()
+        whole = tar_ends_whole(path)
     except (tarfile.TarError, OSError, EOFError) as exn:
         raise ValueError(f"input shard {path!r} is not a readable tar file ({type(exn).__name__}: {exn})") from None
-    if size % tarfile.BLOCKSIZE or tail != tarfile.NUL * END_BLOCKS:
-        raise ValueError(f"input shard {path!r} is cut short: it does not end with a tar's end-of-archive blocks "
-                         f"({size} bytes); copy it again")
+    if not whole:
+        raise ValueError(f"input shard {path!r} is cut short: it does not end with a tar's end-of-archive block "
+                         f"({os.path.getsize(path)} bytes); copy it again")
 
 
 def job_identity(provenance: dict) -> tuple:

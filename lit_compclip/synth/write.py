@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -303,9 +304,12 @@ def _check_args(args: dict) -> None:
     for name, low in lows.items():
         if args[name] < low:
             raise ValueError(f"synth: {name} must be >= {low}, got {args[name]}")
-    if not args["min_objects"] <= args["max_objects"] <= MAX_OBJECTS:
-        raise ValueError(f"synth: need min_objects <= max_objects <= {MAX_OBJECTS}, "
-                         f"got min_objects={args['min_objects']} max_objects={args['max_objects']}")
+    for name in ("min_objects", "max_objects"):  # each message starts with the name of the value out of range
+        if args[name] > MAX_OBJECTS:
+            raise ValueError(f"synth: {name} must be <= {MAX_OBJECTS}, got {args[name]}")
+    if args["min_objects"] > args["max_objects"]:
+        raise ValueError(f"synth: need min_objects <= max_objects, got min_objects={args['min_objects']} "
+                         f"max_objects={args['max_objects']}")
     for name in ("shape_twins", "plain_lists"):
         if args[name] not in (0, 1):
             raise ValueError(f"synth: {name} must be 0 or 1, got {args[name]}")
@@ -384,49 +388,75 @@ def world_args(train_families=4000, eval_families=400, shard_size=1000, image_si
     return args
 
 
+def refusal(out_dir, args: dict) -> str | None:
+    """Why generate() without overwrite refuses `out_dir` (a world built with other arguments, or a half-built one
+    that has no manifest), or None when it builds there or finds the same world."""
+    out = Path(out_dir)
+    if (out / "manifest.json").exists():
+        why = differs(out, args)
+        return f"the synthetic world in {out} was built with other arguments ({why})" if why else None
+    if any((out / p).exists() for p in OUTPUTS):
+        return f"{out} holds a partial synthetic world (no manifest.json: its build did not finish)"
+    return None
+
+
 def generate(out_dir, *, overwrite=False, workers: int | None = None, **kwargs) -> dict:
     """Write shards, probes and manifest.json under `out_dir` from `world_args(**kwargs)`; a no-op when its manifest
     holds the same arguments.
 
-    The shards' images are rendered by `workers` processes (default: one per CPU, at most 8, for worlds of 2,000
-    training samples or more; a process pool costs more than it saves on a small one); the bytes do not depend on it."""
+    Everything is written into a hidden folder inside `out_dir` first and moved into place at the end, the manifest
+    last: a failed or interrupted build leaves any world there as it was, never a half-built one. The shards' images
+    are rendered by `workers` processes (default: one per CPU, at most 8, for worlds of 2,000 training samples or
+    more; a process pool costs more than it saves on a small one); the bytes do not depend on it."""
     args = world_args(**kwargs)
     train_families, eval_families, shape_twins = args["train_families"], args["eval_families"], args["shape_twins"]
     out = Path(out_dir)
     manifest_path = out / "manifest.json"
+    why = None if overwrite else refusal(out, args)
+    if why:
+        raise ValueError(f"{why}; pass overwrite=True to rebuild it, or choose another out_dir")
     if not overwrite and manifest_path.exists():
-        why = differs(out, args)
-        if not why:
-            return {**json.loads(manifest_path.read_text()), "out_dir": str(out), "seconds": 0.0, "skipped": True}
-        raise ValueError(f"{manifest_path} was written with other arguments ({why}); pass overwrite=True "
-                         "or choose another out_dir")
-    if not overwrite and any((out / p).exists() for p in OUTPUTS):
-        raise ValueError(f"{out} holds a partial synthetic dataset (no manifest.json); pass overwrite=True to rewrite it")
-    for p in OUTPUTS:  # only what we write: out_dir may hold other things
-        path = out / p
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        return {**json.loads(manifest_path.read_text()), "out_dir": str(out), "seconds": 0.0, "skipped": True}
     start = time.perf_counter()
+    created = None  # the topmost folder this call creates, removed again if it fails
+    if not out.exists():
+        created = out
+        while not created.parent.exists():
+            created = created.parent
     out.mkdir(parents=True, exist_ok=True)
-    n_train = train_families * unit_size("train", args)
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1) if n_train >= 2000 else 1
-    train = _write_shards(out / "train", _families("train", 0, train_families, 0, args), args, workers)
-    evals = list(_families("val", train_families, eval_families, n_train, args))
-    jpgs: dict[int, bytes] = {}
-    val = _write_shards(out / "val", iter(evals), args, workers, keep=jpgs)
-    probes = _write_probes(out / "probes", evals, args, jpgs)
-    manifest = {
-        "format_version": FORMAT_VERSION, "args": args,
-        "counts": {"train_samples": train["samples"], "train_shards": train["shards"], "val_samples": val["samples"],
-                   "val_shards": val["shards"], "train_families": train_families, "eval_families": eval_families,
-                   "probes": probes},
-        "stats": {"alt_text_words_mean": round(train["alt_text_words"] / train["samples"], 2),
-                  "recaption_words_mean": round(train["recaption_words"] / train["samples"], 2),
-                  "held_out_combos": sorted(f"{c} {s}" for c, s in HELD_OUT),
-                  "family_members": list(MEMBERS) + list(TWIN_MEMBERS) * shape_twins},
-    }
-    _dump(manifest_path, manifest)  # last, so a crash leaves no manifest and the next run refuses to skip
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".building-"))
+    try:
+        n_train = train_families * unit_size("train", args)
+        if workers is None:
+            workers = min(8, os.cpu_count() or 1) if n_train >= 2000 else 1
+        train = _write_shards(stage / "train", _families("train", 0, train_families, 0, args), args, workers)
+        evals = list(_families("val", train_families, eval_families, n_train, args))
+        jpgs: dict[int, bytes] = {}
+        val = _write_shards(stage / "val", iter(evals), args, workers, keep=jpgs)
+        probes = _write_probes(stage / "probes", evals, args, jpgs)
+        manifest = {
+            "format_version": FORMAT_VERSION, "args": args,
+            "counts": {"train_samples": train["samples"], "train_shards": train["shards"],
+                       "val_samples": val["samples"], "val_shards": val["shards"], "train_families": train_families,
+                       "eval_families": eval_families, "probes": probes},
+            "stats": {"alt_text_words_mean": round(train["alt_text_words"] / train["samples"], 2),
+                      "recaption_words_mean": round(train["recaption_words"] / train["samples"], 2),
+                      "held_out_combos": sorted(f"{c} {s}" for c, s in HELD_OUT),
+                      "family_members": list(MEMBERS) + list(TWIN_MEMBERS) * shape_twins},
+        }
+        _dump(stage / "manifest.json", manifest)
+        for p in OUTPUTS:  # only what we write: out_dir may hold other things
+            path = out / p
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        for p in OUTPUTS[::-1]:  # the manifest last: a crash in between leaves no manifest, which is refused
+            os.replace(stage / p, out / p)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return {**manifest, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 2), "skipped": False}

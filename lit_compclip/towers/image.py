@@ -2,10 +2,59 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Sequence
 
 import torch
 from torch import nn
+
+from lit_compclip.cli_args import first_line
+
+HUB_TIMEOUT = 5  # seconds: one look at the Hugging Face hub before deciding it cannot be reached
+
+
+@contextlib.contextmanager
+def _hub_quiet():
+    """huggingface_hub logs a warning for every retry of a download it cannot reach (22 lines over a minute): kept
+    off the terminal, where a failure is one line of ours."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_hub_weights(model: str) -> None:
+    """Fail in seconds, with one line, when timm's pretrained weights for `model` are on the Hugging Face hub but
+    neither in the local cache nor reachable: huggingface_hub retries an unreachable hub with backoff for about a
+    minute before it gives up. Cached weights, a reachable hub and weights kept elsewhere are left to timm."""
+    import huggingface_hub as hub
+    from huggingface_hub.errors import HfHubHTTPError
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(model)
+    except RuntimeError:  # an unknown tag: timm.create_model says so itself
+        return
+    repo, _, revision = (getattr(cfg, "hf_hub_id", None) or "").partition("@")
+    if not repo:
+        return
+    files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors",
+                                                                                 "pytorch_model.bin"]
+    if any(isinstance(hub.try_to_load_from_cache(repo, f, revision=revision or None), str) for f in files):
+        return
+    try:
+        hub.get_hf_file_metadata(hub.hf_hub_url(repo, files[0], revision=revision or None), timeout=HUB_TIMEOUT)
+    except HfHubHTTPError:  # the hub answered (a file it lacks, a gated repo): timm's download reports the rest
+        return
+    except Exception as e:  # no network, offline mode, a timeout
+        raise RuntimeError(f"model.image.pretrained: pretrained weights for timm model {model!r} are not available "
+                           f"offline: not in the Hugging Face cache, and the hub ({hub.constants.ENDPOINT}) cannot be "
+                           f"reached ({type(e).__name__}); set model.image.pretrained=false, or fetch them once where "
+                           f"it can be (`hf download {repo}`)") from None
 
 
 def fix_sincos_pos_embed(trunk: nn.Module) -> None:
@@ -113,20 +162,23 @@ class ImageTower(nn.Module):
         elif stem != "patch":
             raise ValueError(f"model.image.stem={stem!r}: choose 'patch' or 'conv'")
         sizes = {k: v for k, v in overrides.items() if k != "embed_layer"}
+        if pretrained:
+            check_hub_weights(model)
         try:
-            self.trunk = timm.create_model(model, pretrained=pretrained, num_classes=0, **overrides)
+            with _hub_quiet():
+                self.trunk = timm.create_model(model, pretrained=pretrained, num_classes=0, **overrides)
         except TypeError as e:
             hint = "; model.image.stem='conv' needs a ViT: set model.image.stem=patch" if stem == "conv" else ""
             raise ValueError(f"model.image.model: timm model {model!r} does not take these size overrides {sizes}: "
                              f"{e}{hint}") from None
         except Exception as e:  # hub/network failures surface as many exception types
             if pretrained:
-                raise RuntimeError(f"model.image.pretrained: pretrained weights for timm model {model!r} are not "
-                                   f"available offline ({type(e).__name__}); set model.image.pretrained=false or put "
-                                   f"the weights in the Hugging Face cache first") from None
+                raise RuntimeError(f"model.image.pretrained: pretrained weights for timm model {model!r} cannot be "
+                                   f"loaded ({type(e).__name__}: {first_line(e, 160)}); set "
+                                   f"model.image.pretrained=false or put the weights in the Hugging Face cache "
+                                   f"first") from None
             if isinstance(e, (ValueError, AssertionError)):  # timm checks the sizes it is given with these
-                first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-                raise ValueError(f"model.image: timm cannot build {model!r} with {sizes}: {first}") from e
+                raise ValueError(f"model.image: timm cannot build {model!r} with {sizes}: {first_line(e)}") from e
             raise
         if pos_embed == "sincos":
             fix_sincos_pos_embed(self.trunk)

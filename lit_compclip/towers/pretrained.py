@@ -16,6 +16,7 @@ import logging
 import torch
 from torch import nn
 
+from lit_compclip.cli_args import first_line
 from lit_compclip.text_cache import PrefixCache, check_options, fingerprint, token_keys
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class PretrainedTextTower(nn.Module):
             try:
                 self.lm.gradient_checkpointing_enable({"use_reentrant": False})
             except ValueError as e:  # transformers: "... does not support gradient checkpointing"
-                raise ValueError(f"model.text.grad_checkpointing: {str(e).splitlines()[0]}") from None
+                raise ValueError(f"model.text.grad_checkpointing: {first_line(e)}") from None
         self.bidirectional = bool(bidirectional)
         if self.bidirectional:
             self._make_bidirectional()
@@ -234,7 +235,7 @@ class PretrainedTextTower(nn.Module):
                 alone = self._token_states({k: v[:1, real] for k, v in tokens.items()})[0]
         except (TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"model.text.bidirectional: the trained blocks of {self.model_name!r} cannot be run with "
-                             f"a rebuilt mask ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+                             f"a rebuilt mask ({type(e).__name__}: {first_line(e, 160)})") from None
         finally:
             self.train(was)
         tol = 2e-2 if self.frozen_dtype in ("bfloat16", "float16") else 1e-4

