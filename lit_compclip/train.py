@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import math
 import os
 import sys
 import tarfile
@@ -14,6 +13,7 @@ import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
+from lit_compclip.cli_args import check_writable_folder
 from lit_compclip.config import BUILD_ERRORS, ConfigError, check_caption_fields, reported_as
 from lit_compclip.ranks import launched_apart as _launched_apart, launched_rank as _launched_rank
 from lit_compclip.stopping import Stopped, held_signals, stop_on_signals
@@ -128,13 +128,9 @@ def check_writable(cfg: DictConfig, model) -> None:
     """What fit would only find out later, leaving a half-made run folder: an unwritable text-cache folder, or
     W&B online without an API key."""
     options = getattr(model.text, "cache_options", None)
-    if options:
-        existing = os.path.abspath(options[0])  # the folder is made on first use: its nearest existing ancestor
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
-            raise ConfigError(f"model.text.cache_dir: {options[0]!r} cannot be written; set it to a writable folder "
-                              f"or to null")
+    if options:  # the folder is made on first use
+        check_writable_folder(options[0], "model.text.cache_dir (set it to a writable folder or to null):",
+                              ConfigError)
     if wandb_mode(cfg.wandb.mode) == "online" and not has_wandb_key():
         raise ConfigError("wandb.mode: online needs an API key (WANDB_API_KEY or `wandb login`); use wandb.mode=offline "
                           "to log locally and `wandb sync` later")
