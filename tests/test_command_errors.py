@@ -229,8 +229,10 @@ def results(tmp_path_factory, world, ckpt):
         cwd = prepared[case][0]
         argv = command_line(case, cwd, world, ckpt)
         argv = [*MAKE, *argv] if CASES[case][0] == "make" else [sys.executable, "-m", "lit_compclip.cli", *argv]
+        # as a user's shell runs make, not as the suite's own `make test` (whose level would make it say make[1])
+        env = {k: v for k, v in environment(logs).items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
         with open(logs / f"{case}.out", "w") as out, open(logs / f"{case}.err", "w") as err:
-            return subprocess.run(argv, cwd=cwd, env={**environment(logs), "HOME": str(cwd)}, stdout=out, stderr=err,
+            return subprocess.run(argv, cwd=cwd, env={**env, "HOME": str(cwd)}, stdout=out, stderr=err,
                                   timeout=300).returncode
 
     spawned = [case for case in CASES if case not in codes]
