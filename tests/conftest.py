@@ -46,7 +46,7 @@ def random_lm(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
-    """An untrained tiny default-shaped model saved as a training checkpoint, for the diagnostic scripts' tests."""
+    """An untrained tiny default-shaped model saved as a training checkpoint (scripts/list_order.py's test)."""
     import torch
     from omegaconf import OmegaConf
 
