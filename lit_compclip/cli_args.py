@@ -1,11 +1,14 @@
-"""What every `compclip` command shares on its command line: a parser whose errors are one line, and one line of any
-exception for an error message."""
+"""What every `compclip` command shares on its command line and in the folders it writes: a parser whose errors are
+one line, one line of any exception for an error message, output folders checked before any work and removed again
+when the work fails."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -47,15 +50,38 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     return type(err).__name__
 
 
+def missing_folders(path: str) -> list[str]:
+    """Folder `path` and those of its parents that do not exist yet, deepest first: what making it would create (a
+    dangling link counts as existing, so nothing beyond one is ever removed)."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.lexists(path) and path != os.path.dirname(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+@contextlib.contextmanager
+def new_folder(path: str):
+    """Makes folder `path` (and its missing parents) for the block; if the block fails, removes what was made here,
+    so a failed command leaves no folder behind. A folder that existed before is never removed."""
+    missing = missing_folders(path)
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise
+
+
 def check_writable_folder(path: str, what: str, error: type[ValueError] = UsageError) -> None:
     """A one-line `error` naming `what` unless folder `path` exists or could be made, and files can be written in
     it: a file in its place or above it, or a folder we may not write in, is found before any work. Tries a real
     file (removed at once) rather than os.access, which says yes to root even where writing fails (/proc, a
     read-only mount)."""
     target = os.path.abspath(os.path.expanduser(path))
-    existing = target
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
+    missing = missing_folders(target)
+    existing = os.path.dirname(missing[-1]) if missing else target
     if not os.path.isdir(existing):
         if existing == target:
             raise error(f"{what} {path!r} is a file, not a folder")

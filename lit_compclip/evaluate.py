@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from lit_compclip.cli_args import UsageError, check_writable_folder
+from lit_compclip.cli_args import UsageError, check_writable_folder, new_folder
 from lit_compclip.config import ConfigError, load_config
 
 USAGE = ("compclip probe (--ckpt PATH | --encoder KIND:TARGET) [EXP.yaml ...] [key=value ...] "
@@ -93,26 +93,17 @@ def staged(folder: str):
     is there) once the block succeeds, and nothing is left when it fails. Beside it, not elsewhere: failures.md links
     its images by paths relative to its own folder."""
     target = os.path.abspath(os.path.expanduser(folder))
-    created = None  # the topmost folder made here, removed again on failure
-    if not os.path.exists(target):
-        created = target
-        while not os.path.exists(os.path.dirname(created)):
-            created = os.path.dirname(created)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    stage = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.partial-")
-    try:
-        yield stage
-        for root, _, files in os.walk(stage):
-            dest = os.path.join(target, os.path.relpath(root, stage))
-            os.makedirs(dest, exist_ok=True)
-            for name in files:
-                os.replace(os.path.join(root, name), os.path.join(dest, name))
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with new_folder(target):
+        stage = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.partial-")
+        try:
+            yield stage
+            for root, _, files in os.walk(stage):
+                dest = os.path.join(target, os.path.relpath(root, stage))
+                os.makedirs(dest, exist_ok=True)
+                for name in files:
+                    os.replace(os.path.join(root, name), os.path.join(dest, name))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def probe_checkpoint(args: list[str]) -> dict[str, Any]:

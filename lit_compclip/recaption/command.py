@@ -12,22 +12,9 @@ import re
 import sys
 from collections import Counter
 
-from lit_compclip.cli_args import (
-    Parser,
-    UsageError,
-    check_writable_folder,
-    first_line,
-    log_to_stderr,
-)
+from lit_compclip.cli_args import Parser, UsageError, check_writable_folder, first_line, log_to_stderr
 from lit_compclip.recaption import BACKENDS, build_backend
-from lit_compclip.recaption.pipeline import (
-    FAIL_FAST,
-    Job,
-    Stopped,
-    input_shards,
-    run,
-    worker_shards,
-)
+from lit_compclip.recaption.pipeline import FAIL_FAST, Job, Stopped, input_shards, run, worker_shards
 from lit_compclip.recaption.prompt import DEFAULT_FIELDS, load_template, prompt_version
 from lit_compclip.recaption.tars import check_input
 from lit_compclip.registry import resolve

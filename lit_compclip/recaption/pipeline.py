@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from lit_compclip.cli_args import missing_folders
 from lit_compclip.recaption.base import Outcome, Request
 from lit_compclip.recaption.prompt import placeholder, render
 from lit_compclip.recaption.tars import (InputError, count_samples, describe, job_identity, output_record, read_units,
@@ -263,15 +264,6 @@ def _finished(src: str, dst: str, job: Job, stats: Stats) -> bool:
     return False
 
 
-def _missing_folders(path: str) -> list[str]:
-    """path and those of its parents that do not exist yet, deepest first."""
-    missing, path = [], os.path.abspath(path)
-    while not os.path.exists(path) and path != os.path.dirname(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
-
-
 def _remove(path: str) -> None:
     if os.path.exists(path):
         os.remove(path)
@@ -305,7 +297,7 @@ def run(shards: list[str], out_dir: str, job: Job, overwrite: bool = False, prog
             if overwrite and os.path.exists(dst):
                 log.info("%s: overwriting (--overwrite)", dst)
             if made is None:
-                made = _missing_folders(out_dir)
+                made = missing_folders(out_dir)
                 os.makedirs(out_dir, exist_ok=True)
             before, t0 = stats.samples, time.perf_counter()
             try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+from lit_compclip.cli_args import new_folder
 from lit_compclip.synth import captions as cap
 from lit_compclip.synth.world import (HELD_OUT, INVERSE, MAX_OBJECTS, MEMBERS, RELATIONS, SIZES, TWIN_MEMBERS,
                                       _sample_layout, encode, render, sample_family, scene_dict, shape_twin, size_scale)
@@ -418,45 +419,36 @@ def generate(out_dir, *, overwrite=False, workers: int | None = None, **kwargs) 
     if not overwrite and manifest_path.exists():
         return {**json.loads(manifest_path.read_text()), "out_dir": str(out), "seconds": 0.0, "skipped": True}
     start = time.perf_counter()
-    created = None  # the topmost folder this call creates, removed again if it fails
-    if not out.exists():
-        created = out
-        while not created.parent.exists():
-            created = created.parent
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".building-"))
-    try:
-        n_train = train_families * unit_size("train", args)
-        if workers is None:
-            workers = min(8, os.cpu_count() or 1) if n_train >= 2000 else 1
-        train = _write_shards(stage / "train", _families("train", 0, train_families, 0, args), args, workers)
-        evals = list(_families("val", train_families, eval_families, n_train, args))
-        jpgs: dict[int, bytes] = {}
-        val = _write_shards(stage / "val", iter(evals), args, workers, keep=jpgs)
-        probes = _write_probes(stage / "probes", evals, args, jpgs)
-        manifest = {
-            "format_version": FORMAT_VERSION, "args": args,
-            "counts": {"train_samples": train["samples"], "train_shards": train["shards"],
-                       "val_samples": val["samples"], "val_shards": val["shards"], "train_families": train_families,
-                       "eval_families": eval_families, "probes": probes},
-            "stats": {"alt_text_words_mean": round(train["alt_text_words"] / train["samples"], 2),
-                      "recaption_words_mean": round(train["recaption_words"] / train["samples"], 2),
-                      "held_out_combos": sorted(f"{c} {s}" for c, s in HELD_OUT),
-                      "family_members": list(MEMBERS) + list(TWIN_MEMBERS) * shape_twins},
-        }
-        _dump(stage / "manifest.json", manifest)
-        for p in OUTPUTS:  # only what we write: out_dir may hold other things
-            path = out / p
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        for p in OUTPUTS[::-1]:  # the manifest last: a crash in between leaves no manifest, which is refused
-            os.replace(stage / p, out / p)
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with new_folder(out):  # a failed first build leaves no folder behind
+        stage = Path(tempfile.mkdtemp(dir=out, prefix=".building-"))
+        try:
+            n_train = train_families * unit_size("train", args)
+            if workers is None:
+                workers = min(8, os.cpu_count() or 1) if n_train >= 2000 else 1
+            train = _write_shards(stage / "train", _families("train", 0, train_families, 0, args), args, workers)
+            evals = list(_families("val", train_families, eval_families, n_train, args))
+            jpgs: dict[int, bytes] = {}
+            val = _write_shards(stage / "val", iter(evals), args, workers, keep=jpgs)
+            probes = _write_probes(stage / "probes", evals, args, jpgs)
+            manifest = {
+                "format_version": FORMAT_VERSION, "args": args,
+                "counts": {"train_samples": train["samples"], "train_shards": train["shards"],
+                           "val_samples": val["samples"], "val_shards": val["shards"], "train_families": train_families,
+                           "eval_families": eval_families, "probes": probes},
+                "stats": {"alt_text_words_mean": round(train["alt_text_words"] / train["samples"], 2),
+                          "recaption_words_mean": round(train["recaption_words"] / train["samples"], 2),
+                          "held_out_combos": sorted(f"{c} {s}" for c, s in HELD_OUT),
+                          "family_members": list(MEMBERS) + list(TWIN_MEMBERS) * shape_twins},
+            }
+            _dump(stage / "manifest.json", manifest)
+            for p in OUTPUTS:  # only what we write: out_dir may hold other things
+                path = out / p
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+            for p in OUTPUTS[::-1]:  # the manifest last: a crash in between leaves no manifest, which is refused
+                os.replace(stage / p, out / p)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     return {**manifest, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 2), "skipped": False}
