@@ -142,7 +142,7 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
         fallback = default_out(spec)
     out = parsed["out"] or parsed["dump"] or fallback
     check_writable_folder(out, "--out" if parsed["out"] else "--dump" if parsed["dump"] else "output folder")
-    if parsed["dump"]:
+    if parsed["dump"] and parsed["dump"] != out:  # without --out, out is the dump folder, checked above
         check_writable_folder(parsed["dump"], "--dump")
     if not parsed["probes"]:
         ensure_synth(cfg)  # the default suites are the synthetic world's probe sets
