@@ -61,14 +61,18 @@ def plot_history(history: list[dict], path: str):
 
 def write_results(metrics: Mapping[str, float], records: Mapping | None, out_dir: str, failures: int = 8,
                   records_dir: str | None = None, title: str = "Probe failures") -> None:
-    """probes.json (flat metric -> value) and failures.md (worst failures per subset) in `out_dir`, and with
-    `records_dir` the per-example records as <records_dir>/<probe>/<subset>.jsonl. Shared by training and
-    `compclip probe`."""
+    """probes.json (flat metric -> value), probe_seconds.json (each probe's wall seconds) and failures.md (worst
+    failures per subset) in `out_dir`, and with `records_dir` the per-example records as
+    <records_dir>/<probe>/<subset>.jsonl. Shared by training and `compclip probe`."""
     from lit_compclip.probes.report import failure_page, write_records
 
     os.makedirs(out_dir, exist_ok=True)
+    # wall-clock seconds go to their own file, so the same seed on the same machine gives the same probes.json
+    timed = {k: v for k, v in metrics.items() if k.endswith("/seconds")}
     with open(os.path.join(out_dir, "probes.json"), "w") as f:
-        json.dump(dict(metrics), f, indent=1, sort_keys=True)
+        json.dump({k: v for k, v in metrics.items() if k not in timed}, f, indent=1, sort_keys=True)
+    with open(os.path.join(out_dir, "probe_seconds.json"), "w") as f:
+        json.dump(timed, f, indent=1, sort_keys=True)
     if records:
         failure_page(records, os.path.join(out_dir, "failures.md"), failures, title)
         if records_dir:
