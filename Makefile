@@ -39,8 +39,8 @@ finetune: $(STAMP)  ## stage 2: hard-negative fine-tuning from runs/default (aft
 	$(call unused,EXP CKPT SWEEP,; it trains experiments/hard_negatives.yaml: give overrides in ARGS="key=value ...")
 	$(PY) -m lit_compclip.cli train experiments/hard_negatives.yaml $(ARGS)
 
-probe: $(STAMP)  ## score checkpoint CKPT (default runs/default/checkpoints/last.ckpt) with EXP's probes; ARGS="--dump DIR ..."
-	$(PY) -m lit_compclip.cli probe --ckpt "$(CKPT)" $(EXP) $(ARGS)
+probe: $(STAMP)  ## score checkpoint CKPT (default runs/default/checkpoints/last.ckpt) with its run's probes (EXP=...: that file's); ARGS="--dump DIR ..."
+	$(PY) -m lit_compclip.cli probe --ckpt "$(CKPT)" $(if $(filter command line environment,$(origin EXP)),$(EXP)) $(ARGS)
 
 ifdef QUICK
   SWEEP ?= experiments/sweeps/ablation_quick.yaml
@@ -75,19 +75,19 @@ $(BENCH_STAMP): $(STAMP)
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)  ## CPU, A B B A rounds: ours vs open_clip (like for like; its padding and dropout factors), text cache, length groups, step cost split, FLOP/s, data vs model, probe overhead -> bench.json (ARGS="--quick")
-	$(PY) scripts/bench.py $(ARGS)
+	$(PY) -m benchmarks.bench $(ARGS)
 
 bench-gpu: $(BENCH_STAMP)  ## on one GPU, bf16: samples/s and FLOP utilisation of ViT-B/16 + MiniLM / + a 12x768 BERT, beside open_clip
-	$(PY) scripts/bench_gpu.py $(ARGS)
+	$(PY) -m benchmarks.bench_gpu $(ARGS)
 
 bench-decoder: $(BENCH_STAMP)  ## CPU, A B B A rounds: a 26-layer random decoder text tower: text cache vs its bound, samples/s vs MiniLM, open_clip's HF tower -> bench_decoder.json (ARGS="--quick")
-	$(PY) scripts/bench_decoder.py $(ARGS)
+	$(PY) -m benchmarks.bench_decoder $(ARGS)
 
 bench-gpu-decoder: $(STAMP)  ## on one GPU, bf16: ViT-B/16 + Qwen3-Embedding-0.6B- and Gemma-2-2B-sized random decoders: samples/s, peak memory, MFU, cache on/off
-	$(PY) scripts/bench_gpu_decoder.py $(ARGS)
+	$(PY) -m benchmarks.bench_gpu_decoder $(ARGS)
 
 bench-recaption: $(STAMP)  ## recaption backends' samples/s, as ratios against a baseline run in the same process
-	$(PY) scripts/bench_recaption.py
+	$(PY) -m benchmarks.bench_recaption
 
 test: $(STAMP)  ## run the test suite (the slow tests excluded); ARGS="-k NAME ..." for pytest
 	$(PY) -m pytest -q $(ARGS)

@@ -1,4 +1,5 @@
-"""Reads and checks checkpoint files for every path (probe, init_from, resume, explore): nothing in them can run code."""
+"""Reads and checks checkpoint files for every path (lit_compclip.load, probe, init_from, resume, explore): nothing in
+them can run code."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import re
 import zipfile
 from typing import Any
 
-from lit_compclip.cli_args import first_line
-from lit_compclip.config import ConfigError
+from lit_compclip.errors import first_line
+from lit_compclip.errors import ConfigError
 
 TRAINING_KEYS = ("state_dict", "hyper_parameters", "loops", "optimizer_states", "global_step")
 # What this project's checkpoints hold needs nothing beyond torch's own weights-only set (tensors, storages,
@@ -93,31 +94,40 @@ def read_training_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-def build_module(hp: dict, pretrained_image: bool = True):
-    """The CompClip a checkpoint's hyper_parameters describe, with fresh weights; scored eagerly (compiling for one
-    pass over the probes costs more than it saves). `pretrained_image=False` skips fetching pretrained image
-    weights that the checkpoint's own weights replace."""
-    from lit_compclip.model import CompClip
-
-    model = {**hp["model"], "compile": False}
-    if not pretrained_image and isinstance(model.get("image"), dict):
-        model["image"] = {**model["image"], "pretrained": False}
-    return CompClip(model, hp["optim"], hp.get("total_steps"))
+def checkpoint_file(path: str) -> str:
+    """`path` itself, or the run folder `path`'s checkpoints/last.ckpt."""
+    if not os.path.isdir(path):
+        return path
+    last = os.path.join(path, "checkpoints", "last.ckpt")
+    if not os.path.isfile(last):
+        raise ConfigError(f"{path!r} is a folder without checkpoints/last.ckpt: give a run folder or a checkpoint file")
+    return last
 
 
-def load_module(path: str):
-    """The trained CompClip on the CPU in eval mode, or a one-line ConfigError naming the file."""
+MODEL_PREFIX = "model."  # the LightningModule holds the model as `model`: its weights are named model.image..., ...
+
+
+def read_model_checkpoint(path: str) -> tuple[dict, dict]:
+    """(the config's model section, the model's weights by their names in CompClipModel) of a training checkpoint
+    file, read weights-only; or a one-line ConfigError naming the file."""
     checkpoint = read_checkpoint_file(path)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ConfigError(f"checkpoint {path!r} is not a lit_compclip training checkpoint (no state_dict or "
+    hp = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hp, dict) or not isinstance(hp.get("model"), dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"checkpoint {path!r} is not a lit_compclip training checkpoint (no state_dict or model "
                           f"hyper_parameters)")
-    hp = checkpoint["hyper_parameters"]
+    other = [k for k in checkpoint["state_dict"] if not k.startswith(MODEL_PREFIX)]
+    if other:
+        raise ConfigError(f"checkpoint {path!r} does not match this version's model (weight {other[0]!r} is not "
+                          f"under {MODEL_PREFIX!r})")
+    return dict(hp["model"]), {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()}
+
+
+def load_weights(model, weights: dict, path: str) -> None:
+    """`model.load_state_dict(weights)` (every name, every shape), or a one-line ConfigError naming the file."""
     try:
-        module = build_module(hp, pretrained_image=False)  # its own weights follow: no hub, no download
-        module.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"checkpoint {path!r} does not match this version's model ({_why(e)})") from None
-    return module.eval()
 
 
 # ---- sharded FSDP checkpoints: a folder torch.distributed.checkpoint reads with plain pickle ----

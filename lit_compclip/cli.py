@@ -28,8 +28,8 @@ compclip probe  (--ckpt PATH | --encoder open_clip:ARCH@TAG_OR_FILE | --encoder 
                 encoder.json and clip_benchmark/<suite>.json (and with --dump
                 one JSON-lines file of per-example results per probe subset)"""
 # commands with an argparse parser of their own (their --help lists the options): command -> "module:main"
-OWN_PARSER = {"recaption": "lit_compclip.recaption.command:main", "compare": "lit_compclip.compare:main",
-              "breakdown": "lit_compclip.breakdown:main", "sweep": "lit_compclip.sweep:main"}
+OWN_PARSER = {"recaption": "lit_compclip.recaption.command:main", "compare": "lit_compclip.reports.compare:main",
+              "breakdown": "lit_compclip.synth.breakdown:main", "sweep": "lit_compclip.reports.sweep:main"}
 COMMANDS = ("train", "synth", "config", "batch-stats", "probe", *OWN_PARSER)
 
 
@@ -79,7 +79,7 @@ def run(command: str, rest: list[str]) -> int:
     """One of train, synth, config, batch-stats and probe; bad input raises ConfigError or UsageError."""
     if command == "probe":
         from lit_compclip.evaluate import probe_checkpoint
-        from lit_compclip.train import format_table
+        from lit_compclip.training.run import format_table
 
         result = probe_checkpoint(rest)
         print("\n" + format_table(result["probes"]))
@@ -97,23 +97,26 @@ def run(command: str, rest: list[str]) -> int:
         check_caption_fields(cfg)  # what train checks first: a caption field the shards do not hold
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
+    if command in ("synth", "batch-stats") and cfg.synth is None:
+        raise ConfigError(f"compclip {command} works on the synthetic world, and this config has no `synth` section "
+                          f"(experiments/default.yaml has one)")
     if command == "batch-stats":
-        from lit_compclip.synth import ensure_synth
+        from lit_compclip.config.plugins import prepare
         from lit_compclip.synth.batches import batch_stats
 
-        ensure_synth(cfg)
+        prepare(cfg)
         print(f"fraction of samples with an in-batch negative (batch size {cfg.data.batch_size}):")
         for label, stats in batch_stats(cfg).items():
             print(f"  {label:<18} " + "  ".join(f"{k}={v:.3f}" for k, v in stats.items()))
         return 0
     if command == "synth":
-        from lit_compclip.synth import build_synth
+        from lit_compclip.synth.plugin import build
 
-        summary = build_synth(cfg, overwrite=overwrite)
+        summary = build(cfg, overwrite=overwrite)
         state = "already built with these arguments" if summary["skipped"] else f"built in {summary['seconds']} s"
         print(f"synthetic world in {cfg.synth.out_dir}: {state}; {summary['counts']}")
         return 0
-    from lit_compclip.train import format_table, train
+    from lit_compclip.training.run import format_table, train
 
     result = train(cfg)
     if not result["is_global_zero"]:

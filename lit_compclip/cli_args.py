@@ -12,6 +12,8 @@ import shutil
 import sys
 import tempfile
 
+from lit_compclip.errors import first_line  # noqa: F401  (commands import it from here too)
+
 
 class UsageError(ValueError):
     """A bad command line: printed by the command as one line, exit status 2."""
@@ -39,15 +41,6 @@ class ScriptParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def first_line(err: BaseException, limit: int = 200) -> str:
-    """The first non-empty line of an exception's message, or its type's name when it has none (EOFError from a
-    zero-byte file carries an empty message)."""
-    for line in str(err).splitlines():
-        if line.strip():
-            return line.strip()[:limit]
-    return type(err).__name__
 
 
 def missing_folders(path: str) -> list[str]:

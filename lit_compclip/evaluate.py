@@ -79,6 +79,33 @@ def default_out(spec: str) -> str:
     return os.path.join("runs", f"probe-{name}")
 
 
+def unused_folder(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ... : the first that does not exist, so an earlier result is never overwritten."""
+    candidate, n = path, 1
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f"{path}-{n}"
+    return candidate
+
+
+def run_config(ckpt: str) -> str | None:
+    """The config.yaml of the run a checkpoint belongs to (RUN/checkpoints/NAME.ckpt), or None."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt))), "config.yaml")
+    return path if os.path.isfile(path) else None
+
+
+def probe_config(parsed: dict[str, Any]) -> DictConfig:
+    """The config `compclip probe` scores with: the experiment files given, else the checkpoint's own run's
+    config.yaml (its probe suites), else the schema's (no suites: --probe names them); then the overrides."""
+    files = parsed["files"] or ([own] if parsed["ckpt"] and (own := run_config(parsed["ckpt"])) else [])
+    return load_config(files, parsed["overrides"], data=False)
+
+
+def suite_paths(suites: dict[str, dict]) -> list[str]:
+    """Every value of the suites' options that could be a path: what a plug-in may have to make first."""
+    return [str(v) for suite in suites.values() for v in suite.values() if isinstance(v, str)]
+
+
 def suites_for(cfg: DictConfig, named: dict[str, dict]) -> dict[str, dict]:
     """The config's probe suites, or only the `--probe` ones (a configured name starts from its options)."""
     configured = OmegaConf.to_container(cfg.probes.suites)
@@ -114,14 +141,15 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     from lit_compclip.probes import run_suite, split_suite
     from lit_compclip.probes.base import UnreadableImage
     from lit_compclip.probes.export import clip_benchmark_results, write_clip_benchmark
-    from lit_compclip.synth import ensure_synth
+    from lit_compclip.config.plugins import prepare
 
     start = time.perf_counter()
     parsed = parse_args(list(args))
-    cfg = load_config(parsed["files"], parsed["overrides"])
+    cfg = probe_config(parsed)
     suites = suites_for(cfg, parsed["probes"])
     if not suites:
-        raise ConfigError("no probes configured; name one with --probe NAME option=value ...")
+        raise ConfigError("no probe suites: the checkpoint's run folder has no config.yaml naming some; give an "
+                          "experiment file, or name a probe with --probe NAME option=value ...")
     spec = parsed["encoder"] or f"compclip:{parsed['ckpt']}"
     if parsed["device"] is not None:
         import torch
@@ -140,13 +168,18 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
         fallback = os.path.join(os.path.dirname(os.path.dirname(ckpt)), f"probe-{stem}")
     else:
         fallback = default_out(spec)
-    out = parsed["out"] or parsed["dump"] or fallback
+    out = parsed["out"] or parsed["dump"] or unused_folder(fallback)
     check_writable_folder(out, "--out" if parsed["out"] else "--dump" if parsed["dump"] else "output folder")
+    for flag in ("out", "dump"):
+        if parsed[flag] and os.path.isfile(os.path.join(parsed[flag], "probes.json")):
+            raise ConfigError(f"--{flag} {parsed[flag]!r} already holds probes.json, an earlier result, which is never "
+                              f"overwritten: choose another folder")
     if parsed["dump"] and parsed["dump"] != out:  # without --out, out is the dump folder, checked above
         check_writable_folder(parsed["dump"], "--dump")
-    if not parsed["probes"]:
-        ensure_synth(cfg)  # the default suites are the synthetic world's probe sets
-    from lit_compclip.callbacks import build_probes, write_results  # Lightning: seconds to import
+    if not parsed["probes"]:  # the configured suites: only what they read (a synthetic world's probe sets)
+        prepare(cfg, suite_paths(suites))
+    from lit_compclip.probes.report import write_results
+    from lit_compclip.training.probing import build_probes
 
     try:
         probes = build_probes(suites, cfg.probes.get("limit"))

@@ -37,8 +37,8 @@ def step(case: str, fsdp: bool, out: str) -> None:
     from torch.utils.data import DataLoader, IterableDataset
 
     from lit_compclip.config import load_config
-    from lit_compclip.model import CompClip, rank_and_world
-    from lit_compclip.train import trainer_options
+    from lit_compclip.training.module import CompClip, rank_and_world
+    from lit_compclip.training.run import trainer_options
 
     class RankSlice(IterableDataset):
         def __iter__(self):
@@ -57,7 +57,7 @@ def step(case: str, fsdp: bool, out: str) -> None:
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0  # the same forward on every rank and in the reference
     devices = torch.cuda.device_count() if fsdp else 1
-    cfg = load_config([], ["trainer.accelerator=gpu", f"trainer.devices={devices}", "trainer.precision=32-true",
+    cfg = load_config(["experiments/default.yaml"], ["trainer.accelerator=gpu", f"trainer.devices={devices}", "trainer.precision=32-true",
                            f"trainer.strategy={'fsdp' if fsdp else 'auto'}"])
     options = trainer_options(cfg, model)
     trainer = L.Trainer(accelerator="gpu", devices=devices, strategy=options["strategy"], precision="32-true",

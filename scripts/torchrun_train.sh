@@ -28,9 +28,9 @@ if [ "$NNODES" = 1 ]; then
     "$PYTHON" -c 'import sys
 from lit_compclip.config import split_args
 from lit_compclip.config import ConfigError, load_config
-from lit_compclip.synth import ensure_synth
+from lit_compclip.config.plugins import prepare
 try:
-    ensure_synth(load_config(*split_args(sys.argv[1:])))
+    prepare(load_config(*split_args(sys.argv[1:])))
 except ConfigError as e:
     sys.exit(f"compclip: error: {e}")' "$@"
 fi

@@ -42,20 +42,3 @@ def random_lm(tmp_path_factory):
         return built[key]
 
     return make
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    """An untrained tiny default-shaped model saved as a training checkpoint (scripts/list_order.py's test)."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from lit_compclip.config import load_config
-    from lit_compclip.model import CompClip
-
-    folder = tmp_path_factory.mktemp("tiny_ckpt")
-    cfg = load_config([], ["model.image.depth=1", "model.image.width=64", "model.image.heads=2", "model.embed_dim=32",
-                           f"model.text.cache_dir={folder}/cache"])
-    model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, folder / "tiny.ckpt")
-    return folder / "tiny.ckpt"

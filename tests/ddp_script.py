@@ -19,10 +19,11 @@ from omegaconf import OmegaConf
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_compclip.callbacks import DataSkips
+from lit_compclip.training.callbacks import DataSkips
 from lit_compclip.config import load_config
-from lit_compclip.data import WebDataModule
-from lit_compclip.model import CompClip, rank_and_world, rng_state, set_rng_state
+from lit_compclip.training.datamodule import WebDataModule
+from lit_compclip.training.module import CompClip, rank_and_world, rng_state, set_rng_state
+from helpers import DEFAULT
 
 GLOBAL_BATCH = 8
 MODEL = {"embed_dim": 16, "init_logit_scale": 2.0, "max_logit_scale": 100.0,
@@ -41,7 +42,7 @@ MODES = {  # name -> (base model, its changed keys, optim keys, with hard negati
     "local_negatives": ("small", {"local_loss": True}, {}, True),
     # per rank: images (2, 2), texts (2, 2, 2) or (2, 2, 1): more text than image micro-batches, an uneven last one
     "grad_cache_negatives": ("small", {"local_loss": True}, {"micro_batch_size": 2}, True),
-    # the shipped model as load_config([], []) builds it: conv stem (GroupNorm), MiniLM whose two trained layers
+    # the shipped model as load_config([DEFAULT], []) builds it: conv stem (GroupNorm), MiniLM whose two trained layers
     # run dropout, two length groups, the local loss
     "default": ("default", {}, {}, False),
     # the shipped model with its dropout at 0: nothing in the step is random, so the reference is one process's
@@ -58,7 +59,7 @@ def model_options(mode: str, work: str, devices: int) -> dict:
     if base == "small":
         return {**MODEL, **keys}
     # a text cache of each process count's own: DDP's ranks compute their frozen prefix, never read the reference's
-    shipped = load_config([], [f"cache_dir={work}/cache-{devices}"]).model
+    shipped = load_config([DEFAULT], [f"cache_dir={work}/cache-{devices}"]).model
     return {**OmegaConf.to_container(shipped, resolve=True), **keys}
 
 
@@ -186,8 +187,8 @@ def skips_run(work: str) -> dict:
     """One epoch of the tiny model on WORK/shards (broken samples among them), 2 loader workers per rank."""
     L.seed_everything(0, verbose=False)
     model = CompClip(MODEL, OPTIM, total_steps=4)
-    data = WebDataModule(f"{work}/shards", None, {"txt": 1.0}, 0, SKIP_BATCH, 2, 0, True, False,
-                         4 * 8, None, 0, model.train_transform, model.eval_transform)
+    data = WebDataModule(f"{work}/shards", None, {"txt": 1.0}, {}, SKIP_BATCH, 2, 0, True, False,
+                         4 * 8, None, 0, model.model.train_transform, model.model.transform)
     keys, run_dir = Keys(), f"{work}/run"
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, log_every_n_steps=1,
                         logger=CSVLogger(run_dir, name="", version=""), enable_checkpointing=False,

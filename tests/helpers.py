@@ -70,3 +70,16 @@ def one_line_error(excinfo, *parts) -> None:
     assert "\n" not in message, message
     for part in parts:
         assert part in message, message
+
+
+# The default experiment: the synthetic world's recipe (its world, data, curriculum and probe sets) over the schema
+DEFAULT = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "experiments" / "default.yaml")
+
+
+def user_shell_env(env: dict | None = None) -> dict:
+    """The environment as a user's shell has it, not as the suite's own `make test ARGS=...` left it: make's level and
+    flags (which carry ARGS=... on to every nested make) and the Makefile's own variables removed."""
+    import os
+
+    made = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "ARGS", "EXP", "CKPT", "SWEEP", "QUICK"}
+    return {k: v for k, v in (os.environ if env is None else env).items() if k not in made}

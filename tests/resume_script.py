@@ -13,7 +13,7 @@ import signal
 import sys
 
 from lit_compclip.cli import main
-from lit_compclip.model import CompClip
+from lit_compclip.training.module import CompClip
 
 
 def recording(record: str, kill_at: int):
@@ -23,7 +23,7 @@ def recording(record: str, kill_at: int):
         if self.global_step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         row = {"step": self.global_step, "epoch": self.current_epoch, "keys": list(batch["key"]),
-               "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "log_logit_scale": self.log_logit_scale.item()}
+               "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "log_logit_scale": self.model.log_logit_scale.item()}
         loss = train_step(self, batch, batch_idx)
         row["loss"] = float(loss)  # with dropout in the trained text layers: it depends on the RNG state too
         with open(record, "a") as f:

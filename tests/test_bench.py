@@ -15,24 +15,22 @@ from lit_compclip.config import load_config
 from lit_compclip.synth import generate
 
 from test_train import TINY_MODEL, world_overrides
+from helpers import DEFAULT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Overrides for the tiny world, the tiny image tower and a 2-layer random BERT text tower (1 layer trained)."""
-    from lit_compclip.bench import make_bert_folder
+    from benchmarks.harness import make_bert_folder
 
     root = tmp_path_factory.mktemp("bench")
-    generate(str(root / "world"), train_families=24, eval_families=4, shard_size=48, probe_size=4)
+    generate(str(root / "world"), train_families=24, eval_families=4, shard_size=48, probe_size=4, plain_lists=1)
     bert = make_bert_folder(str(root / "bert"), layers=2, width=32, heads=2)
     return world_overrides(root / "world") + TINY_MODEL + [f"model.text.model={bert}", "model.text.unfreeze_layers=1",
                                                            "probes.limit=4"]
@@ -93,7 +91,7 @@ def test_quick_bench_writes_every_figure_and_open_clip_really_trains(tiny, tmp_p
     assert set(result["raw"]["cost_split_s"]) >= {"data", "tokenize", "image", "text", "loss", "optimizer"}
     assert result["raw"]["flops"]["image_per_step"] > 0 and result["raw"]["flops"]["text_per_step"] > 0
     # an epoch is the training shards' samples over the configured batch size, counted here from the tar files
-    cfg = load_config([], tiny)
+    cfg = load_config([DEFAULT], tiny)
     samples = 0
     for shard in glob.glob(os.path.join(cfg.data.train_shards, "*.tar")):
         with tarfile.open(shard) as tar:
@@ -112,7 +110,7 @@ def test_quick_bench_writes_every_figure_and_open_clip_really_trains(tiny, tmp_p
 
 
 def test_abba_order_puts_every_pair_of_arms_in_a_b_b_a_order():
-    from lit_compclip.bench import abba_order
+    from benchmarks.harness import abba_order
 
     arms = ["a", "b", "c", "d"]
     order = abba_order(arms, 3)
@@ -130,7 +128,7 @@ def test_abba_order_puts_every_pair_of_arms_in_a_b_b_a_order():
 
 
 def test_alternate_pools_each_blocks_runs_and_ratios_come_from_one_block():
-    from lit_compclip import bench
+    from benchmarks import harness as bench
 
     calls = []
 
@@ -153,7 +151,7 @@ def test_alternate_pools_each_blocks_runs_and_ratios_come_from_one_block():
 
 
 def test_spread_reports_median_min_max_and_every_value():
-    from lit_compclip.bench import describe, spread
+    from benchmarks.harness import describe, spread
 
     s = spread([1.05, 0.98, 1.02])
     assert (s["median"], s["min"], s["max"], s["rounds"]) == (1.02, 0.98, 1.05, 3)
@@ -164,33 +162,34 @@ def test_spread_reports_median_min_max_and_every_value():
 
 
 def test_open_clip_baseline_has_our_sizes_and_trains_the_same_text_layers(tiny):
-    from lit_compclip.bench import LIKE_FOR_LIKE, build_model
-    from lit_compclip.bench_open_clip import build_open_clip
+    from benchmarks.harness import LIKE_FOR_LIKE, build_model
+    from benchmarks.open_clip_baseline import build_open_clip
 
-    cfg = load_config([], LIKE_FOR_LIKE + tiny)
+    cfg = load_config([DEFAULT], LIKE_FOR_LIKE + tiny)
     ours, (theirs, tokenizer) = build_model(cfg, 1), build_open_clip(cfg)
-    assert ours.length_groups == 1  # open_clip pads every caption alike, so ours does too in the comparison
+    assert ours.model.length_groups == 1  # open_clip pads every caption alike, so ours does too in the comparison
 
     def count(module, trainable_only=False):
         return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
-    assert count(theirs.text, True) == count(ours.text, True)  # last layer + projection, nothing else
-    assert abs(count(theirs.visual) - count(ours.image)) / count(ours.image) < 0.02
-    assert tokenizer(["a red circle"]).shape == (1, ours.text.max_seq_len)
+    assert count(theirs.text, True) == count(ours.model.text, True)  # last layer + projection, nothing else
+    assert abs(count(theirs.visual) - count(ours.model.image)) / count(ours.model.image) < 0.02
+    assert tokenizer(["a red circle"]).shape == (1, ours.model.text.max_seq_len)
 
 
 def test_open_clip_like_for_like_arm_gets_our_ids_and_keeps_its_locked_layers_in_eval(tiny):
-    from lit_compclip.bench import LIKE_FOR_LIKE, build_model
-    from lit_compclip.bench_open_clip import build_open_clip, locked_layers_in_eval, our_token_ids, same_token_ids
+    from benchmarks.harness import LIKE_FOR_LIKE, build_model
+    from benchmarks.open_clip_baseline import build_open_clip, locked_layers_in_eval, our_token_ids, same_token_ids
 
-    cfg = load_config([], LIKE_FOR_LIKE + tiny)
+    cfg = load_config([DEFAULT], LIKE_FOR_LIKE + tiny)
     ours, (theirs, tokenizer) = build_model(cfg, 1), build_open_clip(cfg)
     captions = ["a red circle", "two small green squares left of a blue triangle"]
-    ids = our_token_ids(ours.text)(captions)
-    assert torch.equal(ids, ours.text.tokenize(captions)["input_ids"]) and ids.shape[1] < ours.text.max_seq_len
+    ids = our_token_ids(ours.model.text)(captions)
+    text = ours.model.text
+    assert torch.equal(ids, text.tokenize(captions)["input_ids"]) and ids.shape[1] < text.max_seq_len
     # open_clip's own tokenizer differs from ours in padding alone; a tokenizer that changes a token does not
-    assert same_token_ids(tokenizer, our_token_ids(ours.text), [{"caption": captions}])
-    assert not same_token_ids(tokenizer, lambda c: our_token_ids(ours.text)(c) + 1, [{"caption": captions}])
+    assert same_token_ids(tokenizer, our_token_ids(ours.model.text), [{"caption": captions}])
+    assert not same_token_ids(tokenizer, lambda c: our_token_ids(ours.model.text)(c) + 1, [{"caption": captions}])
     layers = theirs.text.transformer.encoder.layer
     theirs.train()  # as it ships: dropout in every text layer, locked or not
     assert layers[0].training and theirs.text.transformer.embeddings.training
@@ -208,16 +207,16 @@ def test_bench_gpu_builds_its_models_and_stops_in_one_line_without_cuda(tmp_path
     folder.mkdir()
     named = gpu.cases(str(folder), text={"layers": 2, "width": 32, "heads": 2})
     assert len(named) == 2
-    from lit_compclip.bench import build_model
+    from benchmarks.harness import build_model
 
     # the larger-text case really builds on its random BERT (here a toy one), at ViT-B/16's 224 px
     shrink = ["model.image.width=32", "model.image.depth=1", "model.image.heads=2"]
-    cfg = load_config([], tiny + named["vit_b16_bert2x32"] + shrink)
+    cfg = load_config([DEFAULT], tiny + named["vit_b16_bert2x32"] + shrink)
     model = build_model(cfg, 1)
-    assert model.image.trunk.patch_embed.img_size == (224, 224)
-    assert model.text.st[0].auto_model.config.num_hidden_layers == 2
+    assert model.model.image.trunk.patch_embed.img_size == (224, 224)
+    assert model.model.text.st[0].auto_model.config.num_hidden_layers == 2
     # its measuring code, run on the CPU at toy sizes: both loops train in bf16 and every figure comes out
-    case = gpu.run_case(load_config([], tiny + ["data.batch_size=4"]), steps=1, warmup=1, peak=1e9, device="cpu")
+    case = gpu.run_case(load_config([DEFAULT], tiny + ["data.batch_size=4"]), steps=1, warmup=1, peak=1e9, device="cpu")
     assert case["open_clip_changed"]["image_proj"] and case["flops_per_step"] > 0 and case["ours_mfu"] > 0
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the no-GPU message is not shown")

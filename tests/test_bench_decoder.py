@@ -12,6 +12,7 @@ from lit_compclip.synth import generate
 
 from test_bench import load_script
 from test_train import TINY_MODEL, world_overrides
+from helpers import DEFAULT
 
 RATIOS = ("text_step_cache_speedup", "text_step_cache_bound", "text_step_speedup_over_bound",
           "train_step_cache_speedup", "train_step_cache_bound", "train_step_speedup_over_bound",
@@ -25,10 +26,10 @@ def positive(x) -> bool:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Overrides for the tiny world and image tower, a 2-layer random BERT standing in for MiniLM."""
-    from lit_compclip.bench import make_bert_folder
+    from benchmarks.harness import make_bert_folder
 
     root = tmp_path_factory.mktemp("bench_decoder")
-    generate(str(root / "world"), train_families=24, eval_families=4, shard_size=48, probe_size=4)
+    generate(str(root / "world"), train_families=24, eval_families=4, shard_size=48, probe_size=4, plain_lists=1)
     bert = make_bert_folder(str(root / "bert"), layers=2, width=32, heads=2)
     return world_overrides(root / "world") + TINY_MODEL + [f"model.text.model={bert}", "model.text.unfreeze_layers=1"]
 
@@ -93,7 +94,7 @@ def test_gpu_decoder_case_runs_on_cpu_and_the_cache_removes_frozen_flops(tiny, t
     lm = gpu.save_decoder(str(tmp_path / "lm"), "qwen3", sizes, device="cpu")
     cases = {}
     for arm, cache in (("no_cache", None), ("cache", str(tmp_path / "cache"))):
-        cfg = load_config([], tiny + ["data.batch_size=4"] + gpu.text_overrides(lm, "eos", cache, trained=1))
+        cfg = load_config([DEFAULT], tiny + ["data.batch_size=4"] + gpu.text_overrides(lm, "eos", cache, trained=1))
         cases[arm] = gpu.run_case(cfg, steps=1, warmup=1, device="cpu")
     for r in cases.values():
         assert positive(r["samples_per_s"]) and r["flops_per_step"] > 0 and r["peak_memory_bytes"] is None
@@ -103,7 +104,7 @@ def test_gpu_decoder_case_runs_on_cpu_and_the_cache_removes_frozen_flops(tiny, t
 
 
 def test_time_interleaved_runs_every_arm_on_each_item_in_alternating_order():
-    from lit_compclip.bench import time_interleaved
+    from benchmarks.harness import time_interleaved
 
     calls = []
     steps = {name: (lambda item, name=name: calls.append((name, item))) for name in ("a", "b", "c")}

@@ -2,8 +2,8 @@
 
 import json
 
-from lit_compclip.breakdown import accuracy_by, breakdown, caption_form, phrasing, shape_pair
 from lit_compclip.cli import main
+from lit_compclip.synth.breakdown import accuracy_by, breakdown, caption_form, phrasing, shape_pair
 
 
 def test_shape_pair_is_what_tells_the_captions_apart():
@@ -50,35 +50,3 @@ def test_breakdown_of_a_runs_records_and_the_command(tmp_path, capsys):
     assert main(["breakdown", str(tmp_path / "empty")]) == 2
     assert "no probe records" in capsys.readouterr().err
 
-
-def test_lists_split_by_which_end_the_first_named_object_sits_at(tmp_path):
-    from lit_compclip.breakdown import WorldScenes, list_order
-    from lit_compclip.synth import generate
-    from lit_compclip.synth.captions import locations
-
-    world = tmp_path / "w"
-    generate(world, train_families=2, eval_families=6, shard_size=16, probe_size=6, seed=3)
-    probes = json.loads((world / "probes" / "sugarcrepe" / "swap_att.json").read_text())
-    scenes, rows, want = WorldScenes(), [], []
-    for i, ex in enumerate(probes.values()):
-        image = str(world / "probes" / "sugarcrepe" / "images" / ex["filename"])
-        scene = scenes(image)
-        objs = scene["objects"]
-        at_start = next(o for o, p in zip(objs, locations(scene)) if p in ("left", "top"))
-        other = next(o for o in objs if o is not at_start)
-        for first, second in ((at_start, other), (other, at_start)):  # both orders of the same scene's list
-            rows.append({"image": image, "correct": i % 2 == 0,
-                         "captions": [f"a {first['colour']} {first['shape']} and a {second['colour']} {second['shape']}",
-                                      "a false caption"]})
-            want.append("left/top first" if first is at_start else "right/bottom first")
-        rows.append({"image": image, "correct": True, "captions": ["a red star over a blue cross", "x"]})
-        want.append(None)  # a relation caption has no list order
-    assert [list_order(r, scenes) for r in rows] == want
-    assert list_order({**rows[0], "image": str(tmp_path / "elsewhere.jpg")}, scenes) is None  # no world: no order
-    folder = tmp_path / "run" / "probe_records" / "sugarcrepe"
-    folder.mkdir(parents=True)
-    (folder / "swap_att.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    n = len(probes)
-    right = sum(1 for i in range(n) if i % 2 == 0) / n
-    assert breakdown(tmp_path / "run")["sugarcrepe/swap_att lists by order"] == {
-        "left/top first": (right, n), "right/bottom first": (right, n)}

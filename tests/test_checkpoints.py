@@ -14,16 +14,18 @@ from omegaconf import OmegaConf
 from test_data import write_shards
 from test_train import TINY_MODEL, tiny_checkpoint, world, world_overrides  # noqa: F401 (fixtures)
 
-from lit_compclip.checkpoints import (SAFE_GLOBALS, check_sharded, load_module, read_checkpoint_file,
-                                      read_training_checkpoint)
+from lit_compclip.checkpoints import SAFE_GLOBALS, check_sharded, read_checkpoint_file, read_training_checkpoint
 from lit_compclip.config import ConfigError, load_config
-from lit_compclip.model import CompClip
-from lit_compclip.train import init_weights, train
+from lit_compclip.factory import load
+from lit_compclip.training.module import CompClip
+from lit_compclip.training.run import init_weights, train
+from helpers import DEFAULT
 
 TINY_RUN = ["model.image.img_size=16", "model.image.patch_size=8", "model.image.depth=1", "model.image.width=32",
             "model.image.heads=2", "model.embed_dim=16",
             "model.text={tower: scratch, width: 32, layers: 1, heads: 2, max_seq_len: 16}",
-            "data.val_shards=null", "data.caption_fields={txt: 1.0}", "data.sentence_sample=0", "data.group_key=null",
+            "data.val_shards=null", "data.caption_fields={txt: 1.0}", "data.later_caption_fields=null",
+            "data.group_key=null",
             "data.batch_size=4", "data.num_workers=0", "data.shuffle_buffer=8", "trainer.accelerator=cpu",
             "trainer.enable_progress_bar=false", "probes.suites={}", "synth.auto=false", "wandb.mode=disabled"]
 
@@ -54,7 +56,7 @@ def shards(tmp_path_factory):
 def trained(shards, tmp_path_factory):
     """A checkpoint `compclip train` wrote (2 steps of a tiny model): loops, optimizer, callbacks' state."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    train(load_config([], TINY_RUN + [f"data.train_shards={shards}", "trainer.max_steps=2", f"run_dir={run}"]))
+    train(load_config([DEFAULT], TINY_RUN + [f"data.train_shards={shards}", "trainer.max_steps=2", f"run_dir={run}"]))
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -74,7 +76,7 @@ def cli_runs(shards, tmp_path_factory):
         marker = folder / "MARKER"
         bad = malicious(folder / "bad.ckpt", marker)
         run = [*TINY_RUN, f"data.train_shards={shards}", "trainer.max_steps=1", f"run_dir={folder}/run"]
-        args = {"probe": ["probe", "--ckpt", bad, *world_overrides(folder / "world"), "synth.auto=true"],
+        args = {"probe": ["probe", "--ckpt", bad, DEFAULT, *world_overrides(folder / "world"), "synth.auto=true"],
                 "init_from": ["train", *run, f"init_from={bad}"],
                 "resume": ["train", *run, f"resume={bad}"]}[name]
         env = dict(os.environ, PYTHONPATH=os.getcwd())
@@ -111,7 +113,7 @@ def test_readers_refuse_the_malicious_file_naming_it_and_the_global(tmp_path, zi
     torch.load(bad, weights_only=False)
     assert marker.exists()  # it does run code when read unsafely
     marker.unlink()
-    for read in (read_checkpoint_file, load_module, read_training_checkpoint):
+    for read in (read_checkpoint_file, load, read_training_checkpoint):
         with pytest.raises(ConfigError) as e:
             read(bad)
         assert bad in str(e.value) and "posix.system" in str(e.value) and "\n" not in str(e.value)
@@ -135,17 +137,18 @@ def test_only_our_safe_globals_are_allowed_whatever_libraries_added(tmp_path):
 def test_the_projects_training_checkpoint_loads_on_every_path(trained, shards, tmp_path):
     checkpoint = read_training_checkpoint(str(trained))  # resume's check
     assert checkpoint["global_step"] == 2 and isinstance(checkpoint["callbacks"]["RandomState"]["torch"], torch.Tensor)
-    module = load_module(str(trained))  # probe --ckpt, explore
-    cfg = load_config([], TINY_RUN)
+    model = load(str(trained))  # lit_compclip.load, probe --ckpt, explore
+    cfg = load_config([DEFAULT], TINY_RUN)
     fresh = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
     init_weights(fresh, str(trained))  # init_from
+    assert all(name.startswith("model.") for name in checkpoint["state_dict"])
     for name, weight in checkpoint["state_dict"].items():
         want = weight.double()
-        for got in (module.state_dict()[name], fresh.state_dict()[name]):
+        for got in (model.state_dict()[name.removeprefix("model.")], fresh.state_dict()[name]):
             assert (got.double() - want).norm() <= 1e-12 * max(want.norm(), 1e-30), name
     # resume=: Lightning restores it (weights_only=True) and goes on counting
     run = tmp_path / "resumed"
-    result = train(load_config([], TINY_RUN + [f"data.train_shards={shards}", "trainer.max_steps=3",
+    result = train(load_config([DEFAULT], TINY_RUN + [f"data.train_shards={shards}", "trainer.max_steps=3",
                                                 f"resume={trained}", f"run_dir={run}"]))
     last = read_training_checkpoint(os.path.join(result["run_dir"], "checkpoints", "last.ckpt"))
     assert last["global_step"] == 3
@@ -154,32 +157,32 @@ def test_the_projects_training_checkpoint_loads_on_every_path(trained, shards, t
 def test_a_checkpoint_of_a_pretrained_image_tower_loads_without_the_hub(tmp_path):
     """Its weights are in the file: probe --ckpt and init_from must not fetch the pretrained ones first (the suite is
     offline, so a hub lookup fails here)."""
-    cfg = load_config([], TINY_RUN + ["model.image.stem=patch"])
+    cfg = load_config([DEFAULT], TINY_RUN + ["model.image.stem=patch"])
     model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
     hp = dict(model.hparams)
     hp["model"] = {**hp["model"], "image": {**hp["model"]["image"], "pretrained": True}}
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": hp}, tmp_path / "pretrained.ckpt")
-    loaded = load_module(str(tmp_path / "pretrained.ckpt"))
-    for name, weight in model.state_dict().items():
+    loaded = load(str(tmp_path / "pretrained.ckpt"))
+    for name, weight in model.model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], weight), name
 
 
 def test_tiny_checkpoint_fixture_loads_safely(tiny_checkpoint):
     assert read_checkpoint_file(str(tiny_checkpoint))["global_step"] == 50
-    assert not load_module(str(tiny_checkpoint)).training
+    assert not load(str(tiny_checkpoint)).training
 
 
 def test_lightnings_own_restore_unpickles_nothing(trained, shards, tmp_path, monkeypatch):
     """Past our check (a file swapped after it, say), Lightning's restore in trainer.fit still reads with
     weights_only=True, even where the environment asks torch for weights_only=False."""
-    import lit_compclip.resume
+    import lit_compclip.training.resume
 
     marker = tmp_path / "MARKER"
     good = read_training_checkpoint(str(trained))
     bad = malicious(tmp_path / "bad.ckpt", marker, base=dict(good))
-    monkeypatch.setattr(lit_compclip.resume, "read_checkpoint", lambda path: good)  # our check passes it
+    monkeypatch.setattr(lit_compclip.training.resume, "read_checkpoint", lambda path: good)  # our check passes it
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    cfg = load_config([], TINY_RUN + [f"data.train_shards={shards}", "trainer.max_steps=3", f"resume={bad}",
+    cfg = load_config([DEFAULT], TINY_RUN + [f"data.train_shards={shards}", "trainer.max_steps=3", f"resume={bad}",
                                       f"run_dir={tmp_path}/run"])
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
         train(cfg)
@@ -218,8 +221,8 @@ def test_a_sharded_checkpoint_is_checked_pickle_by_pickle(trained, tmp_path):
             check_sharded(folder)
         assert named in str(e.value) and "\n" not in str(e.value)
     assert not marker.exists()
-    cfg = load_config([], TINY_RUN + [f"resume={entry}"])
-    from lit_compclip.resume import resume_point
+    cfg = load_config([DEFAULT], TINY_RUN + [f"resume={entry}"])
+    from lit_compclip.training.resume import resume_point
 
     with pytest.raises(ConfigError, match="resume: .*posix.system"):
         resume_point(cfg, launched_rank=False)

@@ -14,6 +14,8 @@ import threading
 import pytest
 import torch
 
+from helpers import DEFAULT
+
 # A tiny model, and a tiny synthetic world should a bad input slip past the checks into building one.
 TINY = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64", "model.image.heads=2",
         "model.embed_dim=32", "synth.train_families=2", "synth.eval_families=2", "synth.probe_size=4",
@@ -106,7 +108,7 @@ def world(tmp_path_factory):
     from lit_compclip.synth import generate
 
     out = tmp_path_factory.mktemp("world") / "synth"
-    generate(str(out), train_families=8, eval_families=2, shard_size=32, probe_size=8)
+    generate(str(out), train_families=8, eval_families=2, shard_size=32, probe_size=8, plain_lists=1)
     return out
 
 
@@ -130,7 +132,7 @@ def run_cli_all(jobs: dict, tmp, env: dict | None = None, timeout: float = 900) 
     suite's; a batch running past `timeout` is killed whole and its cases get exit status None."""
     env = env or {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp / "hf")}
     env = {**env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}  # an empty hub cache: no weights on any machine
-    listed = [{"cwd": str(cwd), "argv": ["train", *argv], "out": str(cwd / "stdout.txt"),
+    listed = [{"cwd": str(cwd), "argv": ["train", DEFAULT, *argv], "out": str(cwd / "stdout.txt"),
                "err": str(cwd / "stderr.txt")} for cwd, argv in jobs.values()]
     (tmp / "jobs.json").write_text(json.dumps(listed))
     runner = os.path.join(os.path.dirname(__file__), "cli_forks.py")

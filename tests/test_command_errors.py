@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from helpers import DEFAULT, user_shell_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the active environment as make's VENV, its install stamp never remade (-o): make installs nothing
@@ -63,7 +64,7 @@ CASES = {
     "probe_out_unwritable": ("fork", ["probe", "--ckpt", "{ckpt}", "{W}", "--out", "/proc/compclip-probe"],
                              ["--out '/proc/compclip-probe' cannot be written"]),
     # ... and before the synthetic world the default probes need is built (minutes on the default world)
-    "probe_out_is_a_file_before_the_world": ("fork", ["probe", "--ckpt", "{ckpt}", *TINY_WORLD, "--out",
+    "probe_out_is_a_file_before_the_world": ("fork", ["probe", "--ckpt", "{ckpt}", DEFAULT, *TINY_WORLD, "--out",
                                                       "{cwd}/afile"],
                                              ["--out '{cwd}/afile' is a file"]),
     # probe: the probes and their files
@@ -77,29 +78,29 @@ CASES = {
     "probe_image_cut_short": ("fork", ["probe", "--ckpt", "{ckpt}", *PROBE_SET, "--out", "{cwd}/results",
                                        "--dump", "{cwd}/records"], ["{cwd}/sugar/images/", "cannot be read"]),
     # synth
-    "synth_built_with_other_arguments": ("fork", ["synth", "synth.out_dir={cwd}/w", *TINY_WORLD, "synth.seed=7"],
+    "synth_built_with_other_arguments": ("fork", ["synth", DEFAULT, "synth.out_dir={cwd}/w", *TINY_WORLD, "synth.seed=7"],
                                          ["built with other arguments", "seed: 0 -> 7", "--overwrite"]),
-    "synth_half_built": ("fork", ["synth", "synth.out_dir={cwd}/half", *TINY_WORLD],
+    "synth_half_built": ("fork", ["synth", DEFAULT, "synth.out_dir={cwd}/half", *TINY_WORLD],
                          ["{cwd}/half holds a partial synthetic world", "--overwrite"]),
-    "synth_out_dir_is_a_file": ("fresh", ["synth", "synth.out_dir={cwd}/afile", *TINY_WORLD],
+    "synth_out_dir_is_a_file": ("fresh", ["synth", DEFAULT, "synth.out_dir={cwd}/afile", *TINY_WORLD],
                                 ["synth.out_dir '{cwd}/afile' is a file"]),
-    "synth_out_dir_beneath_a_file": ("fork", ["synth", "synth.out_dir={cwd}/afile/synth", *TINY_WORLD],
+    "synth_out_dir_beneath_a_file": ("fork", ["synth", DEFAULT, "synth.out_dir={cwd}/afile/synth", *TINY_WORLD],
                                      ["synth.out_dir '{cwd}/afile/synth'", "'{cwd}/afile' is a file"]),
-    "synth_out_dir_unwritable": ("fork", ["synth", "synth.out_dir=/proc/compclip-synth", *TINY_WORLD],
+    "synth_out_dir_unwritable": ("fork", ["synth", DEFAULT, "synth.out_dir=/proc/compclip-synth", *TINY_WORLD],
                                  ["synth.out_dir '/proc/compclip-synth' cannot be written"]),
-    "synth_unknown_key": ("fork", ["synth", "synth.out_dir={cwd}/new", "synth.seeed=1"], ["'synth.seeed'"]),
+    "synth_unknown_key": ("fork", ["synth", DEFAULT, "synth.out_dir={cwd}/new", "synth.seeed=1"], ["'synth.seeed'"]),
     "synth_experiment_missing": ("fork", ["synth", "{cwd}/none.yaml"], ["{cwd}/none.yaml"]),
-    "synth_image_size_too_small": ("fork", ["synth", "synth.out_dir={cwd}/new", "synth.image_size=8"],
+    "synth_image_size_too_small": ("fork", ["synth", DEFAULT, "synth.out_dir={cwd}/new", "synth.image_size=8"],
                                    ["synth.image_size"]),
     # config, batch-stats, an unknown command
-    "config_bad_value": ("fork", ["config", "data.batch_size=-4"], ["'data.batch_size'"]),
+    "config_bad_value": ("fork", ["config", DEFAULT, "data.batch_size=-4"], ["'data.batch_size'"]),
     "config_experiment_missing": ("fork", ["config", "{cwd}/none.yaml"], ["{cwd}/none.yaml"]),
-    "config_not_key_value": ("fork", ["config", "batch_size"], ["'batch_size' is not of the form key=value"]),
-    "batch_stats_unknown_key": ("fork", ["batch-stats", "data.batchsize=3"], ["'data.batchsize'"]),
-    "batch_stats_world_is_a_file": ("fork", ["batch-stats", "synth.out_dir={cwd}/afile",
+    "config_not_key_value": ("fork", ["config", DEFAULT, "batch_size"], ["'batch_size' is not of the form key=value"]),
+    "batch_stats_unknown_key": ("fork", ["batch-stats", DEFAULT, "data.batchsize=3"], ["'data.batchsize'"]),
+    "batch_stats_world_is_a_file": ("fork", ["batch-stats", DEFAULT, "synth.out_dir={cwd}/afile",
                                              "data.train_shards={cwd}/afile/train"],
                                     ["synth.out_dir '{cwd}/afile' is a file"]),
-    "batch_stats_half_built_world": ("fork", ["batch-stats", "synth.out_dir={cwd}/half",
+    "batch_stats_half_built_world": ("fork", ["batch-stats", DEFAULT, "synth.out_dir={cwd}/half",
                                               "data.train_shards={cwd}/half/train"],
                                      ["{cwd}/half holds a partial synthetic world", "compclip synth EXP.yaml"]),
     "unknown_command": ("fresh", ["trian", "data.batch_size=4"], ["unknown command 'trian'", "'train'"]),
@@ -135,9 +136,9 @@ def ckpt(tmp_path_factory):
     from omegaconf import OmegaConf
 
     from lit_compclip.config import load_config
-    from lit_compclip.model import CompClip
+    from lit_compclip.training.module import CompClip
 
-    cfg = load_config([], ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64",
+    cfg = load_config([DEFAULT], ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64",
                            "model.image.heads=2", "model.embed_dim=32",
                            "model.text={tower: scratch, width: 32, layers: 1, heads: 2, max_seq_len: 16}"])
     model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
@@ -148,7 +149,7 @@ def ckpt(tmp_path_factory):
 
 def world_overrides(world) -> list[str]:
     p = f"{world}/probes"
-    return [f"synth.out_dir={world}", "synth.auto=false", "probes.limit=2",
+    return [DEFAULT, f"synth.out_dir={world}", "synth.auto=false", "probes.limit=2",
             f"probes.suites.sugarcrepe.annotations={p}/sugarcrepe",
             f"probes.suites.sugarcrepe.images={p}/sugarcrepe/images", f"probes.suites.aro.root={p}/aro",
             f"probes.suites.aro.images={p}/aro/images", f"probes.suites.winoground.examples={p}/winoground/examples.jsonl",
@@ -230,7 +231,7 @@ def results(tmp_path_factory, world, ckpt):
         argv = command_line(case, cwd, world, ckpt)
         argv = [*MAKE, *argv] if CASES[case][0] == "make" else [sys.executable, "-m", "lit_compclip.cli", *argv]
         # as a user's shell runs make, not as the suite's own `make test` (whose level would make it say make[1])
-        env = {k: v for k, v in environment(logs).items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+        env = user_shell_env(environment(logs))
         with open(logs / f"{case}.out", "w") as out, open(logs / f"{case}.err", "w") as err:
             return subprocess.run(argv, cwd=cwd, env={**env, "HOME": str(cwd)}, stdout=out, stderr=err,
                                   timeout=300).returncode
@@ -277,7 +278,7 @@ def test_a_synth_build_that_fails_midway_leaves_no_half_built_world(tmp_path, mo
     from lit_compclip.synth import write
 
     out = tmp_path / "a" / "synth"
-    args = ["synth", f"synth.out_dir={out}", *TINY_WORLD]
+    args = ["synth", DEFAULT, f"synth.out_dir={out}", *TINY_WORLD]
     if existing:
         assert main([*args, "synth.seed=1"]) == 0
         before = snapshot(out)
@@ -286,7 +287,7 @@ def test_a_synth_build_that_fails_midway_leaves_no_half_built_world(tmp_path, mo
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(write, "_write_probes", full_disk)
+    monkeypatch.setattr(write, "write_probes", full_disk)
     assert main([*args, "--overwrite"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("compclip synth: error: synth.out_dir: ") and "No space left" in err and "\n" not in err

@@ -10,8 +10,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from lit_compclip import compare, plots
+from lit_compclip.reports import compare
+from lit_compclip.reports import chance
 from lit_compclip.cli import main
+from helpers import DEFAULT
 
 TINY_MODEL = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64", "model.image.heads=2",
               "model.embed_dim=32"]
@@ -40,15 +42,16 @@ def parse_table(text: str) -> tuple[list[str], dict[str, list[str]]]:
 def outputs(tmp_path_factory):
     """Three models scored by the real probes on a tiny synthetic world, written as training and `probe` write them:
     a run folder, a `compclip probe` output folder, and a bare probes.json lacking the winoground suite."""
-    from lit_compclip.callbacks import build_probes, run_probes, write_results
+    from lit_compclip.probes.report import write_results
+    from lit_compclip.training.probing import build_probes, run_probes
     from lit_compclip.config import load_config
-    from lit_compclip.model import CompClip
+    from lit_compclip.training.module import CompClip
     from lit_compclip.synth import generate
 
     root = tmp_path_factory.mktemp("compare")
     world = root / "world"
-    generate(str(world), train_families=48, eval_families=8, shard_size=64, probe_size=8)
-    cfg = load_config([], TINY_MODEL + [f"cache_dir={root}/cache", f"synth.out_dir={world}"])
+    generate(str(world), train_families=48, eval_families=8, shard_size=64, probe_size=8, plain_lists=1)
+    cfg = load_config([DEFAULT], TINY_MODEL + [f"cache_dir={root}/cache", f"synth.out_dir={world}"])
     # the default suites, pointed at this world's probe sets
     suites = json.loads(json.dumps(OmegaConf.to_container(cfg.probes.suites, resolve=True)).replace(
         '"data/synth/probes', f'"{world}/probes'))
@@ -79,7 +82,7 @@ def test_compare_writes_the_table_and_chart_of_three_models(outputs, tmp_path):
                for name, path in outputs.items() if name != "root"}
     # a column per score in any input: no counts, ties or seconds
     expected = {k.removeprefix("probe/") for r in results.values() for k in r
-                if k.rsplit("/", 1)[-1] not in plots.NOT_SCORES}
+                if k.rsplit("/", 1)[-1] not in chance.NOT_SCORES}
     assert set(columns) == expected and len(columns) == len(expected)
     assert {"sugarcrepe/swap_att", "aro/vg_relation", "winoground/group", "docci/t2i_r1"} <= set(columns)
     assert {c.split("/")[0] for c in columns} == {k.split("/")[1] for k in results["alpha"]}  # every default suite
@@ -160,9 +163,12 @@ def test_chance_levels_follow_each_benchmarks_rule():
 
 
 def test_count_metrics_match_the_callbacks():
-    from lit_compclip.callbacks import COUNT_METRICS
+    from lit_compclip.probes.report import COUNT_METRICS
+    from lit_compclip.reports import ablation, explore
 
-    assert plots.COUNT_METRICS == COUNT_METRICS
+    assert chance.COUNT_METRICS == COUNT_METRICS
+    # one set, not copies that could drift apart
+    assert chance.COUNT_METRICS is explore.COUNT_METRICS is ablation.COUNT_METRICS is COUNT_METRICS
 
 
 @pytest.mark.parametrize("case", ["missing", "no_results", "invalid_json", "not_an_object", "no_metric", "names",

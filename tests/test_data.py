@@ -12,8 +12,9 @@ import webdataset as wds
 from PIL import Image
 from torchvision import transforms
 
-from lit_compclip.data import CaptionPicker, WebDataModule, expand_shards, split_sentences
-from lit_compclip.data.datamodule import group_units
+from lit_compclip.data.captions import CaptionPicker, split_sentences
+from lit_compclip.training.datamodule import WebDataModule, expand_shards
+from lit_compclip.data.passes import group_units
 
 # ---------------------------------------------------------------- helpers
 
@@ -54,7 +55,7 @@ def tfm(size):
 
 def make_dm(train, val=None, **overrides):
     args = dict(train_shards=str(train), val_shards=None if val is None else str(val), caption_fields={"txt": 1.0},
-                sentence_sample=0, batch_size=4, num_workers=0, shuffle_buffer=50, shard_shuffle=True,
+                sentence_sample={}, batch_size=4, num_workers=0, shuffle_buffer=50, shard_shuffle=True,
                 resampled=False, samples_per_epoch=None, group_key=None, seed=0,
                 train_transform=tfm(16), eval_transform=tfm(12))
     args.update(overrides)
@@ -124,7 +125,7 @@ def test_split_sentences_keeps_punctuation_and_order():
 
 def test_sentence_sampling_keeps_order_and_at_most_k_sentences():
     text = " ".join(f"Sentence {i}." for i in range(8))
-    picker = CaptionPicker({"txt": 1.0}, sentence_sample=3)
+    picker = CaptionPicker({"txt": 1.0}, sentence_sample={"txt": 3})
     rng = random.Random(0)
     subsets = set()
     for _ in range(200):
@@ -249,7 +250,7 @@ def write_bad_shards(folder):
 def test_bad_samples_and_truncated_tar_are_skipped_counted_and_logged(tmp_path, caplog):
     good_keys = write_bad_shards(tmp_path / "bad")
     dm = make_dm(tmp_path / "bad", tmp_path / "bad", batch_size=1)
-    with caplog.at_level(logging.WARNING, logger="lit_compclip.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="lit_compclip.training.datamodule"):
         for loader in (dm.train_dataloader(), dm.val_dataloader()):
             caplog.clear()
             batches = list(loader)
@@ -299,7 +300,7 @@ def test_skip_warnings_stop_after_ten_per_reason(tmp_path, caplog):
     write_shard(tmp_path / "x.tar", [{"__key__": f"k{i}", "jpg": b"garbage", "txt": "t"} for i in range(15)]
                 + [good("fine")])
     dm = make_dm(tmp_path / "x.tar", batch_size=1)
-    with caplog.at_level(logging.WARNING, logger="lit_compclip.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="lit_compclip.training.datamodule"):
         batches = list(dm.train_dataloader())
     assert keys_of(batches) == ["fine"] and batches[0]["skipped"] == {"bad_image": 15}
     assert sum("bad_image (" in r.message for r in caplog.records) == 10
@@ -397,7 +398,7 @@ def test_multi_process_without_samples_per_epoch_is_an_error(tmp_path, monkeypat
 def test_fewer_shards_than_workers_reduces_workers(tmp_path, caplog):
     folder = write_shards(tmp_path / "d", 1, 8)
     dm = make_dm(folder, folder, num_workers=3)
-    with caplog.at_level(logging.INFO, logger="lit_compclip.data.datamodule"):
+    with caplog.at_level(logging.INFO, logger="lit_compclip.training.datamodule"):
         loader = dm.val_dataloader()
     assert sorted(keys_of(loader)) == [f"s0_{i:03d}" for i in range(8)]
     assert "1 loader workers instead of 3" in caplog.text
@@ -419,7 +420,7 @@ class _TinyModule(lightning.LightningModule):
 
 def test_lightning_trainer_runs_fixed_length_epochs(tmp_path):
     folder = write_shards(tmp_path / "d", 2, 6)
-    dm = WebDataModule(str(folder), None, {"txt": 1.0}, 0, 4, 0, 10, True, False, 16, None, 0, tfm(8), tfm(8))
+    dm = WebDataModule(str(folder), None, {"txt": 1.0}, {}, 4, 0, 10, True, False, 16, None, 0, tfm(8), tfm(8))
     model = _TinyModule()
     trainer = lightning.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False,
@@ -445,7 +446,7 @@ def test_training_samples_carry_scene_negatives_and_samples_without_are_counted(
                for i in range(12)]
     write_shard(folder / "0.tar", samples)
     dm = make_dm(folder, folder, hard_negatives={"source": "scene", "per_sample": 2})
-    with caplog.at_level(logging.WARNING, logger="lit_compclip.negatives"):
+    with caplog.at_level(logging.WARNING, logger="lit_compclip.data.negatives"):
         batches = list(dm.train_dataloader())
     assert sum(b["no_negative"] for b in batches) == 4  # k0, k3, k6, k9 have no scene
     assert sum(len(b["negatives"]) for b in batches) == 8 * 2

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from helpers import assert_close_by_norm, assert_same_tensors
+from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors
 
 from lit_compclip.cli import main
 from lit_compclip.towers import build_text_tower, encode_by_length
@@ -259,11 +259,11 @@ def test_caching_with_every_layer_trained_is_turned_off_and_said(random_lm, tmp_
 
 def test_fsdp_wraps_the_decoder_blocks(random_lm):
     from lit_compclip.config import load_config
-    from lit_compclip.model import CompClip
-    from lit_compclip.train import block_classes
+    from lit_compclip.training.module import CompClip
+    from lit_compclip.training.run import block_classes
     from omegaconf import OmegaConf
 
-    cfg = load_config([], ["model.text.tower=transformers", f"model.text.model={random_lm('gemma2')}"])
+    cfg = load_config([DEFAULT], ["model.text.tower=transformers", f"model.text.model={random_lm('gemma2')}"])
     model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
     assert "Gemma2DecoderLayer" in {c.__name__ for c in block_classes(model)}
 
@@ -273,7 +273,7 @@ def test_default_experiment_trains_with_a_decoder_folder_and_its_cache(random_lm
     run = tmp_path / "run"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["train", *world_overrides(world), f"model.text.model={folder}", "trainer.max_steps=3",
+        code = main(["train", DEFAULT, *world_overrides(world), f"model.text.model={folder}", "trainer.max_steps=3",
                      f"cache_dir={tmp_path}/cache", f"run_dir={run}"])
     assert code == 0
     spaces = os.listdir(tmp_path / "cache" / "text")
@@ -283,8 +283,8 @@ def test_default_experiment_trains_with_a_decoder_folder_and_its_cache(random_lm
 
 def test_an_uncached_decoder_is_one_line_exit_2_and_no_run_folder(tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", "model.text.tower=transformers", "model.text.model=google/gemma-2-2b", f"run_dir={run}",
-                 f"synth.out_dir={tmp_path}/world"])
+    code = main(["train", DEFAULT, "model.text.tower=transformers", "model.text.model=google/gemma-2-2b",
+                 f"run_dir={run}", f"synth.out_dir={tmp_path}/world"])
     assert code == 2 and not run.exists() and not (tmp_path / "world").exists()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "google/gemma-2-2b" in err

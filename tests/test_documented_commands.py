@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import DEFAULT, user_shell_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md", *sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))]
@@ -75,7 +76,7 @@ def makefile_targets_and_variables() -> tuple[set[str], set[str]]:
 def defaults():
     from lit_compclip.config import load_config
 
-    return load_config([], [])
+    return load_config([DEFAULT], [])
 
 
 def fill_placeholders(args: list[str]) -> list[str]:
@@ -118,13 +119,12 @@ def check_compclip(args: list[str]) -> None:
 
         load_config(*split_args([a for a in rest if not (command == "synth" and a == "--overwrite")]))
     elif command == "probe":
-        from lit_compclip.config import load_config
-        from lit_compclip.evaluate import parse_args
+        from lit_compclip.evaluate import parse_args, probe_config
         from lit_compclip.probes import PROBES
         from lit_compclip.registry import resolve
 
         parsed = parse_args(rest)
-        load_config(parsed["files"], parsed["overrides"])
+        probe_config(parsed)
         for name, options in parsed["probes"].items():
             options = dict(options)
             takes = inspect.signature(resolve(PROBES, options.pop("type", name), "probe")).parameters
@@ -135,15 +135,15 @@ def check_compclip(args: list[str]) -> None:
 
         backend_options(parse(rest), parse(rest).backend)
     elif command == "sweep":
-        from lit_compclip.sweep import main
+        from lit_compclip.reports.sweep import main
 
         assert main([*rest, "--dry-run"]) == 0, "compclip sweep --dry-run failed"
     elif command == "compare":
-        from lit_compclip.compare import parse
+        from lit_compclip.reports.compare import parse
 
         parse(rest)
     elif command == "breakdown":
-        import lit_compclip.breakdown as breakdown
+        import lit_compclip.synth.breakdown as breakdown
 
         real, breakdown.breakdown = breakdown.breakdown, lambda run: {}  # parse only: read no run folder
         try:
@@ -160,7 +160,7 @@ def check_make(args: list[str]) -> None:
     for assignment in assignments:
         name, eq, _ = assignment.partition("=")
         assert eq and name in variables, f"{assignment!r}: the Makefile reads no variable {name!r}"
-    dry = subprocess.run([*MAKE, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    dry = subprocess.run([*MAKE, *args], cwd=REPO, capture_output=True, text=True, timeout=60, env=user_shell_env())
     assert dry.returncode == 0, dry.stderr.strip()
     for line in dry.stdout.splitlines():
         if "-m lit_compclip.cli " in line:  # as the shell splits it: an unquoted ARGS value is split on spaces

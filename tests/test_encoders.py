@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from helpers import DEFAULT
 from lit_compclip.cli import main
 from lit_compclip.evaluate import default_out
 from lit_compclip.probes.export import clip_benchmark_results, write_clip_benchmark
@@ -21,7 +22,7 @@ ARCH = "ViT-S-32-alt"  # the issue's example: a 43M-parameter open_clip architec
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "world"
-    generate(str(out), train_families=48, eval_families=8, shard_size=64, probe_size=8)
+    generate(str(out), train_families=48, eval_families=8, shard_size=64, probe_size=8, plain_lists=1)
     return out
 
 
@@ -33,7 +34,8 @@ def probe_args(world, names=("sugarcrepe", "sugarcrepe_pp", "aro", "winoground",
                "aro": [f"root={p}/aro", f"images={p}/aro/images"],
                "winoground": [f"examples={p}/winoground/examples.jsonl", f"images={p}/winoground/images"],
                "whatsup": [f"root={p}/whatsup"],
-               "docci": [f"annotations={p}/docci/docci_descriptions.jsonlines", f"images={p}/docci/images"]}
+               "docci": ["type=retrieval", "format=docci", f"annotations={p}/docci/docci_descriptions.jsonlines",
+                         f"images={p}/docci/images"]}
     return ["probes.limit=4"] + [a for n in names for a in ("--probe", n, *options[n])]
 
 
@@ -291,7 +293,7 @@ def test_hf_encoder_scores_every_probe_as_the_model_does(world, tmp_path, capsys
 ])
 def test_bad_encoder_is_one_line_exit_2_before_the_world_is_built(tmp_path, capsys, args, message):
     world = tmp_path / "world"  # the default suites, in a world a good spec would build
-    assert main(["probe", f"synth.out_dir={world}", "synth.auto=true", *args]) == 2
+    assert main(["probe", DEFAULT, f"synth.out_dir={world}", "synth.auto=true", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not world.exists()
@@ -322,7 +324,7 @@ def test_clip_benchmark_export_has_its_fields_one_file_per_suite(tmp_path):
 
 
 def test_module_encoder_is_still_importable_from_callbacks():
-    from lit_compclip.callbacks import ModuleEncoder
+    from lit_compclip.training.callbacks import ModuleEncoder
     from lit_compclip.encoders.compclip import ModuleEncoder as moved
 
     assert ModuleEncoder is moved

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from helpers import assert_close_by_norm
+from helpers import DEFAULT, assert_close_by_norm
 from test_train import world_overrides
 
-from lit_compclip import explore
-from lit_compclip import explore_plots as plots
+from lit_compclip.reports import explore
+from lit_compclip.synth import explore as world
+from lit_compclip.reports import explore_plots as plots
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 CSV = """epoch,probe/sugarcrepe/swap_att,probe/sugarcrepe/n,step,train/loss,val/loss
@@ -55,7 +56,7 @@ def test_probe_curves_reads_lightning_csv_rows_with_empty_cells(tmp_path):
 
 
 def test_curves_leave_out_the_counts_the_probe_plot_leaves_out():
-    from lit_compclip.callbacks import COUNT_METRICS
+    from lit_compclip.probes.report import COUNT_METRICS
 
     assert explore.COUNT_METRICS == COUNT_METRICS
     curves = {"r": {"probe/a/n": [], "probe/a/ties": [], "probe/a/seconds": [], "probe/a/x": [], "probe/b/t2i_r1": []}}
@@ -114,7 +115,7 @@ def scene(colour_a="red", colour_b="white"):
 
 
 def test_variant_captions_swap_the_colours_or_the_objects():
-    assert explore.variant_captions(scene()) == {
+    assert world.variant_captions(scene()) == {
         "caption": "a red star on the right of a white triangle",
         "swapped_attribute": "a white star on the right of a red triangle",
         "swapped_relation": "a white triangle on the right of a red star"}
@@ -135,7 +136,7 @@ def test_variant_summary_and_failures_count_a_tie_as_a_failure():
 def test_binding_captions_give_each_family_its_two_bindings():
     samples = [{"key": "0", "family": 7, "scene": scene()}, {"key": "1", "family": 7, "scene": scene("white", "red")},
                {"key": "2", "family": 7, "scene": scene()}, {"key": "3", "family": 8, "scene": scene("blue", "red")}]
-    texts, labels, groups = explore.binding_captions(samples, families=1)
+    texts, labels, groups = world.binding_captions(samples, families=1)
     assert texts == ["a red star and a white triangle", "a white star and a red triangle"]
     assert labels == ["red star + white triangle", "red triangle + white star"] and groups == [7, 7]
 
@@ -201,15 +202,15 @@ def test_user_errors_are_one_clear_line(tmp_path, call, error, message):
 def tiny_run(tmp_path_factory):
     from lit_compclip.config import load_config
     from lit_compclip.synth import generate
-    from lit_compclip.train import train
+    from lit_compclip.training.run import train
 
     world = tmp_path_factory.mktemp("synth") / "world"
-    generate(str(world), train_families=16, eval_families=4, shard_size=16, probe_size=4)
+    generate(str(world), train_families=16, eval_families=4, shard_size=16, probe_size=4, plain_lists=1)
     overrides = world_overrides(world) + [
         "probes.limit=4", "trainer.max_epochs=1", "wandb.mode=offline", "model.image.img_size=32",
         "model.image.depth=1", "model.image.width=32", "model.image.heads=2", "model.embed_dim=16",
         f"run_dir={tmp_path_factory.mktemp('runs') / 'tiny'}"]
-    return Path(train(load_config([], overrides))["run_dir"])
+    return Path(train(load_config([DEFAULT], overrides))["run_dir"])
 
 
 def execute(name: str):

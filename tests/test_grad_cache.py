@@ -16,10 +16,10 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import DataLoader, IterableDataset
 
-from helpers import assert_close_by_norm, assert_same_tensors, close_by_norm
+from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors, close_by_norm
 from lit_compclip.config import ConfigError, load_config
-from lit_compclip.model import CompClip
-from lit_compclip.train import train
+from lit_compclip.training.module import CompClip
+from lit_compclip.training.run import train
 from test_train import TINY_MODEL, world, world_overrides  # noqa: F401 (fixtures)
 
 SMALL = {"embed_dim": 16, "init_logit_scale": 2.0, "max_logit_scale": 100.0,
@@ -40,7 +40,7 @@ NEGATIVES = ["The blue circle is left of the red square.", "A white star.", "The
 
 def default_model(cache_dir) -> dict:
     """The shipped model, exactly as the config gives it; only the text cache lives in this test's folder."""
-    return OmegaConf.to_container(load_config([], [f"cache_dir={cache_dir}"]).model, resolve=True)
+    return OmegaConf.to_container(load_config([DEFAULT], [f"cache_dir={cache_dir}"]).model, resolve=True)
 
 
 # The equality tests build every model and tensor in float64 (the cached text prefix too: the default dtype).
@@ -164,7 +164,7 @@ def test_grad_cache_step_equals_the_full_batch_step_on_the_default_model(tmp_pat
     sizes = forward_sizes(model)
     got = step(model, batch)
     assert max(sizes) == 4 and sum(sizes) == 2 * (10 + 13)
-    assert any(name.startswith("text.st.") for name in got["grads"])  # the MiniLM layers trained
+    assert any(name.startswith("model.text.st.") for name in got["grads"])  # the MiniLM layers trained
     assert any("patch_embed.backbone" in name for name in got["grads"])  # and the conv stem
     assert_same_step(got, want)
 
@@ -193,7 +193,8 @@ def test_grad_cache_clips_gradients_like_the_trainer(config):
     got = step(model, batch)
     assert total_norm(want["grads"]) == pytest.approx(clip, rel=1e-4)  # the optimizer got clipped gradients
     assert_same_step(got, want)  # GradCache's clipped gradients, and so its step, are the Trainer's
-    assert not close_by_norm(got["weights"]["log_logit_scale"], unclipped["weights"]["log_logit_scale"], 1e-6)
+    scale = "model.log_logit_scale"
+    assert not close_by_norm(got["weights"][scale], unclipped["weights"][scale], 1e-6)
 
 
 @pytest.mark.parametrize("text, length_groups", [(MINILM, 1), (MINILM, 2), ("default", None)],
@@ -221,15 +222,15 @@ def test_grad_cache_replays_the_dropout_masks_of_its_first_pass(text, length_gro
     assert_close_by_norm(got["loss"], loss, RTOL, "loss")
     assert_same_tensors(got["grads"], {n: p.grad for n, p in reference.named_parameters() if p.grad is not None},
                         RTOL, "gradient")
-    assert any(name.startswith("text.st.") for name in got["grads"])  # the MiniLM layers trained
+    assert any(name.startswith("model.text.st.") for name in got["grads"])  # the MiniLM layers trained
     # and dropout is really active: another RNG state gives other text embeddings
     assert not close_by_norm(reference._encode_steps(steps)[1], text_emb, 1e-3)
 
 
 def test_micro_batch_size_must_be_positive():
     with pytest.raises(ConfigError, match="optim.micro_batch_size"):
-        load_config([], ["optim.micro_batch_size=0"])
-    assert load_config([], ["optim.micro_batch_size=16"]).optim.micro_batch_size == 16
+        load_config([DEFAULT], ["optim.micro_batch_size=0"])
+    assert load_config([DEFAULT], ["optim.micro_batch_size=16"]).optim.micro_batch_size == 16
 
 
 @contextlib.contextmanager
@@ -256,7 +257,7 @@ def test_train_clips_grad_cache_steps_at_the_configured_value(world, tmp_path):
         "trainer.fast_dev_run=true", f"run_dir={tmp_path}/run", "optim.micro_batch_size=3",
         f"trainer.gradient_clip_val={clip}", "data.hard_negatives.source=scene"]
     with optimizer_step_norms() as norms:
-        result = train(load_config([], overrides))
+        result = train(load_config([DEFAULT], overrides))
     assert result["probes"]["probe/sugarcrepe/n"] == 8 * 7
     # one step (fast_dev_run); unclipped, its gradients' norm is tens (a value dropped on the way would leave it so)
     assert norms == [pytest.approx(clip, rel=1e-3)]

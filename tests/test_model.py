@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lit_compclip.model import CompClip, cosine_schedule
+from lit_compclip.training.module import CompClip, cosine_schedule
 
 MODEL = {"embed_dim": 16, "init_logit_scale": 2.0, "max_logit_scale": 100.0,
          "image": {"img_size": 16, "patch_size": 8, "depth": 1, "width": 32, "heads": 2, "augment": False},
@@ -16,7 +16,7 @@ def group_rates(frozen: int, steps: int = 8):
     model = CompClip(MODEL, {**OPTIM, "text_frozen_steps": frozen}, total_steps=steps)
     setup = model.configure_optimizers()
     optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
-    pretrained = {id(p) for p in model.text.st.parameters()}
+    pretrained = {id(p) for p in model.model.text.st.parameters()}
     text = [i for i, g in enumerate(optimizer.param_groups) if any(id(p) in pretrained for p in g["params"])]
     rates = []
     for _ in range(steps):
@@ -54,9 +54,9 @@ def test_frozen_text_layers_do_not_move_while_waiting():
     model = CompClip(MODEL, {**OPTIM, "text_frozen_steps": 2}, total_steps=6)
     setup = model.configure_optimizers()
     optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
-    layer = model.text.trainable[0]
+    layer = model.model.text.trainable[0]
     before = [p.detach().clone() for p in layer.parameters()]
-    proj = model.text.proj.weight.detach().clone()
+    proj = model.model.text.proj.weight.detach().clone()
     images = torch.randn(4, 3, 16, 16)
     captions = ["a red circle on the left", "a blue square", "a green star at the top", "a white cross"]
     for _ in range(2):
@@ -66,7 +66,7 @@ def test_frozen_text_layers_do_not_move_while_waiting():
         optimizer.step()
         schedule.step()
     assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
-    assert not torch.equal(proj, model.text.proj.weight)  # the new projection head trains from the start
+    assert not torch.equal(proj, model.model.text.proj.weight)  # the new projection head trains from the start
 
 
 def decay_split(model):
@@ -78,7 +78,7 @@ def decay_split(model):
 def test_weight_decay_groups_survive_parameters_flattened_by_a_wrapper():
     model = CompClip(MODEL, OPTIM, total_steps=4)
     decay, no_decay = decay_split(model)
-    assert decay and no_decay and id(model.log_logit_scale) in no_decay
+    assert decay and no_decay and id(model.model.log_logit_scale) in no_decay
     for p in model.parameters():  # what FSDP does to every parameter before configure_optimizers runs
         p.data = p.data.flatten()
     assert decay_split(model) == (decay, no_decay)
@@ -86,8 +86,8 @@ def test_weight_decay_groups_survive_parameters_flattened_by_a_wrapper():
 
 def test_trained_text_layers_run_with_dropout_from_the_first_step():
     model = CompClip(MODEL, OPTIM, total_steps=4)  # Hugging Face builds its models in eval mode
-    assert model.training and all(layer.training for layer in model.text.trainable)
-    assert not model.text.st[0].auto_model.embeddings.training  # frozen layers stay deterministic
+    assert model.training and all(layer.training for layer in model.model.text.trainable)
+    assert not model.model.text.st[0].auto_model.embeddings.training  # frozen layers stay deterministic
 
 
 # --- the logit scale: one element, because FSDP refuses 0-d parameters ---------------------------------------------
@@ -105,38 +105,6 @@ def test_the_shipped_model_has_no_0_d_parameter_which_fsdp_would_refuse():
     # torch's FSDP raises "FSDP doesn't support scalar parameters" at wrap time (found on an H200, 2026-12-04)
     model = shipped_model()
     assert [n for n, p in model.named_parameters() if p.ndim == 0] == []
-    assert model.log_logit_scale.shape == (1,) and model.logit_scale.ndim == 0  # the losses still take a 0-d scale
+    # one element for FSDP; the losses still take a 0-d scale
+    assert model.model.log_logit_scale.shape == (1,) and model.logit_scale.ndim == 0
 
-
-def old_checkpoint(model: CompClip) -> dict:
-    """A checkpoint as versions before the one-element scale wrote it: 0-d weight and 0-d Adam moments."""
-    optimizer = model.configure_optimizers()["optimizer"]
-    model.log_logit_scale.grad = torch.ones(1)
-    for p in model.parameters():
-        if p.requires_grad and p.grad is None:
-            p.grad = torch.zeros_like(p)
-    optimizer.step()
-    state, opt_state = model.state_dict(), optimizer.state_dict()
-    state["log_logit_scale"] = state["log_logit_scale"].reshape(())
-    for moments in opt_state["state"].values():
-        for k, v in moments.items():
-            if k != "step" and v.shape == (1,):
-                moments[k] = v.reshape(())
-    return {"state_dict": state, "optimizer_states": [opt_state]}
-
-
-def test_a_checkpoint_with_the_old_0_d_scale_still_loads_and_resumes():
-    from lit_compclip.model import upgrade_scalar_scale
-
-    model = CompClip(MODEL, OPTIM, total_steps=8)
-    old = old_checkpoint(model)
-    scale = old["state_dict"]["log_logit_scale"].clone()
-    fresh = CompClip(MODEL, OPTIM, total_steps=8)
-    fresh.load_state_dict(dict(old["state_dict"]))  # probe --ckpt and init_from load weights alone
-    assert fresh.log_logit_scale.shape == (1,) and fresh.log_logit_scale.item() == scale.item()
-    upgrade_scalar_scale(old)  # what on_load_checkpoint does before Lightning restores weights and optimizer
-    optimizer = fresh.configure_optimizers()["optimizer"]
-    optimizer.load_state_dict(old["optimizer_states"][0])
-    fresh.log_logit_scale.grad = torch.ones(1)
-    optimizer.step()  # a 0-d moment against a (1,) parameter would fail here
-    assert all(v.ndim > 0 for m in optimizer.state_dict()["state"].values() for k, v in m.items() if k != "step")

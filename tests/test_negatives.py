@@ -10,20 +10,21 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_close_by_norm, close_by_norm
+from helpers import DEFAULT, assert_close_by_norm, close_by_norm
 from test_train import TINY_MODEL, tiny_checkpoint, world, world_overrides  # noqa: F401 (fixtures)
 
 from lit_compclip.cli import main
 from lit_compclip.config import load_config
 from lit_compclip.data.captions import split_sentences
+from lit_compclip.data.negatives import SOURCES, NegativeMaker, rule_negatives
 from lit_compclip.losses import info_nce, info_nce_with_negatives
-from lit_compclip.model import CompClip, gather_varying_with_grad
-from lit_compclip.negatives import (SCENE_KINDS, SOURCES, NegativeMaker, from_scene, rule_negatives, scene_negative,
-                                    scene_negative_sentences, scene_negatives)
 from lit_compclip.registry import resolve
 from lit_compclip.synth import captions as cap
+from lit_compclip.synth.negatives import (SCENE_KINDS, from_scene, scene_negative, scene_negative_sentences,
+                                          scene_negatives)
 from lit_compclip.synth.world import COLOURS, INVERSE, SHAPES, SIZES, relation_between, sample_family
-from lit_compclip.train import train
+from lit_compclip.training.module import CompClip, gather_varying_with_grad
+from lit_compclip.training.run import train
 
 # ---------------------------------------------------------------- an independent reader of scene captions
 
@@ -204,9 +205,19 @@ def test_sources_registry_and_maker_errors():
         NegativeMaker("rules", 0)
 
 
+def test_the_data_layer_reaches_the_scene_source_by_name_only():
+    """Rule negatives (and the registry) import no part of the synthetic world; asking for `scene` imports it then."""
+    code = ("import random, sys; from lit_compclip.data.negatives import NegativeMaker; "
+            "NegativeMaker('rules')({}, 'a red cup on a table', random.Random(0)); "
+            "print(sorted(m for m in sys.modules if m.startswith('lit_compclip.synth'))); NegativeMaker('scene'); "
+            "print('lit_compclip.synth.negatives' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["[]", "True"]
+
+
 def test_negative_maker_warns_once_for_samples_without_negatives(caplog):
     maker = NegativeMaker("rules", 1)
-    with caplog.at_level(logging.WARNING, logger="lit_compclip.negatives"):
+    with caplog.at_level(logging.WARNING, logger="lit_compclip.data.negatives"):
         assert maker({}, "a photo", random.Random(0), "k1", "s.tar") == []
         assert maker({}, "a picture", random.Random(0), "k2", "s.tar") == []
     assert len(caplog.records) == 1 and "'k1'" in caplog.text and "data/no_negative" in caplog.text
@@ -242,7 +253,7 @@ def test_gather_varying_with_grad_is_the_identity_in_one_process():
 
 GATHER_SCRIPT = """
 import sys, torch, torch.distributed as dist, torch.multiprocessing as mp
-from lit_compclip.model import gather_varying_with_grad
+from lit_compclip.training.module import gather_varying_with_grad
 
 def run(rank, cases, out):
     dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=2)
@@ -288,7 +299,7 @@ def tiny_args(world, tmp_path, *more):
 
 def test_fine_tuning_starts_from_the_checkpoints_weights_with_a_fresh_step_count(world, tiny_checkpoint, tmp_path):
     # lr 0: the weights must stay exactly the loaded ones
-    cfg = load_config([], tiny_args(world, tmp_path, f"init_from={tiny_checkpoint}", "data.hard_negatives.source=scene",
+    cfg = load_config([DEFAULT], tiny_args(world, tmp_path, f"init_from={tiny_checkpoint}", "data.hard_negatives.source=scene",
                                     "trainer.max_steps=2", "trainer.log_every_n_steps=1", "optim.lr=0",
                                     "optim.text_lr=null"))  # null: the text layers' rate is lr, 0 too
     run = train(cfg)["run_dir"]
@@ -324,8 +335,8 @@ def test_hard_negative_config_is_checked_before_anything_is_built():
     from lit_compclip.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"data.hard_negatives.source.*'rules'.*choose one of \['rules', 'scene'\]"):
-        load_config([], ["data.hard_negatives.source=rule"])
+        load_config([DEFAULT], ["data.hard_negatives.source=rule"])
     with pytest.raises(ConfigError, match="data.hard_negatives.per_sample"):
-        load_config([], ["data.hard_negatives.per_sample=0"])
+        load_config([DEFAULT], ["data.hard_negatives.per_sample=0"])
     assert dict(load_config(["experiments/hard_negatives.yaml"]).data.hard_negatives) == \
         {"source": "scene", "per_sample": 1}

@@ -9,7 +9,7 @@ from test_train import world  # noqa: F401  (a fixture: the tiny synthetic world
 
 from lit_compclip.cli import main
 from lit_compclip.config import ConfigError, load_config
-from lit_compclip.sweep import expand, load_spec, plan
+from lit_compclip.reports.sweep import expand, load_spec, plan
 
 PAPER = "experiments/paper_gemma2.yaml"
 SPEC = "experiments/sweeps/decoder_tail.yaml"
@@ -65,7 +65,7 @@ def test_paper_config_passes_the_config_check_without_the_weights(no_weights):
     assert cfg.trainer.max_steps == 150000 and cfg.trainer.precision == "bf16-mixed"
     assert (cfg.model.image.model, cfg.model.image.img_size, cfg.model.image.pretrained) == ("vit_base_patch16_224",
                                                                                              224, False)
-    assert cfg.data.sentence_sample > 0 and max(cfg.data.caption_fields, key=cfg.data.caption_fields.get) == "recaption"
+    assert dict(cfg.data.sentence_sample) == {"recaption": 2} and max(cfg.data.caption_fields, key=cfg.data.caption_fields.get) == "recaption"
     assert cfg.optim.micro_batch_size < cfg.data.batch_size  # GradCache on
 
 
@@ -102,7 +102,7 @@ def test_paper_config_without_the_weights_stops_in_one_line_naming_the_key(tmp_p
 
 @pytest.mark.slow  # ~30 s; the decoder tower trains in test_decoder_towers.py; `make test-all` runs it
 def test_paper_config_trains_one_step_with_a_random_gemma2_standing_in(paper_data, random_lm, tmp_path):
-    from lit_compclip.train import train
+    from lit_compclip.training.run import train
 
     folder = random_lm("gemma2", **STAND_IN)
     cfg = load_config([PAPER], paper_dry_run(folder, paper_data, tmp_path))
@@ -116,10 +116,10 @@ def test_the_stand_in_tower_is_built_as_the_papers(paper_data, random_lm, tmp_pa
     """4 trained, bidirectional layers over a bf16 frozen prefix, mean-pooled: what Gemma-2-2B gets at scale."""
     import torch
 
-    from lit_compclip.model import CompClip
+    from lit_compclip.training.module import CompClip
 
     cfg = load_config([PAPER], paper_dry_run(random_lm("gemma2", **STAND_IN), paper_data, tmp_path))
-    tower = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1).text
+    tower = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1).model.text
     assert tower.causal and tower.bidirectional and tower.pooling == "mean"
     assert tower.first_trained == STAND_IN["layers"] - 4 and tower.cache_options is None
     assert {p.dtype for p in tower.frozen_parameters()} == {torch.bfloat16}

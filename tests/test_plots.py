@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from lit_compclip import ablation, compare, plots
-from lit_compclip.callbacks import plot_history
+from lit_compclip.reports import ablation
+from lit_compclip.reports import compare
+from lit_compclip.reports import plots
+from lit_compclip.reports.plots import plot_history
 
 SUITES = {"sugarcrepe": ["swap_att", "swap_obj", "mean"], "aro": ["vg_relation", "coco_order"],
           "winoground": ["text", "image", "group", "object/text"], "docci": ["t2i_r1", "i2t_r1"],

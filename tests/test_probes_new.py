@@ -21,6 +21,7 @@ from lit_compclip.synth import captions as cap
 from lit_compclip.synth import generate
 from lit_compclip.synth.world import BACKGROUND, COLOURS, INVERSE, RELATIONS, SHAPES
 from test_probes import RED, GREEN, BLUE, YELLOW, Rigged, one_line_error, solid, write_json
+from helpers import DEFAULT
 
 # ---- SugarCrepe++ --------------------------------------------------------------------------------------------------
 
@@ -437,10 +438,10 @@ class RandomEncoder:
 def test_the_default_suites_score_the_synthetic_sets_end_to_end(world):
     from omegaconf import OmegaConf
 
-    from lit_compclip.callbacks import build_probes
+    from lit_compclip.training.callbacks import build_probes
     from lit_compclip.config import load_config
 
-    cfg = load_config([], [f"synth.out_dir={world}"])
+    cfg = load_config([DEFAULT], [f"synth.out_dir={world}"])
     suites = OmegaConf.to_container(cfg.probes.suites)
     assert suites["sugarcrepe_pp"] == {"annotations": f"{world}/probes/sugarcrepe_pp",
                                        "images": f"{world}/probes/sugarcrepe/images"}

@@ -1,14 +1,18 @@
 """Real data as img2dataset writes it, made here (KEY.jpg, KEY.txt alt-text, KEY.json with `caption` and, on most
 samples, a `recaption`; odd and corrupt images; `{shard}_stats.json` beside each shard): a caption field the shards
 do not hold, a resampled stream with nothing usable, a run waiting for data that gets SIGTERM or SIGINT, the skip log
-against the skip record, and shards cut short."""
+against the skip record, shards cut short, and the real-data recipe (experiments/real_data.yaml) trained on such
+shards, scored on SugarCrepe files made here, then probed from its checkpoint alone."""
 
 import contextlib
+import csv
 import io
+import itertools
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -16,20 +20,22 @@ import sys
 import tarfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from lit_compclip.cli import main
 from lit_compclip.config import ConfigError, check_caption_fields, load_config
-from lit_compclip.data import WebDataModule
+from lit_compclip.data.captions import split_sentences
 from lit_compclip.stopping import Stopped
-from lit_compclip.train import train
+from lit_compclip.training.datamodule import WebDataModule
+from lit_compclip.training.run import train
 
 WORDS = ("a", "red", "cube", "sits", "left", "of", "a", "small", "blue", "ball", "on", "the", "grey", "table")
 TINY = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=32", "model.image.heads=2",
         "model.embed_dim=16", "model.text={tower: scratch, width: 32, layers: 1, heads: 2, max_seq_len: 16}",
-        "probes.suites={}", "data.val_shards=null", "data.group_key=null", "data.batch_size=4",
-        "data.shuffle_buffer=8", "trainer.enable_progress_bar=false", "wandb.mode=disabled", "synth.auto=false"]
+        "data.batch_size=4", "data.shuffle_buffer=8", "trainer.enable_progress_bar=false", "wandb.mode=disabled"]
 
 
 def tfm(image):
@@ -50,6 +56,8 @@ def image(kind: str, seed: int) -> bytes:
         Image.new("RGBA", (24, 24), (rng.randrange(256), 0, 0, 128)).save(buf, "PNG")
     elif kind == "tiny":
         Image.new("RGB", (1, 1), (0, rng.randrange(256), 0)).save(buf, "JPEG")
+    elif kind == "wide":  # a banner, 100 times wider than high
+        Image.new("RGB", (400, 4), (0, 0, rng.randrange(256))).save(buf, "JPEG")
     else:
         Image.frombytes("RGB", (24, 24), rng.randbytes(24 * 24 * 3)).save(buf, "JPEG")
     return buf.getvalue()
@@ -167,7 +175,7 @@ def test_a_resampled_stream_with_no_usable_sample_ends_with_the_one_line(shards,
             write_shard(folder / "00001.tar", 5, 3, {i: "corrupt" for i in range(5, 8)})
         else:  # a shard cut before its first member: nothing at all is left
             (folder / "00000.tar").write_bytes(b"")
-    dm = WebDataModule(train_shards=str(folder), val_shards=None, caption_fields=fields, sentence_sample=0,
+    dm = WebDataModule(train_shards=str(folder), val_shards=None, caption_fields=fields, sentence_sample={},
                        batch_size=4, num_workers=num_workers, shuffle_buffer=8, shard_shuffle=True, resampled=True,
                        samples_per_epoch=64, group_key=None, seed=0, train_transform=tfm, eval_transform=tfm)
     with deadline(30), pytest.raises(ConfigError, match="^data.train_shards: no train batch came out of "):
@@ -312,7 +320,7 @@ def test_a_shard_cut_short_is_named_counted_and_the_rest_still_trains(shards, tm
     cut = cut_copy(str(shards / "00000.tar"), tmp_path / "data", where, 3 * 6)  # 6 samples whole before the cut
     shutil.copy(shards / "00001.tar", tmp_path / "data")
     dm = WebDataModule(train_shards=str(tmp_path / "data"), val_shards=None, caption_fields={"txt": 1.0},
-                       sentence_sample=0, batch_size=1, num_workers=0, shuffle_buffer=0, shard_shuffle=False,
+                       sentence_sample={}, batch_size=1, num_workers=0, shuffle_buffer=0, shard_shuffle=False,
                        resampled=False, samples_per_epoch=None, group_key=None, seed=0, train_transform=tfm,
                        eval_transform=tfm)
     with caplog.at_level(logging.WARNING, logger="lit_compclip"):
@@ -330,3 +338,148 @@ def test_a_shard_cut_short_is_named_counted_and_the_rest_still_trains(shards, tm
     detail = {"inside_member": "the file ends inside member '000000006.jpg'"}.get(where, "the file ends at byte")
     assert f"skipped shard of {cut}: truncated_shard (cut short: {detail}" in caplog.text
     assert "6 samples read, 18 lost of the 24 its _stats.json lists" in caplog.text
+
+
+# ------------------------------------------------------------------- the real-data recipe, end to end
+
+RECIPE = str(Path(__file__).resolve().parents[1] / "experiments" / "real_data.yaml")
+# Dense recaption sentences, each over 32 words: two of them (what the recipe trains on) pass the 64 wordpieces of
+# the tower's default context and fit the recipe's 256. Abbreviations, initials and decimals end none of them.
+SENTENCES = (
+    "Mr. J. R. Smith, a tall man in a long grey wool coat, stands about 3.5 m from a bright red door on St. Mark's Rd. "
+    "with his left hand raised toward a small white enamel sign that reads No. 12 above a brass letter box.",
+    "To the left of the door a black bicycle with a wicker basket leans against the brick wall, e.g. beside a row of "
+    "terracotta pots holding red geraniums, white daisies and a small olive tree whose leaves catch the low light.",
+    "Behind the man the street curves gently downhill past a bakery with a striped blue awning, a parked yellow taxi "
+    "and two children in school uniforms who wait at the corner holding hands at 8.15 a.m. on a clear day.",
+    "Above the rooftops a pale sky is crossed by thin white clouds, and the warm light of the early sun falls across "
+    "the whole scene from the right, casting long soft shadows of the man and the bicycle over the pavement.",
+)
+SUGARCREPE = {"swap_att": [("a red door and a grey coat", "a grey door and a red coat")],
+              "replace_rel": [("a bicycle to the left of a door", "a bicycle to the right of a door")]}
+
+
+def recipe_shard(path: Path, first: int, n: int, odd: dict[int, str]) -> dict[str, tuple[str, str]]:
+    """One shard as img2dataset writes it with --caption_col and a `compclip recaption` pass: KEY.txt the alt-text,
+    KEY.json img2dataset's fields, the alt-text as `caption` and a four-sentence `recaption`. Returns key -> (alt-text,
+    recaption)."""
+    captions = {}
+    with tarfile.open(path, "w") as tar:
+        for i in range(first, first + n):
+            key = f"{i:09d}"
+            alt = " ".join(random.Random(i).choices(WORDS, k=8))
+            recaption = " ".join(SENTENCES[(i + j) % 4] for j in range(4))  # another first sentence per sample
+            meta = {"url": f"https://example.com/{key}.jpg", "key": key, "status": "success", "error_message": None,
+                    "width": 24, "height": 24, "original_width": 640, "original_height": 480, "exif": None,
+                    "sha256": f"{i:064x}", "caption": alt, "recaption": recaption}
+            captions[key] = (alt, recaption)
+            for name, data in ((f"{key}.jpg", image(odd.get(i, "rgb"), i)), (f"{key}.txt", alt.encode()),
+                               (f"{key}.json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return captions
+
+
+@pytest.fixture(scope="module")
+def recipe_data(tmp_path_factory):
+    """Train and val shards (grayscale, RGBA-PNG-as-jpg, 1x1, very wide and corrupt images) and SugarCrepe-format
+    files with their images: (train folder, val folder, annotations, images, key -> (alt-text, recaption))."""
+    root = tmp_path_factory.mktemp("recipe_data")
+    train_dir, val_dir, notes, pictures = (root / p for p in ("train", "val", "sugarcrepe", "coco"))
+    for folder in (train_dir, val_dir, notes, pictures):
+        folder.mkdir()
+    captions = {**recipe_shard(train_dir / "00000.tar", 0, 8, {1: "gray", 3: "rgba_png", 5: "tiny", 6: "wide"}),
+                **recipe_shard(train_dir / "00001.tar", 8, 8, {9: "wide", 12: "corrupt"}),
+                **recipe_shard(val_dir / "00000.tar", 16, 4, {17: "gray"})}
+    for n, (subset, rows) in enumerate(SUGARCREPE.items()):
+        kind = ("gray", "rgba_png")[n]
+        (pictures / f"{subset}.jpg").write_bytes(image(kind, 100 + n))
+        (notes / f"{subset}.json").write_text(json.dumps(
+            {str(i): {"filename": f"{subset}.jpg", "caption": pos, "negative_caption": neg}
+             for i, (pos, neg) in enumerate(rows)}))
+    assert all(split_sentences(recaption) == [SENTENCES[(int(k) + j) % 4] for j in range(4)]
+               for k, (_, recaption) in captions.items())
+    assert min(len(s.split()) for s in SENTENCES) > 32
+    return train_dir, val_dir, notes, pictures, captions
+
+
+def recipe_args(recipe_data, run_dir) -> list[str]:
+    """The recipe pointed at the test's files, with a small image tower; its text tower (MiniLM, 256) as it is."""
+    train_dir, val_dir, notes, pictures, _ = recipe_data
+    return [RECIPE, f"data.train_shards={train_dir}", f"data.val_shards={val_dir}",
+            f"probes.suites.sugarcrepe.annotations={notes}", f"probes.suites.sugarcrepe.images={pictures}",
+            "model.image.img_size=32", "model.image.depth=1", "model.image.width=32", "model.image.heads=2",
+            "model.embed_dim=16", "data.batch_size=4", "data.num_workers=0", "data.shuffle_buffer=8",
+            "trainer.max_steps=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+            "wandb.mode=disabled", f"run_dir={run_dir}"]
+
+
+@pytest.fixture(scope="module")
+def recipe_run(recipe_data, tmp_path_factory):
+    """experiments/real_data.yaml trained for 2 steps through the CLI, from a working folder of its own:
+    (run folder, working folder)."""
+    root = tmp_path_factory.mktemp("recipe_run")
+    cwd = root / "cwd"
+    cwd.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["train", *recipe_args(recipe_data, root / "run")]) == 0
+    return root / "run", cwd
+
+
+def test_the_real_data_recipe_trains_on_img2dataset_shards_and_scores_sugarcrepe(recipe_run):
+    run, cwd = recipe_run
+    probes = json.loads((run / "probes.json").read_text())
+    assert {f"probe/sugarcrepe/{s}" for s in SUGARCREPE} | {"probe/sugarcrepe/mean"} <= set(probes)
+    assert probes["probe/sugarcrepe/n"] == 2
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert cfg.model.text.max_seq_len == 256 and dict(cfg.data.sentence_sample) == {"recaption": 2}
+    assert cfg.get("synth") is None
+    # two sampled sentences of a dense recaption fit the recipe's text context: no caption was cut
+    logged = [r for r in csv.DictReader(io.StringIO((run / "metrics.csv").read_text())) if r["train/loss"]]
+    assert len(logged) == 2 and all(float(r["train/truncated_fraction"]) == 0.0 for r in logged)
+    assert json.loads((run / "data_skips.json").read_text())["train"]["by_reason"] == {"bad_image": 1}
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not os.listdir(cwd)  # nothing in the working folder
+
+
+def test_the_real_data_recipe_samples_sentences_of_the_recaption_only(recipe_data, tmp_path):
+    """A pass over the recipe's training data: each caption is a whole alt-text or two whole sentences of the
+    sample's recaption, in their order."""
+    _, _, _, _, captions = recipe_data
+    cfg = load_config([RECIPE], recipe_args(recipe_data, tmp_path / "run")[1:])
+    dm = WebDataModule(**OmegaConf.to_container(cfg.data), seed=0, train_transform=tfm, eval_transform=tfm)
+    dm.setup("fit")
+    picked = [(k, c) for _ in range(3) for b in dm.train_dataloader() for k, c in zip(b["key"], b["caption"])]
+    kinds = set()
+    for key, caption in picked:
+        alt, recaption = captions[key]
+        pairs = {" ".join(p) for p in itertools.combinations(split_sentences(recaption), 2)}
+        assert caption == alt or caption in pairs, caption
+        kinds.add("alt" if caption == alt else "pair")
+    assert kinds == {"alt", "pair"} and len(picked) >= 3 * 12  # full batches of 4 of the 15 readable samples
+    assert "000000012" not in dict(picked)  # its image does not decode
+
+
+def test_probe_scores_the_runs_own_suites_without_building_a_world_and_never_overwrites(recipe_run, tmp_path,
+                                                                                       capsys, monkeypatch):
+    """`compclip probe --ckpt` with no experiment file: the suites of the run's config.yaml, no synthetic world made,
+    and each call's results in a new folder under the run folder, named on stdout."""
+    run, _ = recipe_run
+    monkeypatch.chdir(tmp_path)
+    trained = {k: v for k, v in json.loads((run / "probes.json").read_text()).items() if not k.endswith("/seconds")}
+    outs = []
+    for _ in range(2):
+        assert main(["probe", "--ckpt", str(run / "checkpoints" / "last.ckpt")]) == 0
+        printed = re.search(r"probes\.json and failures\.md in (\S+)", capsys.readouterr().out)
+        assert printed, "the output folder is not named on stdout"
+        out = Path(printed.group(1))
+        assert out.resolve().parent == run.resolve() and (out / "probes.json").is_file()
+        outs.append((out, (out / "probes.json").read_bytes()))
+    (first, first_bytes), (second, _) = outs
+    assert first != second and (first / "probes.json").read_bytes() == first_bytes  # the first left as it was
+    probed = {k: v for k, v in json.loads(first_bytes).items() if not k.endswith("/seconds")}
+    assert probed == trained  # the run's own suite, the same model: the scores training wrote
+    assert not os.listdir(tmp_path)  # no data/synth (nor anything else) in the working folder
+    assert not [p for p in run.parent.rglob("*") if p.name == "synth" or p.name == "manifest.json"]

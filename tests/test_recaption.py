@@ -17,7 +17,7 @@ from lit_compclip.recaption.base import Outcome
 from lit_compclip.recaption.command import main
 from lit_compclip.recaption.pipeline import PARTIAL, worker_shards
 from lit_compclip.recaption.prompt import DEFAULT_TEMPLATE, load_template, prompt_version
-from lit_compclip.recaption.scene import SceneBackend
+from lit_compclip.synth.scene_backend import SceneBackend
 from lit_compclip.synth import captions, generate
 
 TIME = "2026-01-01T00:00:00+00:00"

@@ -15,15 +15,15 @@ import sys
 import lightning
 import pytest
 import torch
-from helpers import assert_close_by_norm, assert_same_tensors, close_by_norm
+from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors, close_by_norm
 from resume_script import recording
 from test_data import make_dm, write_shards
 
 from lit_compclip.cli import main
 from lit_compclip.config import ConfigError, load_config
 from lit_compclip.data.stream import fast_forward_share
-from lit_compclip.model import CompClip
-from lit_compclip.resume import RandomState, resume_point, wandb_id
+from lit_compclip.training.module import CompClip
+from lit_compclip.training.resume import RandomState, resume_point, wandb_id
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "resume_script.py")
 TINY = ["model.image.img_size=16", "model.image.patch_size=8", "model.image.depth=1", "model.image.width=32",
@@ -45,7 +45,7 @@ EPOCH, EVERY, KILL, RESUMED_AT = 8, 3, 11, 9
 
 def run_overrides(shards, model=()):
     return [f"data.train_shards={shards}", "data.val_shards=null", "data.caption_fields={txt: 1.0}",
-            "data.sentence_sample=0", "data.group_key=null", "data.batch_size=4", "data.num_workers=2",
+            "data.group_key=null", "data.batch_size=4", "data.num_workers=2",
             "data.shuffle_buffer=8", "data.resampled=true", f"data.samples_per_epoch={4 * EPOCH}",
             "trainer.max_epochs=2", "trainer.log_every_n_steps=1", f"trainer.checkpoint_every_n_steps={EVERY}",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "optim.warmup_steps=4",
@@ -129,7 +129,7 @@ def test_a_resume_that_forgets_the_random_state_trains_otherwise(killed_and_resu
     assert not close_by_norm(torch.tensor([forgetful[s]["loss"] for s in later]),
                              torch.tensor([reference[s]["loss"] for s in later]), RTOL)
     weights, want = final_weights(root / "forgetful"), final_weights(root / "reference")
-    assert not all(close_by_norm(weights[n], want[n], RTOL) for n in want if n.startswith("text.st."))
+    assert not all(close_by_norm(weights[n], want[n], RTOL) for n in want if n.startswith("model.text.st."))
 
 
 def test_resumed_run_appends_to_its_own_folder(killed_and_resumed):
@@ -246,16 +246,16 @@ def test_resume_errors_are_one_line_and_come_before_the_run_folder(killed_and_re
 
 def test_resume_auto_starts_fresh_without_a_checkpoint_and_last_finds_the_newest_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resume_point(load_config([], ["resume=auto", "name=job"]), launched_rank=False) is None
+    assert resume_point(load_config([DEFAULT], ["resume=auto", "name=job"]), launched_rank=False) is None
     for folder, age in (("runs/job", 100), ("runs/job-2", 50), ("runs/job-x", 0)):
         os.makedirs(f"{folder}/checkpoints")
         open(f"{folder}/config.yaml", "w").close()
         torch.save({"state_dict": {}, "hyper_parameters": {}, "loops": {}, "optimizer_states": [],
                     "global_step": 7}, f"{folder}/checkpoints/last.ckpt")
         os.utime(f"{folder}/checkpoints/last.ckpt", (1e9 - age, 1e9 - age))
-    found = resume_point(load_config([], ["resume=last", "name=job"]), launched_rank=False)
+    found = resume_point(load_config([DEFAULT], ["resume=last", "name=job"]), launched_rank=False)
     assert (found.path, found.run_dir, found.global_step) == ("runs/job-2/checkpoints/last.ckpt", "runs/job-2", 7)
-    explicit = resume_point(load_config([], ["resume=runs/job/checkpoints/last.ckpt", "name=job"]), False)
+    explicit = resume_point(load_config([DEFAULT], ["resume=runs/job/checkpoints/last.ckpt", "name=job"]), False)
     assert explicit.run_dir == "runs/job"
 
 
@@ -267,11 +267,11 @@ def test_wandb_id_is_read_from_the_run_folder(tmp_path):
 
 def test_config_rejects_a_blank_resume():
     with pytest.raises(ConfigError, match="resume"):
-        load_config([], ["resume=' '"])
+        load_config([DEFAULT], ["resume=' '"])
 
 
 def test_probe_history_and_data_counts_travel_in_the_checkpoint():
-    from lit_compclip.callbacks import ProbeCallback
+    from lit_compclip.training.callbacks import ProbeCallback
 
     probes = ProbeCallback({})
     probes.history = [{"epoch": 1, "step": 8, "metrics": {"probe/aro/vg_relation": 0.5}}]

@@ -12,15 +12,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from lit_compclip.config import load_config
-from lit_compclip.model import CompClip
-from lit_compclip.train import train
+from lit_compclip.training.module import CompClip
+from lit_compclip.training.run import train
 from skip_shards import add, write_cut_shard, write_shard
 
 SCRATCH_TEXT = {"tower": "scratch", "width": 32, "layers": 1, "heads": 2, "max_seq_len": 16}
 TINY = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=32", "model.image.heads=2",
         "model.embed_dim=16", "data.batch_size=8", "data.num_workers=2", "data.shuffle_buffer=0",
-        "data.group_key=null", "trainer.limit_val_batches=null", "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=4", "synth.auto=false"]
+        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=4"]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +41,9 @@ def shards(tmp_path_factory):
 
 def config(shards, run_dir, *extra):
     train_dir, val_dir, _, _ = shards
-    cfg = load_config([], TINY + [f"data.train_shards={train_dir}", f"data.val_shards={val_dir}",
-                                  "data.caption_fields={txt: 1.0}", f"run_dir={run_dir}", *extra])
+    cfg = load_config([], TINY + [f"data.train_shards={train_dir}", f"data.val_shards={val_dir}", f"run_dir={run_dir}",
+                                  *extra])
     cfg.model.text = SCRATCH_TEXT
-    cfg.probes.suites = {}
     return cfg
 
 

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from helpers import assert_close_by_norm, assert_same_tensors
+from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors
 from lit_compclip.config import ConfigError, load_config
-from lit_compclip.model import CompClip
+from lit_compclip.training.module import CompClip
 from lit_compclip.towers import build_text_tower, encode_by_length
 from lit_compclip.towers.image import ImageTower
-from lit_compclip.train import block_classes, trainer_options, unique_run_dir
+from lit_compclip.training.run import block_classes, trainer_options, unique_run_dir
 
 TINY_VIT = dict(img_size=16, patch_size=8, depth=2, width=32, heads=2, augment=False)
 SCRATCH = {"tower": "scratch", "width": 32, "layers": 2, "heads": 2, "max_seq_len": 16}
@@ -98,7 +98,7 @@ def test_length_groups_keep_the_default_models_text_embeddings_and_gradients(tmp
     """The shipped model as the config gives it (MiniLM, two trained layers, float16 cache, length_groups=2)
     against the same weights encoding each batch in one padded call; trained layers in train mode, dropout at 0.
     Each model has a cache folder of its own, so both compute their frozen prefix (a miss), then both read it."""
-    cfg = OmegaConf.to_container(load_config([], []), resolve=True)
+    cfg = OmegaConf.to_container(load_config([DEFAULT], []), resolve=True)
     assert cfg["model"]["length_groups"] == 2 and cfg["model"]["text"]["cache_dir"]
 
     def build(folder, **options):
@@ -107,9 +107,9 @@ def test_length_groups_keep_the_default_models_text_embeddings_and_gradients(tmp
 
     plain, grouped = twin(lambda **o: build("grouped", **o) if o else build("plain", length_groups=1),
                           length_groups=2)
-    assert plain.length_groups == 1
-    assert plain.text.cache_options and all(layer.training for layer in grouped.text.trainable)
-    tokens = plain.text.tokenize(LONG_CAPTIONS)
+    assert plain.model.length_groups == 1
+    assert plain.model.text.cache_options and all(layer.training for layer in grouped.model.text.trainable)
+    tokens = plain.model.text.tokenize(LONG_CAPTIONS)
     assert tokens["attention_mask"].sum(1).unique().numel() > 3
     weights = torch.linspace(0.5, 1.5, cfg["model"]["embed_dim"])  # the embeddings are unit vectors: weigh them
 
@@ -120,8 +120,8 @@ def test_length_groups_keep_the_default_models_text_embeddings_and_gradients(tmp
     for attempt, counts in (("miss", (0, n)), ("hit", (n, n))):  # (hits, misses) of each model's own cache so far
         assert_same(loss_and_grads(plain, forward), loss_and_grads(grouped, forward), **F64)
         for model in (plain, grouped):
-            assert (model.text.cache.hits, model.text.cache.misses) == counts, attempt
-    assert plain.text.cache.path != grouped.text.cache.path
+            assert (model.model.text.cache.hits, model.model.text.cache.misses) == counts, attempt
+    assert plain.model.text.cache.path != grouped.model.text.cache.path
 
 
 def test_length_groups_run_each_group_at_its_own_length():
@@ -140,11 +140,11 @@ def test_length_groups_run_each_group_at_its_own_length():
 
 def test_model_encodes_text_by_length_unless_told_not_to(float64):
     plain, grouped = twin(lambda **o: CompClip({**MODEL, **o}, OPTIM), length_groups=3)
-    assert plain.length_groups == 1 and grouped.length_groups == 3
+    assert plain.model.length_groups == 1 and grouped.model.length_groups == 3
     with torch.no_grad():
         assert_close_by_norm(plain.eval().encode_text(CAPTIONS), grouped.eval().encode_text(CAPTIONS), 1e-10)
     with pytest.raises(ConfigError, match="model.length_groups"):
-        load_config([], ["model.length_groups=0"])
+        load_config([DEFAULT], ["model.length_groups=0"])
 
 
 # -- precision -------------------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_model_encodes_text_by_length_unless_told_not_to(float64):
                                                          (True, "cpu", "32-true"), (False, "auto", "32-true")])
 def test_precision_is_bf16_mixed_on_gpu_and_fp32_on_cpu(monkeypatch, cuda, accelerator, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    cfg = load_config([], [f"trainer.accelerator={accelerator}"])
+    cfg = load_config([DEFAULT], [f"trainer.accelerator={accelerator}"])
     options = trainer_options(cfg, model=None)
     assert options["precision"] == expected and "fsdp" not in options  # fsdp is ours, not a Trainer argument
 
@@ -163,7 +163,7 @@ def test_precision_is_bf16_mixed_on_gpu_and_fp32_on_cpu(monkeypatch, cuda, accel
 def test_batchnorm_of_the_conv_stem_is_synced_across_gpus_only(monkeypatch, cuda, stem, norm, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     model = CompClip({**MODEL, "image": {**MODEL["image"], "stem": stem, "stem_norm": norm}}, OPTIM, total_steps=1)
-    assert trainer_options(load_config([], []), model)["sync_batchnorm"] is expected
+    assert trainer_options(load_config([DEFAULT], []), model)["sync_batchnorm"] is expected
 
 
 @pytest.mark.parametrize("devices, refused", [(2, True), ("0,1", True), (1, False)])
@@ -171,7 +171,7 @@ def test_a_batchnorm_stem_is_refused_across_cpu_processes(monkeypatch, devices, 
     """torch syncs BatchNorm on GPUs only: on CPU processes the loss would not be the global batch's."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     model = CompClip({**MODEL, "image": {**MODEL["image"], "stem": "conv", "stem_norm": "batch"}}, OPTIM, total_steps=1)
-    cfg = load_config([], ["trainer.accelerator=cpu", f"trainer.devices={devices}", "trainer.strategy=ddp"])
+    cfg = load_config([DEFAULT], ["trainer.accelerator=cpu", f"trainer.devices={devices}", "trainer.strategy=ddp"])
     if refused:
         with pytest.raises(ConfigError, match="stem_norm=batch"):
             trainer_options(cfg, model)
@@ -181,13 +181,13 @@ def test_a_batchnorm_stem_is_refused_across_cpu_processes(monkeypatch, devices, 
 
 def test_grad_cache_with_a_batchnorm_stem_is_refused_by_the_config():
     with pytest.raises(ConfigError, match="optim.micro_batch_size.*stem_norm=group"):
-        load_config([], ["model.image.stem_norm=batch", "optim.micro_batch_size=8"])
-    load_config([], ["optim.micro_batch_size=8"])  # the default stem (GroupNorm) takes GradCache
+        load_config([DEFAULT], ["model.image.stem_norm=batch", "optim.micro_batch_size=8"])
+    load_config([DEFAULT], ["optim.micro_batch_size=8"])  # the default stem (GroupNorm) takes GradCache
 
 
 def test_an_explicit_precision_is_kept(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert trainer_options(load_config([], ["trainer.precision=16-mixed"]), model=None)["precision"] == "16-mixed"
+    assert trainer_options(load_config([DEFAULT], ["trainer.precision=16-mixed"]), model=None)["precision"] == "16-mixed"
 
 
 # -- compile ---------------------------------------------------------------------------------------------------
@@ -204,9 +204,9 @@ def test_compiled_towers_match_eager_forward_and_backward(monkeypatch):
     compile_ = nn.Module.compile
     monkeypatch.setattr(nn.Module, "compile", lambda self: compile_(self, backend="aot_eager"))
     eager, compiled = twin(lambda **o: CompClip({**MODEL, **o}, OPTIM, total_steps=1), compile=True)
-    assert compiled.image.trunk._compiled_call_impl is not None
-    assert all(b._compiled_call_impl is not None for b in compiled.text.transformer.layers)
-    assert eager.image.trunk._compiled_call_impl is None
+    assert compiled.model.image.trunk._compiled_call_impl is not None
+    assert all(b._compiled_call_impl is not None for b in compiled.model.text.transformer.layers)
+    assert eager.model.image.trunk._compiled_call_impl is None
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way
     assert_same(loss_and_grads(eager, encode_both), loss_and_grads(compiled, encode_both))
 
@@ -272,7 +272,7 @@ def test_grad_checkpointing_keeps_loss_and_gradients_and_stores_less(build, forw
 
 
 def test_grad_checkpointing_is_a_model_option_of_both_towers():
-    cfg = load_config([], ["model.image.grad_checkpointing=true", "model.text.tower=scratch",
+    cfg = load_config([DEFAULT], ["model.image.grad_checkpointing=true", "model.text.tower=scratch",
                            "model.text.grad_checkpointing=true"])
     assert cfg.model.image.grad_checkpointing and cfg.model.text.grad_checkpointing
 
@@ -305,10 +305,10 @@ def test_fsdp_strategy_wraps_every_transformer_block_of_both_towers(text):
     from lit_compclip.towers.pretrained import transformer_layers
 
     model = CompClip({**MODEL, "text": text}, OPTIM, total_steps=1)
-    cfg = load_config([], ["trainer.strategy=fsdp", "trainer.fsdp.sharding_strategy=SHARD_GRAD_OP"])
+    cfg = load_config([DEFAULT], ["trainer.strategy=fsdp", "trainer.fsdp.sharding_strategy=SHARD_GRAD_OP"])
     strategy = trainer_options(cfg, model)["strategy"]
     assert isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy is ShardingStrategy.SHARD_GRAD_OP
-    blocks = set(model.image.trunk.blocks) | set(transformer_layers(model.text))
+    blocks = set(model.model.image.trunk.blocks) | set(transformer_layers(model.model.text))
     assert len(blocks) == 2 + (2 if text is SCRATCH else 6)
     assert wrapped_modules(strategy, model) == blocks
 
@@ -317,7 +317,7 @@ def test_fsdp_refuses_the_frozen_layer_cache_in_one_line(tmp_path):
     text = {"tower": "sentence_transformers", "unfreeze_layers": 1, "cache_dir": str(tmp_path)}
     model = CompClip({**MODEL, "text": text}, OPTIM, total_steps=1)
     with pytest.raises(ConfigError, match="model.text.cache_dir.*fsdp.*cache_dir=null"):
-        trainer_options(load_config([], ["trainer.strategy=fsdp"]), model)
+        trainer_options(load_config([DEFAULT], ["trainer.strategy=fsdp"]), model)
 
 
 def test_fsdp_block_of_a_cnn_trunk_is_its_residual_block():
@@ -328,9 +328,9 @@ def test_fsdp_block_of_a_cnn_trunk_is_its_residual_block():
 
 def test_fsdp_options_are_checked():
     with pytest.raises(ConfigError, match="trainer.fsdp.sharding_strategy.*FULL_SHARD"):
-        load_config([], ["trainer.fsdp.sharding_strategy=FULL"])
+        load_config([DEFAULT], ["trainer.fsdp.sharding_strategy=FULL"])
     with pytest.raises(ConfigError, match="trainer.fsdp.state_dict_type"):
-        load_config([], ["trainer.fsdp.state_dict_type=local"])
+        load_config([DEFAULT], ["trainer.fsdp.state_dict_type=local"])
 
 
 def test_lightning_refuses_fsdp_without_a_gpu():
@@ -338,7 +338,7 @@ def test_lightning_refuses_fsdp_without_a_gpu():
     import lightning as L
 
     model = CompClip(MODEL, OPTIM, total_steps=1)
-    strategy = trainer_options(load_config([], ["trainer.strategy=fsdp"]), model)["strategy"]
+    strategy = trainer_options(load_config([DEFAULT], ["trainer.strategy=fsdp"]), model)["strategy"]
     with pytest.raises(ValueError, match="requires a GPU accelerator"):
         L.Trainer(accelerator="cpu", devices=2, strategy=strategy)
 
@@ -364,16 +364,16 @@ def test_ranks_started_apart_need_one_explicit_run_dir_used_as_given(clean_launc
     for name, value in launch.items():
         clean_launch.setenv(name, value)
     with pytest.raises(ConfigError, match="explicit run_dir"):
-        unique_run_dir(load_config([], ["name=x"]))
+        unique_run_dir(load_config([DEFAULT], ["name=x"]))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("earlier")  # a relaunch: no rank may move on to run-2
-    assert unique_run_dir(load_config([], [f"run_dir={tmp_path}/run"])) == f"{tmp_path}/run"
+    assert unique_run_dir(load_config([DEFAULT], [f"run_dir={tmp_path}/run"])) == f"{tmp_path}/run"
 
 
 def test_ranks_lightning_launches_take_the_folder_rank_zero_chose(clean_launch, tmp_path):
     clean_launch.setenv("LOCAL_RANK", "1")
     clean_launch.setenv("LIT_COMPCLIP_RUN_DIR", str(tmp_path / "r-2"))
-    assert unique_run_dir(load_config([], [f"run_dir={tmp_path}/r"])) == str(tmp_path / "r-2")
+    assert unique_run_dir(load_config([DEFAULT], [f"run_dir={tmp_path}/r"])) == str(tmp_path / "r-2")
 
 
 # -- the cluster recipes ---------------------------------------------------------------------------------------
@@ -391,7 +391,7 @@ def test_torchrun_recipe_trains_two_cpu_processes(tmp_path):
     from lit_compclip.synth import generate
 
     world = tmp_path / "world"
-    generate(str(world), train_families=16, eval_families=8, shard_size=16, probe_size=4)  # 2+ shards per rank
+    generate(str(world), train_families=16, eval_families=8, shard_size=16, probe_size=4, plain_lists=1)  # 2+ shards per rank
     run = tmp_path / "run"
     args = [f"synth.out_dir={world}", "synth.auto=false", f"data.train_shards={world}/train", f"data.val_shards={world}/val",
             "probes.suites={}", "data.resampled=true", "data.samples_per_epoch=32", "data.batch_size=8",

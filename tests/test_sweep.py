@@ -9,11 +9,12 @@ import pytest
 from omegaconf import OmegaConf
 from test_train import TINY_MODEL, world, world_overrides  # noqa: F401  (world is a fixture)
 
-from lit_compclip.ablation import COMPOSITE, PAPER_ORDER, aggregate, cell_of, check_order, collect, write_report
+from lit_compclip.reports.ablation import COMPOSITE, PAPER_ORDER, aggregate, cell_of, check_order, collect, write_report
 from lit_compclip.cli import main
 from lit_compclip.config import split_args
 from lit_compclip.config import ConfigError, load_config
-from lit_compclip.sweep import expand, load_spec, plan, run_args, run_id
+from lit_compclip.reports.sweep import expand, load_spec, plan, run_args, run_id
+from helpers import DEFAULT
 
 
 def write_spec(path, **spec):
@@ -163,7 +164,7 @@ def test_a_bad_config_key_in_a_spec_fails_before_any_run(tmp_path, capsys):
 def fake_run(out, rid, caption, tower, seed, scores):
     folder = out / rid
     folder.mkdir(parents=True)
-    cfg = load_config([], [f"data.caption_fields={{{caption}: 1.0}}", f"model.text={{tower: {tower}}}",
+    cfg = load_config([DEFAULT], [f"data.caption_fields={{{caption}: 1.0}}", f"model.text={{tower: {tower}}}",
                            f"seed={seed}"])
     OmegaConf.save(cfg, folder / "config.yaml")
     (folder / "probes.json").write_text(json.dumps(scores))
@@ -262,7 +263,8 @@ def test_two_cell_one_step_grid_runs_reports_and_resumes(world, tmp_path, capsys
 
 
 def test_random_spec_without_count_is_a_one_line_error(tmp_path, capsys):
-    spec = write_spec(tmp_path / "r.yaml", method="random", parameters={"optim.lr": {"min": 0.001, "max": 0.01}})
+    spec = write_spec(tmp_path / "r.yaml", method="random", parameters={"optim.lr": {"min": 0.001, "max": 0.01},
+                                                                   "experiment": {"value": DEFAULT}})
     assert main(["sweep", spec, "--dry-run"]) == 2
     assert "give --count N" in capsys.readouterr().err
     assert main(["sweep", spec, "--dry-run", "--count", "2", "--out", str(tmp_path / "o")]) == 0
@@ -273,7 +275,7 @@ def test_random_spec_without_count_is_a_one_line_error(tmp_path, capsys):
 def test_report_goes_to_wandb_only_when_wandb_is_online(tmp_path, monkeypatch):
     import wandb
 
-    from lit_compclip import ablation, train
+    from lit_compclip.reports import ablation, wandb_runs
 
     table = {"both": {"probe/aro/vg_relation": (0.8, 0.1, 3)}}
     logged = []
@@ -291,6 +293,6 @@ def test_report_goes_to_wandb_only_when_wandb_is_online(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb, "init", lambda **kw: FakeRun())
     assert not ablation.log_wandb(table, [], None)  # the suite runs with WANDB_MODE=offline
     assert logged == []
-    monkeypatch.setattr(train, "wandb_mode", lambda mode: "online")
+    monkeypatch.setattr(wandb_runs, "wandb_mode", lambda mode: "online")
     assert ablation.log_wandb(table, [], None)
     assert logged[0]["ablation/table"].columns == ["metric", "both"]

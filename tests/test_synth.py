@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lit_compclip.data import split_sentences
+from lit_compclip.data.captions import split_sentences
 from lit_compclip.synth import generate, hard_negative_stats
 from lit_compclip.synth import captions as cap
 from lit_compclip.synth.world import (COLOURS, HELD_OUT, INVERSE, MARGIN, MEMBERS, RELATIONS, SHAPES, SIZES,
@@ -385,9 +385,7 @@ def test_generate_skips_when_manifest_matches_and_refuses_other_arguments(tmp_pa
     first = generate(tmp_path, **small)
     assert first["skipped"] is False and first["counts"]["train_samples"] == 16
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["args"] == small | {"min_objects": 2, "max_objects": 2, "shape_twins": 1,
-                                        "one_attribute_anchors": 0.0, "one_attribute_colour": 0.5,
-                                        "far_end_anchors": 0.0, "plain_lists": 0}
+    assert manifest["args"] == small | {"min_objects": 2, "max_objects": 2, "shape_twins": 1, "plain_lists": 0}
     assert "format_version" in manifest
     shard = tmp_path / "train" / "shard-000000.tar"
     stamp = shard.stat().st_mtime_ns
@@ -403,13 +401,15 @@ def test_generate_skips_when_manifest_matches_and_refuses_other_arguments(tmp_pa
 
 
 def test_training_rebuilds_a_world_built_with_other_arguments_or_an_older_generator(tmp_path, monkeypatch, capsys):
+    from helpers import DEFAULT
+
     from lit_compclip.config import load_config
-    from lit_compclip.synth import write
-    from lit_compclip.synth import ensure_synth
+    from lit_compclip.synth import manifest as world_manifest
+    from lit_compclip.synth.plugin import prepare as ensure_synth
 
     out = tmp_path / "synth"
-    cfg = load_config(overrides=[f"synth.out_dir={out}", f"data.train_shards={out}/train", "data.val_shards=null",
-                                 "synth.train_families=2", "synth.eval_families=2", "synth.probe_size=2"])
+    cfg = load_config([DEFAULT], [f"synth.out_dir={out}", f"data.train_shards={out}/train", "data.val_shards=null",
+                                  "synth.train_families=2", "synth.eval_families=2", "synth.probe_size=2"])
     ensure_synth(cfg)
     assert "building" in capsys.readouterr().out
     manifest = out / "manifest.json"
@@ -420,10 +420,11 @@ def test_training_rebuilds_a_world_built_with_other_arguments_or_an_older_genera
     ensure_synth(cfg)
     assert "train_families: 2 -> 3" in capsys.readouterr().out
     assert json.loads(manifest.read_text())["counts"]["train_samples"] == 24
-    monkeypatch.setattr(write, "FORMAT_VERSION", write.FORMAT_VERSION + 1)  # the generator changed since
+    # the generator changed since
+    monkeypatch.setattr(world_manifest, "FORMAT_VERSION", world_manifest.FORMAT_VERSION + 1)
     ensure_synth(cfg)
     assert "format_version" in capsys.readouterr().out
-    assert json.loads(manifest.read_text())["format_version"] == write.FORMAT_VERSION
+    assert json.loads(manifest.read_text())["format_version"] == world_manifest.FORMAT_VERSION
 
 
 @pytest.mark.parametrize("bad, match", [({"shard_size": 6}, "shard_size"), ({"min_objects": 1}, "min_objects"),
@@ -492,71 +493,6 @@ def test_recaption_locations_agree_with_positions(n_objects):
             assert not any(re.search(rf"\b{w}", text) for w in other_axis), text  # never the other axis's words
 
 
-def test_one_attribute_anchors_add_a_second_recaption_and_leave_the_rest_as_it_was(data, tmp_path):
-    out = tmp_path / "w"
-    generate(out, **dict(ARGS, one_attribute_anchors=1.0))
-    for split in ("train", "val"):  # the same images and recaptions, byte for byte, with the field beside them
-        base = {r["key"]: r for r in records(data / split)}
-        for r in records(out / split):
-            assert {k: v for k, v in r.items() if k != "recaption_one_attribute"} == base[r["key"]]
-            assert ("recaption_one_attribute" in r) == (split == "train")  # validation and probes never change
-    anchor = re.compile(r"(?:the (\w+) one|the (\w+)) (?:is the (?:leftmost|topmost)|furthest to the left|highest up)")
-    named = Counter()
-    for r in records(out / "train"):
-        listed = next(x for x in split_sentences(r["recaption_one_attribute"]) if x.startswith(("Of ", "The picture")))
-        m = anchor.search(listed)
-        assert m, listed
-        named["colour" if m.group(1) in COLOURS else "shape" if m.group(2) in SHAPES else "?"] += 1
-        # the same sentences: the anchored list (its objects and template as in the full one) and every relation
-        assert len(split_sentences(r["recaption_one_attribute"])) == len(split_sentences(r["recaption"]))
-    assert set(named) == {"colour", "shape"} and min(named.values()) > 0.3 * sum(named.values())
-    for bad in (1.5, -0.1, "half"):
-        with pytest.raises(ValueError, match="one_attribute_anchors must be a share in"):
-            generate(tmp_path / "x", **dict(ARGS, one_attribute_anchors=bad))
-        with pytest.raises(ValueError, match="one_attribute_colour must be a share in"):
-            generate(tmp_path / "x", **dict(ARGS, one_attribute_anchors=0.5, one_attribute_colour=bad))
-
-
-def test_the_colour_share_names_the_colour_in_that_share_of_the_one_attribute_anchors():
-    from lit_compclip.synth.captions import recaption
-    from lit_compclip.synth.world import sample_family
-
-    rng = random.Random(3)
-    scenes = [s for _ in range(60) for s in sample_family(rng, 2, "train", 64)]
-    def anchors(share, colour):
-        return [recaption(s, random.Random(f"0/recaption/{i}"), "train", share, colour) for i, s in enumerate(scenes)]
-    base, half, colour_only, shape_only = anchors(0.0, 0.5), anchors(1.0, 0.5), anchors(1.0, 1.0), anchors(1.0, 0.0)
-    assert all(" one " in c or " one," in c for c in colour_only) and not any(" one " in c for c in shape_only)
-    for cap_half, cap_colour, cap_shape in zip(half, colour_only, shape_only):
-        assert cap_half in (cap_colour, cap_shape)  # the same draw: the share picks which attribute, nothing else
-    assert half != colour_only and half != shape_only and len(set(base) & set(half)) == 0
-
-
-def test_far_end_anchors_name_the_object_at_the_other_end_in_that_share_of_the_training_lists(data, tmp_path):
-    from lit_compclip.synth.captions import locations
-
-    base = {r["key"]: r for split in ("train", "val") for r in records(data / split)}
-    for share in (1.0, 0.5):
-        out = tmp_path / f"far{share}"
-        generate(out, **dict(ARGS, far_end_anchors=share))
-        assert all(r == base[r["key"]] for r in records(out / "val"))  # validation (and probes) never change
-        far = 0
-        for r in records(out / "train"):
-            listed = next(x for x in split_sentences(r["recaption"]) if x.startswith(("Of ", "The picture")))
-            old = next(x for x in split_sentences(base[r["key"]]["recaption"]) if x.startswith(("Of ", "The picture")))
-            if listed == old:
-                continue
-            far += 1
-            scene = r["scene"]
-            end = scene["objects"][locations(scene).index("right" if "left" in locations(scene) else "bottom")]
-            assert f"{end['colour']} {end['shape']}" in listed.split(",")[-1]  # the far object is the one named again
-            assert any(w in listed for w in ("rightmost", "to the right", "bottommost", "lowest down"))
-            # the other sentences keep their words: the far end is drawn from a stream of its own
-            assert set(split_sentences(r["recaption"])) - {listed} == set(split_sentences(base[r["key"]]["recaption"])) - {old}
-        n = len(records(out / "train"))
-        assert far == n if share == 1.0 else 0.3 * n < far < 0.7 * n
-
-
 def test_plain_lists_add_a_place_free_list_of_every_object_to_training_records_only(data, tmp_path):
     out = tmp_path / "plain"
     generate(out, **dict(ARGS, plain_lists=1))
@@ -579,15 +515,16 @@ def test_plain_lists_add_a_place_free_list_of_every_object_to_training_records_o
         generate(tmp_path / "x", **dict(ARGS, plain_lists=2))
 
 
-def test_a_manifest_from_before_a_later_argument_still_matches(data, tmp_path):
-    from lit_compclip.synth.write import differs, world_args
+def test_a_manifest_from_before_a_later_argument_still_matches_and_one_with_a_removed_argument_differs(data, tmp_path):
+    from lit_compclip.synth.manifest import differs, world_args
 
     manifest = json.loads((data / "manifest.json").read_text())
-    manifest["args"].pop("one_attribute_anchors")  # as format 8 worlds built before the options wrote them
-    manifest["args"].pop("one_attribute_colour")
-    manifest["args"].pop("far_end_anchors")
-    manifest["args"].pop("plain_lists")
+    manifest["args"].pop("plain_lists")  # as format 8 worlds built before the option wrote it
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert differs(tmp_path, world_args(**ARGS)) == ""  # nothing to rebuild
-    assert differs(tmp_path, world_args(**dict(ARGS, one_attribute_anchors=0.5))) == "one_attribute_anchors: 0.0 -> 0.5"
-    assert differs(tmp_path, world_args(**dict(ARGS, one_attribute_colour=1.0))) == "one_attribute_colour: 0.5 -> 1.0"
+    assert differs(tmp_path, world_args(**dict(ARGS, plain_lists=1))) == "plain_lists: 0 -> 1"
+    # an argument the generator no longer has (a screen not kept): its world may hold other captions, so it is
+    # rebuilt, never reused
+    manifest["args"]["retired_option"] = 0.0
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert differs(tmp_path, world_args(**ARGS)) == "retired_option: 0.0 -> (no such argument)"

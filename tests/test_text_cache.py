@@ -11,12 +11,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import assert_close_by_norm, assert_same_tensors, close_by_norm
+from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors, close_by_norm
 from lit_compclip.config import load_config
-from lit_compclip.model import CompClip
+from lit_compclip.training.module import CompClip
 from lit_compclip.text_cache import PrefixCache, token_keys
 from lit_compclip.towers.sentence_transformers import SentenceTransformerTower
-from lit_compclip.train import train
+from lit_compclip.training.run import train
 from test_train import TINY_MODEL, world, world_overrides  # noqa: F401 (world is a fixture)
 
 CAPTIONS = ["The blue square is under the yellow triangle. The background is grey.", "A red circle.",
@@ -66,13 +66,13 @@ def test_cached_tower_matches_recomputing_in_output_and_gradients(tmp_path, unfr
 def default_text_models(cache_dir, **text):
     """The shipped model's text side (MiniLM, two trained layers with dropout, float16 cache, length groups) as
     CompClip encodes it, uncached and cached, with the same weights."""
-    cfg = OmegaConf.to_container(load_config([], [f"cache_dir={cache_dir}"]), resolve=True)
+    cfg = OmegaConf.to_container(load_config([DEFAULT], [f"cache_dir={cache_dir}"]), resolve=True)
     model, optim = cfg["model"], cfg["optim"]
     torch.manual_seed(0)
     plain = CompClip({**model, "text": {**model["text"], "cache_dir": None}}, optim, total_steps=1)
     cached = CompClip({**model, "text": {**model["text"], **text}}, optim, total_steps=1)
     cached.load_state_dict(plain.state_dict())
-    assert cached.text.cache_options and cached.length_groups > 1 and cached.text.trainable
+    assert cached.model.text.cache_options and cached.model.length_groups > 1 and cached.model.text.trainable
     return plain, cached
 
 
@@ -93,17 +93,17 @@ DEFAULT_CAPTIONS = CAPTIONS + ["A green star left of a white cross.", "The red s
 def test_cached_default_model_matches_recomputing_in_output_and_gradients(tmp_path):
     plain, cached = default_text_models(tmp_path / "cache", cache_dtype="float32")
     ref_out, ref_grads = text_step(plain, DEFAULT_CAPTIONS)
-    assert any(n.startswith("text.st.") for n in ref_grads)  # the trained MiniLM layers, dropout on
+    assert any(n.startswith("model.text.st.") for n in ref_grads)  # the trained MiniLM layers, dropout on
     for attempt in ("miss", "hit"):
         out, grads = text_step(cached, DEFAULT_CAPTIONS)
         assert_close_by_norm(out, ref_out, RTOL, attempt)
         assert_same_tensors(grads, ref_grads, RTOL, attempt, floor=FLOOR)
-    assert cached.text.cache_stats()["hits"] == len(DEFAULT_CAPTIONS)
+    assert cached.model.text.cache_stats()["hits"] == len(DEFAULT_CAPTIONS)
 
 
 def test_default_float16_cache_reads_back_exactly_what_it_computed(tmp_path):
     plain, cached = default_text_models(tmp_path / "cache")  # as shipped: float16 storage
-    assert cached.text.cache_options[2] == "float16"
+    assert cached.model.text.cache_options[2] == "float16"
     miss, hit = text_step(cached, DEFAULT_CAPTIONS), text_step(cached, DEFAULT_CAPTIONS)
     assert torch.equal(miss[0], hit[0])  # a fresh row is rounded as its stored copy will be: the same step
     assert miss[1].keys() == hit[1].keys() and all(torch.equal(miss[1][n], hit[1][n]) for n in miss[1])
@@ -288,7 +288,7 @@ def test_an_unusable_cache_folder_is_one_clear_error(tmp_path):
 
 def test_a_second_run_with_the_same_seed_reads_every_caption_from_the_cache(world, tmp_path):
     def run(name):
-        cfg = load_config([], world_overrides(world) + TINY_MODEL + [
+        cfg = load_config([DEFAULT], world_overrides(world) + TINY_MODEL + [
             "trainer.max_steps=3", "trainer.log_every_n_steps=1", "probes.suites={}", "data.val_shards=null",
             f"run_dir={tmp_path}/{name}", f"cache_dir={tmp_path}/cache"])
         train(cfg)

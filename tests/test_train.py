@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 
 from lit_compclip.cli import main
 from lit_compclip.config import load_config
-from lit_compclip.model import CompClip
+from lit_compclip.training.module import CompClip
 from lit_compclip.synth import generate
-from lit_compclip.train import probe_time, train
+from lit_compclip.training.run import probe_time, train
+from helpers import DEFAULT
 
 TINY_MODEL = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64", "model.image.heads=2",
               "model.embed_dim=32"]
@@ -24,9 +25,8 @@ TINY_MODEL = ["model.image.img_size=32", "model.image.depth=1", "model.image.wid
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "world"
-    # every optional caption field, so each experiment file's fields are there and the default's epoch-2 curriculum runs
-    generate(str(out), train_families=48, eval_families=8, shard_size=64, probe_size=8, one_attribute_anchors=1 / 3,
-             plain_lists=1)
+    # every optional caption field (plain_list), so the default's epoch-2 curriculum runs
+    generate(str(out), train_families=48, eval_families=8, shard_size=64, probe_size=8, plain_lists=1)
     return out
 
 
@@ -47,7 +47,7 @@ def world_overrides(world):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(world, tmp_path_factory):
     """An untrained tiny model saved as a training checkpoint: what a stage-2 experiment's init_from needs."""
-    cfg = load_config([], world_overrides(world) + TINY_MODEL)
+    cfg = load_config([DEFAULT], world_overrides(world) + TINY_MODEL)
     model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 50}, path)
@@ -57,8 +57,11 @@ def tiny_checkpoint(world, tmp_path_factory):
 # paper_*.yaml name weights nothing here can fetch: tests/test_paper_config.py runs them with a random stand-in
 @pytest.mark.parametrize("experiment", sorted(set(glob.glob("experiments/*.yaml")) - set(glob.glob("experiments/paper_*"))))
 def test_every_experiment_file_runs_fast_dev_run(experiment, world, tmp_path, request):
-    overrides = world_overrides(world) + TINY_MODEL + ["trainer.fast_dev_run=true", f"run_dir={tmp_path}/run"]
-    if load_config([experiment]).init_from:  # a stage-2 experiment starts from a tiny checkpoint instead
+    own = load_config([experiment])
+    # the world's probe files for the suites the experiment names (real_data.yaml names SugarCrepe only)
+    overrides = [o for o in world_overrides(world) if not o.startswith("probes.suites.") or o.split(".")[2] in
+                 own.probes.suites] + TINY_MODEL + ["trainer.fast_dev_run=true", f"run_dir={tmp_path}/run"]
+    if own.init_from:  # a stage-2 experiment starts from a tiny checkpoint instead
         overrides.append(f"init_from={request.getfixturevalue('tiny_checkpoint')}")
     cfg = load_config([experiment], overrides)
     result = train(cfg)
@@ -69,7 +72,7 @@ def test_every_experiment_file_runs_fast_dev_run(experiment, world, tmp_path, re
 def short_run(world, tmp_path_factory):
     """A 2-epoch tiny run through the CLI: (run folder, what it printed)."""
     run = tmp_path_factory.mktemp("short") / "run"
-    args = ["train", *world_overrides(world), *TINY_MODEL, "trainer.max_epochs=2", "wandb.mode=offline",
+    args = ["train", DEFAULT, *world_overrides(world), *TINY_MODEL, "trainer.max_epochs=2", "wandb.mode=offline",
             f"run_dir={run}", "name=tiny"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -111,13 +114,13 @@ def test_short_run_writes_every_output(short_run):
     assert "swap_att=" in out and str(run) in out
     assert f"probe chart: {run / 'probes.png'}" in out.splitlines()[-2]  # the last lines point to the chart (W&B last)
     ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
-    assert ckpt["global_step"] > 0 and "log_logit_scale" in ckpt["state_dict"]
+    assert ckpt["global_step"] > 0 and "model.log_logit_scale" in ckpt["state_dict"]
 
 
 def test_a_second_run_never_overwrites_the_first(world, tmp_path):
     common = world_overrides(world) + TINY_MODEL + ["trainer.fast_dev_run=true", f"run_dir={tmp_path}/r"]
-    first = train(load_config([], common))["run_dir"]
-    second = train(load_config([], common))["run_dir"]
+    first = train(load_config([DEFAULT], common))["run_dir"]
+    second = train(load_config([DEFAULT], common))["run_dir"]
     assert first != second and os.path.isfile(os.path.join(first, "config.yaml"))
 
 
@@ -160,7 +163,7 @@ def test_probe_command_bad_input_is_one_line_exit_2(short_run, tmp_path, capsys,
     args = [a.format(run=run, corrupt=corrupt) for a in bad]
     # the default suites in a world that is not built yet, and may be built: a bad input must stop us before that
     world = tmp_path / "world"
-    assert main(["probe", *world_overrides(world), "synth.auto=true", *args]) == 2
+    assert main(["probe", DEFAULT, *world_overrides(world), "synth.auto=true", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not world.exists()
@@ -168,7 +171,7 @@ def test_probe_command_bad_input_is_one_line_exit_2(short_run, tmp_path, capsys,
 
 def test_a_second_run_in_the_same_process_gets_its_own_wandb_run(short_run, world, tmp_path):
     first, _ = short_run  # trained in this process just before, W&B offline
-    cfg = load_config([], world_overrides(world) + TINY_MODEL + ["trainer.max_steps=1", "wandb.mode=offline",
+    cfg = load_config([DEFAULT], world_overrides(world) + TINY_MODEL + ["trainer.max_steps=1", "wandb.mode=offline",
                                                                    f"run_dir={tmp_path}/second"])
     result = train(cfg)
     assert result["wandb_dir"] and result["wandb_dir"].startswith(str(tmp_path / "second"))
@@ -183,7 +186,7 @@ def test_wandb_mode_auto_through_a_whole_run(world, tmp_path, monkeypatch, env, 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    cfg = load_config([], world_overrides(world) + TINY_MODEL + ["trainer.max_steps=1", "wandb.mode=auto",
+    cfg = load_config([DEFAULT], world_overrides(world) + TINY_MODEL + ["trainer.max_steps=1", "wandb.mode=auto",
                                                                    f"run_dir={tmp_path}/auto"])
     result = train(cfg)
     assert result["wandb_mode"] == want

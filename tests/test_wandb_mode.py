@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lit_compclip.train import wandb_mode
+from lit_compclip.training.run import wandb_mode
 
 
 @pytest.fixture

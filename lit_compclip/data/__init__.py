@@ -1,6 +1,2 @@
-"""Training data: WebDataset image-text streams (img2dataset layout) and caption selection."""
-
-from .captions import CaptionPicker, split_sentences
-from .datamodule import WebDataModule, expand_shards
-
-__all__ = ["CaptionPicker", "WebDataModule", "expand_shards", "split_sentences"]
+"""Training data without Lightning: shard specs, WebDataset streams (img2dataset layout), caption selection and
+hard-negative captions. The LightningDataModule over them is lit_compclip.training.datamodule."""

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import math
 import random
-import re
+from collections.abc import Mapping
 
-# A sentence ends at . ! or ? (optionally followed by closing quotes/brackets) before whitespace; newlines also split.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+import sentencex
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split `text` into stripped, non-empty sentences in their original order."""
-    parts = []
-    pos = 0
-    for m in _SENTENCE_END.finditer(text):
-        # keep closing quotes/brackets with the sentence they close
-        parts.append(text[pos:m.start()] + m.group(0).rstrip())
-        pos = m.end()
-    parts.append(text[pos:])
-    return [p.strip() for p in parts if p.strip()]
+    """`text`'s stripped, non-empty sentences in their original order.
+
+    English rules (sentencex): an abbreviation (Mr., St., e.g., p.m.), an initial (J. R. R.), a decimal (3.5), a URL
+    or a full stop inside quotes or brackets does not end a sentence; a line break always does."""
+    return [s.strip() for line in text.splitlines() for s in sentencex.segment("en", line) if s.strip()]
 
 
 def sample_sentences(text: str, k: int, rng: random.Random) -> str:
@@ -45,20 +40,30 @@ class CaptionPicker:
 
     Sources missing or empty in a sample leave the draw (weights renormalised over the present ones); a field holding
     a list of strings (e.g. DreamLIP's several captions) counts as present and yields one of its non-empty items.
+    `sentence_sample` (field -> k) keeps a random subset of at most k sentences of that field's caption; fields it
+    does not name (the alt-text, say) keep their whole caption. It may name fields this picker does not read: a
+    caption curriculum's later picker gets the same mapping.
     """
 
-    def __init__(self, caption_fields: dict[str, float], sentence_sample: int = 0):
+    def __init__(self, caption_fields: Mapping[str, float], sentence_sample: Mapping[str, int] | None = None):
         if not caption_fields:
             raise ValueError("caption_fields is empty; give at least one source, e.g. {'txt': 1.0}")
         for name, weight in caption_fields.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                     or weight <= 0:
                 raise ValueError(f"caption_fields[{name!r}] = {weight!r}: weights must be positive numbers")
-        if isinstance(sentence_sample, bool) or not isinstance(sentence_sample, int) or sentence_sample < 0:
-            raise ValueError(f"sentence_sample = {sentence_sample!r}: must be an int >= 0 (0 keeps whole captions)")
+        if sentence_sample is None:
+            sentence_sample = {}
+        if not isinstance(sentence_sample, Mapping):
+            raise ValueError(f"sentence_sample = {sentence_sample!r}: give a mapping field -> k, e.g. {{'recaption': 1}}"
+                             f" ({{}} keeps whole captions)")
+        for name, k in sentence_sample.items():
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"sentence_sample[{name!r}] = {k!r}: must be an int >= 1 (leave the field out to keep "
+                                 f"its whole caption)")
         total = float(sum(caption_fields.values()))
         self.caption_fields = {name: weight / total for name, weight in caption_fields.items()}
-        self.sentence_sample = sentence_sample
+        self.sentence_sample = dict(sentence_sample)
 
     def candidates(self, sample: dict) -> dict[str, list[str]]:
         """The usable captions of each source present in `sample` ({"txt": str|bytes, "json": dict})."""
@@ -81,6 +86,6 @@ class CaptionPicker:
         name = rng.choices(names, weights=[self.caption_fields[n] for n in names])[0]
         texts = found[name]
         text = texts[0] if len(texts) == 1 else rng.choice(texts)
-        if self.sentence_sample > 0:
-            text = sample_sentences(text, self.sentence_sample, rng)
+        if name in self.sentence_sample:
+            text = sample_sentences(text, self.sentence_sample[name], rng)
         return text

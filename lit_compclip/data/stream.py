@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Callable
 
 import torch
 
-from lit_compclip.config import ConfigError
+from lit_compclip.data.skips import SKIP_NOTES, SKIPS_ONLY, HeldSkips
+from lit_compclip.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 PADDING = "padding"  # a worker's placeholder batch that keeps the loader's worker round-robin aligned on resume
-SKIPS_ONLY = "skips_only"  # a worker that made no batch: its `skipped` counts, added to the next batch's
-SKIP_NOTES = "skip_notes"  # a batch's log lines of its `skipped`: logged when the batch is consumed, as it is counted
 
 
 def fast_forward_share(batches: int, worker: int, workers: int) -> tuple[int, bool]:
@@ -42,14 +40,12 @@ class StreamLoader:
         self.start_pass, self.fast_forward = start_pass, fast_forward
         self.epoch, self.batches, self.complete = -1, 0, False  # the epoch being read and its batches handed out
         self._restored: dict | None = None
-        self._held: Counter = Counter()  # SKIPS_ONLY counts that no later batch of the epoch could carry
-        self._held_notes: list[str] = []  # and their log lines
+        self._held = HeldSkips()  # SKIPS_ONLY counts (and log lines) that no later batch of the epoch could carry
 
     def take_held(self) -> dict[str, int]:
         """Skip counts (reason -> count) that came after the epoch's last batch, each handed out (and logged) once."""
-        held, self._held = dict(self._held), Counter()
-        self._log(self._held_notes)
-        self._held_notes = []
+        held, notes = self._held.take()
+        self._log(notes)
         return held
 
     @staticmethod
@@ -89,7 +85,7 @@ class StreamLoader:
         # A generator: nothing below runs before the first batch is asked for, after Lightning restored the state.
         epoch, skip = self._next_start()
         self.epoch, self.batches, self.complete = epoch, skip, False
-        self._held, self._held_notes = Counter(), []  # an unfinished iteration's: its batches were never consumed
+        self._held.clear()  # an unfinished iteration's: its batches were never consumed
         # Lightning prefetches one batch ahead of training when the length is unknown, so a batch counts as consumed
         # only once the next one is asked for; with a length it fetches each batch when it trains on it. Its skips
         # are logged then too: the log names what the record counts.
@@ -117,19 +113,15 @@ class StreamLoader:
                 if PADDING in batch:
                     continue
                 if SKIPS_ONLY in batch:
-                    self._held.update(batch["skipped"])
-                    self._held_notes += batch.get(SKIP_NOTES, [])
+                    self._held.hold(batch)
                     continue
                 came += 1
                 if drop:
                     drop -= 1
                     # carried by a batch consumed before the checkpoint: counted (and logged) then
-                    self._held, self._held_notes = Counter(), []
+                    self._held.clear()
                 else:
-                    if self._held:
-                        batch["skipped"] = dict(Counter(batch["skipped"]) + self._held)
-                        batch[SKIP_NOTES] = self._held_notes + batch.get(SKIP_NOTES, [])
-                        self._held, self._held_notes = Counter(), []
+                    self._held.carry(batch)
                     yield batch
                 position += 1
                 if self.num_batches is not None and position >= self.num_batches:

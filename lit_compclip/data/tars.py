@@ -1,4 +1,5 @@
-"""Reading a shard's tar members, and telling a shard cut short from a whole one.
+"""Reading a shard's tar members, telling a shard cut short from a whole one, and the stream stage that reads shards
+into raw samples (a shard that cannot be read, or ends early, is a counted skip).
 
 Python's tar reader takes a file that ends where a member header should begin (or inside one) for the end of the
 archive, so a truncated shard would read as a shorter one without a word. A whole tar ends with zero blocks: here a
@@ -6,17 +7,22 @@ shard that ends without one is a `CutShard`, whose members read so far still cou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 
+import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
-from lit_compclip.shards import tar_ends_whole
+from lit_compclip.data.shards import tar_ends_whole
+from lit_compclip.data.skips import SkipLog, describe
 
 BLOCK = tarfile.BLOCKSIZE
 END = tarfile.NUL * BLOCK  # what a whole tar holds where a member header would come next
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own files in a shard (e.g. __index__), never sample files
 
 
 class CutShard(Exception):
@@ -126,3 +132,47 @@ def cut_shards(urls: list[str]) -> list[dict]:
         found.append({"shard": url, "samples_read": len(keys), "samples_listed": listed,
                       "samples_lost": None if listed is None else max(0, listed - len(keys))})
     return found
+
+
+class ReadShards(wds.PipelineStage):
+    """{url} -> raw samples; a shard that fails to open or read is counted, not fatal, and so is one cut short (which
+    Python's tar reader would take for a shorter shard): what was read before the cut or the failure stays.
+    `usable` (training.passes.UsableWatch) follows a resampled stream's reads."""
+
+    def __init__(self, skips: SkipLog, usable=None):
+        self.skips, self.usable = skips, usable
+
+    def files(self, url: str):
+        keys = set()
+        try:
+            stream = wds.gopen(url)
+            try:
+                for name, data in tar_members(stream):
+                    if not _META.match(name):
+                        keys.add(wds.tariterators.base_plus_ext(name)[0])
+                        yield {"fname": name, "data": data, "__url__": url}
+            finally:
+                with contextlib.suppress(Exception):  # a pipe's exit status after its tar was read is no loss
+                    stream.close()
+        except CutShard as exn:
+            listed, read = listed_samples(url), len(keys - {None})
+            lost = (f"{listed - read} lost of the {listed} its _stats.json lists" if listed is not None and listed >= read
+                    else "how many were lost is unknown (no img2dataset _stats.json beside it)")
+            self.skips.skip("truncated_shard", url, None, f"cut short: {exn}; {read} samples read, {lost}")
+        except Exception as exn:  # missing or unreadable
+            self.skips.skip("unreadable_shard", url, None, describe(exn))
+        yield {}  # webdataset's end-of-shard marker flushes the sample read so far instead of losing it
+
+    def run(self, src):
+        for shard in src:
+            read = self.usable.start(shard["url"]) if self.usable is not None else None
+            try:
+                for sample in wds.tariterators.group_by_keys(self.files(shard["url"])):
+                    if read is not None:
+                        self.usable.add(read, sample)
+                    yield sample
+            except Exception as exn:  # e.g. a duplicate file name inside the tar
+                self.skips.skip("unreadable_shard", shard["url"], None, describe(exn))
+            finally:
+                if read is not None:
+                    self.usable.end(read)

@@ -7,8 +7,8 @@ length, dtype, device) that `compclip probe` stores beside its results, and wher
 
 from __future__ import annotations
 
-from lit_compclip.cli_args import first_line
-from lit_compclip.config import ConfigError
+from lit_compclip.errors import first_line
+from lit_compclip.errors import ConfigError
 from lit_compclip.registry import resolve
 
 # kind -> "module:class"; the class takes (target, device) and has a cheap `check(target)` (a missing file, an unknown

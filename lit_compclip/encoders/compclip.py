@@ -6,17 +6,18 @@ import torch
 
 
 class ModuleEncoder:
-    """What a probe may see of the model: encode_image / encode_text on the CPU in fp32, nothing else."""
+    """What a probe may see of a CompClipModel (lit_compclip.model): encode_image / encode_text on the CPU in fp32,
+    nothing else."""
 
-    def __init__(self, module, inputs=None):
-        self.module = module
+    def __init__(self, model, inputs=None):
+        self.module = model
         self.inputs = inputs  # encoders.memo.TransformedImages: model inputs kept across probe passes
 
     def _input(self, image) -> torch.Tensor:
         m = self.module
         if self.inputs is None:
-            return m.eval_transform(image.convert("RGB"))
-        return self.inputs.get(image, m.eval_transform)
+            return m.transform(image.convert("RGB"))
+        return self.inputs.get(image, m.transform)
 
     @torch.no_grad()
     def encode_image(self, images) -> torch.Tensor:
@@ -51,9 +52,9 @@ class CompClipEncoder(ModuleEncoder):
         read_checkpoint_file(target, mmap=True)  # tensors memory-mapped: cheap, and as strict as loading
 
     def __init__(self, target: str, device: str = "cpu"):
-        from lit_compclip.checkpoints import load_module
+        from lit_compclip.factory import load_as_run
 
-        super().__init__(load_module(target).to(device).eval())
+        super().__init__(load_as_run(target, device))  # the run's text cache: scored as training's probes were
         text = self.module.text
         tokenizer = getattr(text, "tokenizer", None)
         if tokenizer is None:  # a sentence-transformers tower keeps it inside
@@ -62,4 +63,4 @@ class CompClipEncoder(ModuleEncoder):
         self.info = {"model": "compclip", "pretrained": target, "dtype": "/".join(dtypes), "device": str(device),
                      "text_tower": type(text).__name__, "text_model": getattr(text, "model_name", None),
                      "tokenizer": type(tokenizer).__name__ if tokenizer is not None else None,
-                     "context_length": self.max_tokens, "image_preprocess": str(self.module.eval_transform)}
+                     "context_length": self.max_tokens, "image_preprocess": str(self.module.transform)}

@@ -9,8 +9,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from lit_compclip.cli_args import first_line
-from lit_compclip.config import ConfigError
+from lit_compclip.errors import first_line
+from lit_compclip.errors import ConfigError
 
 # SigLIP was trained on text padded to the tokenizer's full length (its pooled output is the last token); its
 # processor does not say so itself (SigLIP2's does: padding="max_length", max_length=64).

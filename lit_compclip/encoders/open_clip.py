@@ -13,8 +13,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from lit_compclip.cli_args import first_line
-from lit_compclip.config import ConfigError
+from lit_compclip.errors import first_line
+from lit_compclip.errors import ConfigError
 from lit_compclip.registry import suggest
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from lit_compclip.cli_args import first_line
+from lit_compclip.errors import first_line
 from lit_compclip.registry import suggest
 
 

@@ -1,4 +1,5 @@
-"""Failure analysis: per-example probe records to JSON lines, the worst failures as a markdown page and W&B tables.
+"""What a probe pass leaves in a folder: probes.json, probe_seconds.json, the worst failures as a markdown page, and
+per-example records as JSON lines. (Training logs the failures to W&B too: training/callbacks.py.)
 
 Records come from `probe.run(encoder, records=...)`: per subset, dicts with `id`, `image`, `captions` (true one
 first), `scores` (same order) and `correct`; see lit_compclip/probes/base.choice_record."""
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 Records = Mapping[str, Mapping[str, list[dict]]]  # probe name -> subset -> per-example records
+# The entries of a probe's results that are counts, not scores: kept out of charts, tables and means.
+COUNT_METRICS = {"ties", "n", "n_images", "n_texts", "truncated_fraction", "max_tokens"}
 
 
 def margin(record: Mapping[str, Any]) -> float:
@@ -40,7 +43,7 @@ def write_records(records: Records, out_dir: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def _rival(record: Mapping[str, Any]) -> str:
+def rival(record: Mapping[str, Any]) -> str:
     """The best-scoring wrong candidate, as text (a caption, or an image file for retrieval)."""
     if len(record["captions"]) > 1:
         best = max(range(1, len(record["scores"])), key=lambda i: record["scores"][i])
@@ -72,33 +75,25 @@ def failure_page(records: Records, path: str | os.PathLike, k: int = 8, title: s
             for r in worst:
                 image = os.path.relpath(os.path.abspath(r["image"]), os.path.abspath(page.parent))
                 lines.append(f"| ![]({_cell(image)}) | {_cell(r['id'])} | {_cell(r['captions'][0])} | "
-                             f"{_cell(_rival(r))} | {margin(r):+.4f} |")
+                             f"{_cell(rival(r))} | {margin(r):+.4f} |")
             lines.append("")
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("\n".join(lines), encoding="utf-8")
 
 
-def log_wandb_tables(records: Records, loggers, k: int = 8) -> int:
-    """Log the worst failures per subset as W&B tables (image, id, captions, margin) to every WandbLogger."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    targets = [lg for lg in loggers if isinstance(lg, WandbLogger)]
-    if not targets:
-        return 0
-    import wandb
-
-    from lit_compclip.probes.base import ImageRef, load_image
-
-    tables = 0
-    for probe, subsets in records.items():
-        for subset, rows in subsets.items():
-            data = []
-            for r in worst_failures(rows, k):
-                ref = ImageRef(Path(r["image"]), tuple(r["box"]) if "box" in r else None, f"{probe} record {r['id']}")
-                data.append([wandb.Image(load_image(ref)), r["id"], r["captions"][0], _rival(r), margin(r)])
-            if data:
-                for lg in targets:
-                    lg.log_table(key=f"failures/{probe}/{subset}",
-                                 columns=["image", "id", "true caption", "winning rival", "margin"], data=data)
-                tables += 1
-    return tables
+def write_results(metrics: Mapping[str, float], records: Records | None, out_dir: str, failures: int = 8,
+                  records_dir: str | None = None, title: str = "Probe failures") -> None:
+    """probes.json (flat metric -> value), probe_seconds.json (each probe's wall seconds) and failures.md (worst
+    failures per subset) in `out_dir`, and with `records_dir` the per-example records as
+    <records_dir>/<probe>/<subset>.jsonl. Shared by training and `compclip probe`."""
+    os.makedirs(out_dir, exist_ok=True)
+    # wall-clock seconds go to their own file, so the same seed on the same machine gives the same probes.json
+    timed = {k: v for k, v in metrics.items() if k.endswith("/seconds")}
+    with open(os.path.join(out_dir, "probes.json"), "w") as f:
+        json.dump({k: v for k, v in metrics.items() if k not in timed}, f, indent=1, sort_keys=True)
+    with open(os.path.join(out_dir, "probe_seconds.json"), "w") as f:
+        json.dump(timed, f, indent=1, sort_keys=True)
+    if records:
+        failure_page(records, os.path.join(out_dir, "failures.md"), failures, title)
+        if records_dir:
+            write_records(records, records_dir)

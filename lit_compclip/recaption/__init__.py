@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from lit_compclip.registry import build
 
 BACKENDS = {
-    "scene": "lit_compclip.recaption.scene:SceneBackend",
+    "scene": "lit_compclip.synth.scene_backend:SceneBackend",  # the synthetic world's, offline
     "openai": "lit_compclip.recaption.openai_backend:OpenAIBackend",
     "transformers": "lit_compclip.recaption.hf_backend:TransformersBackend",
 }

@@ -19,7 +19,7 @@ from lit_compclip.recaption.base import Outcome, Request
 from lit_compclip.recaption.prompt import placeholder, render
 from lit_compclip.recaption.tars import (InputError, count_samples, describe, job_identity, output_record, read_units,
                                          split_name)
-from lit_compclip.shards import expand_shards, is_remote
+from lit_compclip.data.shards import expand_shards, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ FAIL_FAST = 16  # a run stops once this many requests failed with none answered 
 
 
 def input_shards(spec: str) -> list[str]:
-    """Local shard paths of `spec` (the specs training reads, see lit_compclip.shards), stricter: remote URLs are
+    """Local shard paths of `spec` (the specs training reads, see lit_compclip.data.shards), stricter: remote URLs are
     refused (members are read and written with `tarfile`) and so is any missing shard."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"input shard spec {spec!r} is empty; give a folder, a brace pattern or paths joined with '::'")

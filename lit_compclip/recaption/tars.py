@@ -8,7 +8,7 @@ import os
 import tarfile
 from typing import Callable, Iterator
 
-from lit_compclip.shards import tar_ends_whole
+from lit_compclip.data.shards import tar_ends_whole
 
 
 class InputError(Exception):

@@ -25,7 +25,7 @@ def scenes_by_key(urls: list[str]) -> dict[str, dict]:
 
 def batch_stats(cfg: DictConfig, n_batches: int = 40) -> dict[str, dict[str, float]]:
     """Mean `hard_negative_stats` over `n_batches` training batches, as loaded with and without `data.group_key`."""
-    from lit_compclip.data.datamodule import WebDataModule, expand_shards
+    from lit_compclip.training.datamodule import WebDataModule, expand_shards
 
     scenes = scenes_by_key(expand_shards(cfg.data.train_shards))
     data = OmegaConf.to_container(cfg.data)

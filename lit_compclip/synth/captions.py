@@ -33,12 +33,6 @@ ANCHORED_LISTS = {  # every object, then the first along the relation axis named
             "eval": ("Between {objects}, {first} is farthest up.",
                      "We see {objects}, {first} being uppermost of all.")},
 }
-# The axis's far end, named in training only (synth.far_end_anchors); one template per template of the near end.
-FAR_END = {"left": "right", "top": "bottom"}
-FAR_END_LISTS = {"right": ("Of {objects}, {first} is the rightmost.",
-                           "The picture has {objects}, with {first} furthest to the right."),
-                 "bottom": ("Of {objects}, {first} is the bottommost.",
-                            "The picture has {objects}, with {first} lowest down.")}
 RELATION_SENTENCES = {
     "train": ("{subject} is {relation} {object}.", "{subject} sits {relation} {object}."),
     "eval": ("{subject} is placed {relation} {object}.", "{subject} appears {relation} {object}."),
@@ -101,33 +95,14 @@ def _relation_sentence(scene: dict, rel: dict, rng: random.Random, split: str) -
         subject=_capitalise(nps[0]), relation=relation_words(relation, rng, split), object=nps[1])
 
 
-def anchored_list(objects: list[dict], first: dict, end: str, rng: random.Random, split: str,
-                  one_attribute: float = 0.0, colour_share: float = 0.5, far: dict | None = None) -> str:
+def anchored_list(objects: list[dict], first: dict, end: str, rng: random.Random, split: str) -> str:
     """'Of a small red circle and a large blue square, the red circle is the leftmost.': the objects in the given order,
-    then `first`, the object at `end` ('left' or 'top') of the relation axis, named again (size 30% of the time).
-
-    With `one_attribute` > 0 that share of the lists names `first` by one attribute: 'the red one' (a `colour_share`
-    of them) or 'the circle'. Then a family's shape-swapped (or colour-swapped) twin differs from its base only in
-    which colour goes with which shape in the list: binding without a place, which a plain-list probe caption asks
-    for. Drawn after the list's other words, so 0 gives the lists of before, word for word, and colour_share 0.5 the
-    one-attribute lists of before (the relation sentences drawn after the list then differ from the full recaption's).
-
-    `far` (training only): the object at the axis's other end, named instead ('..., the blue square is the
-    rightmost.'), with the same draws; so the anchored object is not always the one at the left (top)."""
+    then `first`, the object at `end` ('left' or 'top') of the relation axis, named again (size 30% of the time)."""
     if end not in ANCHORED_LISTS:
         raise ValueError(f"unknown axis end {end!r}; choose one of {list(ANCHORED_LISTS)}")
-    if far is not None and split != "train":
-        raise ValueError("far-end anchors are a training phrasing; evaluation lists name the left (top) object")
     listed = join_and([object_phrase(obj, rng, split) for obj in objects])
     template = rng.choice(ANCHORED_LISTS[end][split])
-    if far is not None:
-        first, template = far, FAR_END_LISTS[FAR_END[end]][ANCHORED_LISTS[end][split].index(template)]
-    named = f"the {noun(first, rng.random() < 0.3)}"
-    if one_attribute > 0:
-        u = rng.random()
-        if u < one_attribute:
-            named = f"the {first['colour']} one" if u < one_attribute * colour_share else f"the {first['shape']}"
-    return _capitalise(template.format(objects=listed, first=named))
+    return _capitalise(template.format(objects=listed, first=f"the {noun(first, rng.random() < 0.3)}"))
 
 
 def axis_end(scene: dict) -> str:
@@ -135,8 +110,7 @@ def axis_end(scene: dict) -> str:
     return "left" if scene["relations"][0]["relation"] in ("left of", "right of") else "top"
 
 
-def recaption(scene: dict, rng: random.Random, split: str, one_attribute: float = 0.0,
-              colour_share: float = 0.5, far_end: bool = False) -> str:
+def recaption(scene: dict, rng: random.Random, split: str) -> str:
     """2-4 sentences, each true and complete on its own (sentence sampling trains on any one): every object with its
     attributes, the leftmost (or topmost) named again; then every relation, both objects named by colour and shape.
 
@@ -153,8 +127,7 @@ def recaption(scene: dict, rng: random.Random, split: str, one_attribute: float 
     where = locations(scene)
     first = objs[where.index(end)]
     order = [objs[i] for i in rng.sample(range(len(objs)), len(objs))]
-    far = objs[where.index(FAR_END[end])] if far_end else None
-    sentences = [anchored_list(order, first, end, rng, split, one_attribute, colour_share, far)]
+    sentences = [anchored_list(order, first, end, rng, split)]
     sentences += [_relation_sentence(scene, r, rng, split) for r in scene["relations"]]
     return " ".join(rng.sample(sentences, len(sentences)))
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from lit_compclip.cli_args import first_line
+from lit_compclip.errors import first_line
 
 HUB_TIMEOUT = 5  # seconds: one look at the Hugging Face hub before deciding it cannot be reached
 
@@ -140,7 +140,7 @@ class ImageTower(nn.Module):
     def __init__(self, embed_dim: int, model: str = "vit_tiny_patch16_224", pretrained: bool = False,
                  img_size: int | None = 64, patch_size: int | None = 8, depth: int | None = 4,
                  width: int | None = 128, heads: int | None = 4, pos_embed: str = "learn", pool: str = "model",
-                 stem: str = "patch",  # the config's default is "conv" (lit_compclip/config.py)
+                 stem: str = "patch",  # the config's default is "conv" (lit_compclip/config/schema.py)
                  stem_norm: str = "group", stem_groups: int = 8, stem_convs: Sequence[int] | None = None,
                  augment: bool = True, crop_scale: tuple[float, float] = (0.9, 1.0),
                  grad_checkpointing: bool = False, channels_last: bool = False):

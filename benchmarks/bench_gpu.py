@@ -1,0 +1,105 @@
+"""`make bench-gpu`: samples/s and model FLOP utilisation on one GPU (bf16-mixed), ours beside open_clip.
+
+Usage: python benchmarks/bench_gpu.py [--steps N] [--batch B] [--out bench_gpu.json] [key=value ...]
+Two cases, each trained by our Lightning loop and by open_clip's own `train_one_epoch` on the same batches:
+ViT-B/16 at 224 px with the bundled MiniLM (last 2 layers trained), and ViT-B/16 with a larger
+sentence-transformers-shaped tower (a 12-layer, 768-wide BERT with random weights and MiniLM's tokenizer, built in a
+temporary folder: nothing is downloaded). FLOP utilisation is model FLOPs per step / step time / the card's bf16
+peak, itself measured as a large bf16 matmul in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import statistics
+import sys
+import tempfile
+
+from lit_compclip.cli_args import ScriptParser
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# The shipped conv stem at patch 16 (four halvings), with the default's stride-1 convolutions after the last two.
+VIT_B16_224 = ["model.image.width=768", "model.image.depth=12", "model.image.heads=12", "model.image.patch_size=16",
+               "model.image.img_size=224", "model.image.stem_convs=[0,0,1,1]"]
+LARGE_TEXT = {"layers": 12, "width": 768, "heads": 12}
+
+
+def cases(folder: str, text: dict = LARGE_TEXT) -> dict[str, list[str]]:
+    """name -> overrides of each benchmarked model; builds the larger text tower's folder inside `folder`."""
+    from benchmarks.harness import make_bert_folder
+
+    bert = make_bert_folder(os.path.join(folder, "bert"), text["layers"], text["width"], text["heads"])
+    return {"vit_b16_minilm": VIT_B16_224,
+            f"vit_b16_bert{text['layers']}x{text['width']}": VIT_B16_224 + [f"model.text.model={bert}"]}
+
+
+def run_case(cfg, steps: int, warmup: int, peak: float, device: str = "cuda") -> dict:
+    """One model trained by both loops in bf16-mixed: samples/s, step times, FLOPs per step and utilisation
+    (`device="cpu"` only to test this code where there is no GPU)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from benchmarks import harness as bench
+    from benchmarks.open_clip_baseline import build_open_clip, time_open_clip
+
+    model = bench.build_model(cfg, 1)
+    batches = bench.timed("  collect batches", bench.collect_batches, bench.data_module(cfg, model), 4)
+    ours = bench.timed("  ours", bench.time_ours, cfg, batches, steps, warmup, "gpu" if device == "cuda" else device,
+                       "bf16-mixed")
+    oc_model, tokenizer = build_open_clip(cfg)
+    theirs = bench.timed("  open_clip", time_open_clip, oc_model, tokenizer, batches, steps, warmup,
+                         OmegaConf.to_container(cfg.optim), device, "amp_bf16")
+    del oc_model
+    model = ours["model"].to(device)
+    batch = {**batches[0], "image": batches[0]["image"].to(device)}
+    with torch.autocast(device, dtype=torch.bfloat16):
+        flops = bench.count_flops(model, batch)
+    step_s, oc_step_s = statistics.median(ours["intervals"]), statistics.median(theirs["intervals"])
+    return {"ours_samples_per_s": ours["samples_per_s"], "open_clip_samples_per_s": theirs["samples_per_s"],
+            "train_vs_open_clip": ours["samples_per_s"] / theirs["samples_per_s"],
+            "ours_step_s": step_s, "open_clip_step_s": oc_step_s, "flops_per_step": flops["total"],
+            "ours_mfu": flops["total"] / step_s / peak, "open_clip_mfu_same_flops": flops["total"] / oc_step_s / peak,
+            "batch_size": len(batches[0]["caption"]), "timed_steps": steps,
+            "open_clip_changed": theirs["changed"]}
+
+
+def main(argv=None) -> int:
+    p = ScriptParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--out", default="bench_gpu.json")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides of the default experiment")
+    args = p.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench_gpu: no CUDA GPU here (torch.cuda.is_available() is False); `make bench` measures the CPU",
+              file=sys.stderr)
+        return 1
+    from benchmarks import harness as bench
+    from lit_compclip.config import load_config
+    from lit_compclip.config.plugins import prepare
+
+    peak = bench.timed("bf16 matmul peak", bench.matmul_peak, 8192, torch.bfloat16, "cuda", 20)
+    out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "machine": bench.machine(), "bf16_matmul_peak_per_s": peak, "precision": "bf16-mixed", "cases": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, extra in cases(folder).items():
+            cfg = load_config(["experiments/default.yaml"], bench.LIKE_FOR_LIKE + list(args.overrides) + extra + [f"data.batch_size={args.batch}"])
+            prepare(cfg)
+            print(f"[bench-gpu] {name}", flush=True)
+            out["cases"][name] = run_case(cfg, args.steps, 5, peak)
+    print(f"{'case':<26} {'ours samples/s':>15} {'open_clip':>10} {'ratio':>6} {'ours MFU':>9} {'open_clip MFU':>14}")
+    for name, c in out["cases"].items():
+        print(f"{name:<26} {c['ours_samples_per_s']:>15.0f} {c['open_clip_samples_per_s']:>10.0f} "
+              f"{c['train_vs_open_clip']:>5.2f}x {c['ours_mfu']:>9.1%} {c['open_clip_mfu_same_flops']:>14.1%}")
+    print(f"bf16 matmul peak {peak / 1e12:.0f} TFLOP/s on {out['machine']['device']}")
+    bench.save(out, args.out, "bench-gpu")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

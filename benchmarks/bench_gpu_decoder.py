@@ -1,0 +1,181 @@
+"""`make bench-gpu-decoder`: decoder text towers at real sizes on one GPU (bf16-mixed): samples/s, peak memory and
+model FLOP utilisation of ViT-B/16 at 224 px with a Qwen3-Embedding-0.6B-sized or a Gemma-2-2B-sized decoder (4
+layers trained, the frozen ones in bfloat16), with the text cache warm and with the frozen layers recomputed.
+
+Usage: python benchmarks/bench_gpu_decoder.py [--steps N] [--batch B] [--cases qwen3_0.6b,gemma2_2b]
+                                           [--out bench_gpu_decoder.json] [key=value ...]
+The decoders have random weights (built on the GPU from their configuration, saved to a temporary folder: nothing
+is downloaded) and the bundled MiniLM's 30,522-token vocabulary, so their embedding tables are smaller than the
+real models' (151,669 and 256,000 rows): peak memory is below theirs by that table. MFU is model FLOPs per step
+(torch.utils.flop_counter, under bf16 autocast) / step time / the card's dense bf16 peak from its data sheet where
+the card is known (`SPEC_PEAKS`), else the best large bf16 matmul measured in this run (both are recorded).
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import statistics
+import sys
+import tempfile
+
+from lit_compclip.cli_args import ScriptParser
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+NO_GPU = 2  # the exit status without a CUDA device
+# ViT-B/16 at 224 px with its own patchify and class-token pooling
+VIT_B16_224 = ["model.image.width=768", "model.image.depth=12", "model.image.heads=12", "model.image.patch_size=16",
+               "model.image.img_size=224", "model.image.stem=patch", "model.image.pool=model"]
+# name -> (family, random_lm.random_config sizes, pooling): the published configurations' layer shapes
+CASES = {
+    "qwen3_0.6b": ("qwen3", {"layers": 28, "width": 1024, "heads": 16, "kv_heads": 8, "intermediate_size": 3072,
+                             "head_dim": 128}, "eos"),  # Qwen3-Embedding pools at the last (EOS) token
+    "gemma2_2b": ("gemma2", {"layers": 26, "width": 2304, "heads": 8, "kv_heads": 4, "intermediate_size": 9216,
+                             "head_dim": 256}, "mean"),
+}
+TRAINED = 4
+# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, without sparsity); first match wins
+SPEC_PEAKS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+              ("L4", 121e12), ("A10", 125e12)]
+
+
+def spec_peak(device_name: str) -> float | None:
+    """The card's dense bf16 peak from `SPEC_PEAKS` (None for a card not listed)."""
+    return next((peak for name, peak in SPEC_PEAKS if name in device_name), None)
+
+
+def save_decoder(folder: str, family: str, sizes: dict, device: str = "cuda", seed: int = 0) -> str:
+    """A random decoder of `sizes` saved in `folder` in bfloat16, initialised on `device` (a 2 B model initialised
+    on the CPU takes minutes), with the family's tokenizer conventions on the MiniLM vocabulary."""
+    import torch
+    from transformers import AutoModel
+
+    from lit_compclip.towers.random_lm import family_tokenizer, random_config
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        lm = AutoModel.from_config(random_config(family, **sizes), dtype=torch.bfloat16)
+    lm.save_pretrained(folder)
+    family_tokenizer(family).save_pretrained(folder)
+    del lm
+    return folder
+
+
+def text_overrides(folder: str, pooling: str, cache_dir: str | None, trained: int = TRAINED) -> list[str]:
+    return ["model.text.tower=transformers", f"model.text.model={folder}", f"model.text.unfreeze_layers={trained}",
+            f"model.text.pooling={pooling}", "model.text.frozen_dtype=bfloat16",
+            f"model.text.cache_dir={cache_dir or 'null'}"]
+
+
+def run_case(cfg, steps: int, warmup: int, device: str = "cuda") -> dict:
+    """One model trained by our Lightning loop in bf16-mixed: samples/s, step time, peak memory, FLOPs per step
+    (`device="cpu"` only to test this code where there is no GPU; no memory figure there)."""
+    import torch
+
+    from benchmarks import harness as bench
+
+    cuda, collected = device == "cuda", 4
+    fill = collected if cfg.model.text.get("cache_dir") else 0  # one pass over the batches first fills a cache
+    model = bench.build_model(cfg, warmup + fill + steps)
+    batches = bench.timed("  collect batches", bench.collect_batches, bench.data_module(cfg, model), collected)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    ours = bench.timed("  train", bench.time_ours, None, batches, steps, warmup + fill, "gpu" if cuda else device,
+                       "bf16-mixed", model=model)
+    peak_memory = torch.cuda.max_memory_allocated() if cuda else None
+    model = ours["model"].to(device)
+    batch = {**batches[0], "image": batches[0]["image"].to(device)}
+    with torch.autocast(device, dtype=torch.bfloat16):
+        flops = bench.count_flops(model, batch)  # with a warm cache: the trained tail's FLOPs only
+    return {"samples_per_s": ours["samples_per_s"], "step_s": statistics.median(ours["intervals"]),
+            "peak_memory_bytes": peak_memory, "flops_per_step": flops["total"], "text_flops_per_step": flops["text"],
+            "cache": ours["cache"], "batch_size": len(batches[0]["caption"]), "timed_steps": steps}
+
+
+def parse(argv):
+    p = ScriptParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    p.add_argument("--out", default="bench_gpu_decoder.json")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides of the default experiment")
+    args = p.parse_args(argv)
+    args.cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown or not args.cases:
+        p.error(f"--cases: unknown {unknown[0] if unknown else '(none given)'}; choose from {', '.join(CASES)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench_gpu_decoder: no CUDA GPU here (torch.cuda.is_available() is False); `make bench-decoder` "
+              "measures the CPU", file=sys.stderr)
+        return NO_GPU
+    import shutil
+
+    from benchmarks import harness as bench
+    from lit_compclip.config import load_config
+    from lit_compclip.config.plugins import prepare
+
+    card = torch.cuda.get_device_name(0)
+    measured = bench.timed("bf16 matmul peak", bench.matmul_peak, 8192, torch.bfloat16, "cuda", 20)
+    peak = spec_peak(card) or measured
+    out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "machine": bench.machine(), "card": card, "precision": "bf16-mixed", "trained_layers": TRAINED,
+           "peak_per_s": peak, "peak_source": "data sheet" if spec_peak(card) else "measured matmul",
+           "bf16_matmul_peak_per_s": measured, "cases": {}}
+    base = VIT_B16_224 + list(args.overrides) + [f"data.batch_size={args.batch}"]
+    prepare(load_config(["experiments/default.yaml"], base))
+    folder = tempfile.mkdtemp(prefix="bench_gpu_decoder_")
+    try:
+        for name in args.cases:
+            family, sizes, pooling = CASES[name]
+            lm = bench.timed(f"save a random {name}", save_decoder, os.path.join(folder, name), family, sizes)
+            case = {"family": family, **sizes, "pooling": pooling}
+            for arm, cache in (("no_cache", None), ("cache", os.path.join(folder, f"{name}_cache"))):
+                print(f"[bench-gpu-decoder] {name}, {arm}", flush=True)
+                cfg = load_config(["experiments/default.yaml"], base + text_overrides(lm, pooling, cache))
+                try:
+                    r = run_case(cfg, args.steps, 5)
+                    r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
+                except torch.cuda.OutOfMemoryError as e:
+                    r = {"error": f"OutOfMemoryError: {str(e).splitlines()[0][:200]}"}
+                case[arm] = r
+                gc.collect()  # the arm's model, optimizer and Trainer, before the next one is built
+                torch.cuda.empty_cache()
+            if "error" not in case["no_cache"] and "error" not in case["cache"]:
+                # the cached step as work done: the FLOPs of the step it replaces, over its own time
+                case["cache"]["mfu_of_uncached_flops"] = case["no_cache"]["flops_per_step"] / case["cache"][
+                    "step_s"] / peak
+                case["cache_speedup"] = case["no_cache"]["step_s"] / case["cache"]["step_s"]
+            out["cases"][name] = case
+            shutil.rmtree(lm, ignore_errors=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"{'case':<22} {'samples/s':>10} {'peak GiB':>9} {'MFU':>7} {'MFU (uncached FLOPs)':>21}")
+    for name, case in out["cases"].items():
+        for arm in ("no_cache", "cache"):
+            r = case[arm]
+            if "error" in r:
+                print(f"{name + ' ' + arm:<22} {r['error']}")
+                continue
+            print(f"{name + ' ' + arm:<22} {r['samples_per_s']:>10.0f} {r['peak_memory_bytes'] / 2 ** 30:>9.1f} "
+                  f"{r['mfu']:>7.1%} {r.get('mfu_of_uncached_flops', r['mfu']):>21.1%}")
+        if "cache_speedup" in case:
+            print(f"{'':<22} text cache speed-up {case['cache_speedup']:.2f}x")
+    print(f"peak {peak / 1e12:.0f} TFLOP/s ({out['peak_source']}) on {card}; measured bf16 matmul "
+          f"{measured / 1e12:.0f} TFLOP/s")
+    bench.save(out, args.out, "bench-gpu-decoder")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

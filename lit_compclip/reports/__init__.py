@@ -1,0 +1,1 @@
+"""Reports over finished runs: sweeps, the ablation report, comparisons, charts and the notebooks' helpers."""
