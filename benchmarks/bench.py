@@ -3,10 +3,10 @@ data vs model and probe overhead.
 
 Usage: python benchmarks/bench.py [--quick] [--steps N] [--rounds R] [--out bench.json] [key=value ...]
 Every figure is taken in this one process and every key figure is a ratio of two loops ("arms") timed in the same
-run. The arms of a ratio run in blocks of A B B A order (`benchmarks.harness.abba_order`), each block gives one value
+run. The arms of a ratio run in blocks of A B B A order (`benchmarks.timing.abba_order`), each block gives one value
 of every ratio, and each ratio is reported as its median over the blocks with its min-max spread. Overrides
-(key=value) apply to the default experiment (`load_config(["experiments/default.yaml"], overrides)`), which every arm starts from.
-docs/BENCHMARKS.md says what each arm and row is.
+(key=value) apply to the default experiment (`load_config(["experiments/default.yaml"], overrides)`), which every
+arm starts from. docs/BENCHMARKS.md says what each arm and row is; `benchmarks.arms` names the arms of each ratio.
 """
 
 from __future__ import annotations
@@ -30,24 +30,6 @@ VIT_B16 = ["model.image.width=768", "model.image.depth=12", "model.image.heads=1
 QUICK_VIT = ["model.image.width=64", "model.image.depth=1", "model.image.heads=2"]  # --quick: the code path only
 COLLECTED = 8  # distinct batches held in memory and cycled through
 
-# Each ratio: (the faster-expected arm, the other), both from the same block; the value is the other's median step
-# time over the first's (above 1: the first is faster). The main block's arms, in run order (then reversed):
-MAIN_ARMS = ["ours_shipped_one_group", "ours_shipped_no_cache", "ours_shipped", "open_clip_shipped",
-             "open_clip_pad64_eval", "open_clip_like_for_like", "ours_like_for_like"]
-MAIN_RATIOS = {
-    "train_vs_open_clip_like_for_like": ("ours_like_for_like", "open_clip_like_for_like"),  # the loops alone
-    "open_clip_padding_factor": ("open_clip_like_for_like", "open_clip_pad64_eval"),  # 64 tokens vs ours, eval both
-    "open_clip_dropout_factor": ("open_clip_pad64_eval", "open_clip_shipped"),  # locked layers train vs eval mode
-    "train_vs_open_clip": ("ours_like_for_like", "open_clip_shipped"),  # = the product of the three above
-    "train_vs_open_clip_as_shipped": ("ours_shipped", "open_clip_shipped"),  # each as a user runs it
-    "text_cache_speedup": ("ours_shipped", "ours_shipped_no_cache"),
-    "length_groups_speedup": ("ours_shipped_no_cache", "ours_shipped_one_group"),
-}
-VIT_ARMS = ["open_clip_shipped", "open_clip_like_for_like", "ours_like_for_like"]
-VIT_RATIOS = {"train_vs_open_clip_vit_b16_like_for_like": ("ours_like_for_like", "open_clip_like_for_like"),
-              "train_vs_open_clip_vit_b16": ("ours_like_for_like", "open_clip_shipped")}
-CACHE_LAYERS = (1, 0)  # trained MiniLM layers of the extra cache pairs (the default trains 2)
-
 
 def parse(argv):
     p = ScriptParser(description=__doc__.splitlines()[0])
@@ -57,110 +39,18 @@ def parse(argv):
     p.add_argument("--rounds", type=int, default=None, help="A B B A blocks per ratio (default 3; quick 1)")
     p.add_argument("--out", default="bench.json")
     p.add_argument("overrides", nargs="*", help="key=value config overrides of the default experiment")
-    from benchmarks import harness as bench
+    from benchmarks import script
 
     # 3 steps x 2 runs per arm and block x 3 blocks, ~50 runs in all: few steps per run keep the whole run short
-    return bench.timing_args(p, p.parse_args(argv))
-
-
-class OpenClip:
-    """An arm of open_clip's own `train_one_epoch` on one model: fed open_clip's tokenizer (every caption padded to
-    the context length) or `tokenizer`; its locked text layers in train mode (as it ships) or in eval mode."""
-
-    def __init__(self, cfg, batches, steps: int, warmup: int, tokenizer=None, locked_eval: bool = False):
-        from omegaconf import OmegaConf
-
-        from benchmarks.open_clip_baseline import build_open_clip, locked_layers_in_eval
-
-        self.model, self.own_tokenizer = build_open_clip(cfg)
-        if locked_eval:
-            locked_layers_in_eval(self.model)
-        self.tokenizer = tokenizer or self.own_tokenizer
-        self.batches, self.steps, self.warmup = batches, steps, warmup
-        self.optim = OmegaConf.to_container(cfg.optim)
-        self.runs: list[dict] = []
-
-    def __call__(self, first: bool) -> dict:
-        from benchmarks.open_clip_baseline import time_open_clip
-
-        out = time_open_clip(self.model, self.tokenizer, self.batches, self.steps, self.warmup if first else 1,
-                             self.optim)
-        self.runs.append(out)
-        return out
-
-    def summary(self) -> dict:
-        runs = self.runs
-        return {"steps_run": sum(r["steps"] for r in runs), "timed_steps": sum(len(r["intervals"]) for r in runs),
-                "changed": {k: all(r["changed"][k] for r in runs) for k in runs[0]["changed"]},
-                "positions_per_batch": runs[-1]["positions_per_batch"],
-                "locked_layer_training": runs[-1]["locked_layer_training"],
-                "trained_layer_training": runs[-1]["trained_layer_training"]}
-
-
-def open_clip_arms(cfg_like, batches, steps: int, warmup: int, names: list[str]) -> dict:
-    """Our like-for-like arm and those of the three open_clip arms in `names`, each one setting away from the
-    next: as shipped; 64-token padding with its locked layers in eval; our token ids with them in eval."""
-    from benchmarks import harness as bench
-    from benchmarks.open_clip_baseline import our_token_ids
-
-    ours = bench.LoopArm(cfg_like, batches, steps, warmup)
-    settings = {"open_clip_shipped": {}, "open_clip_pad64_eval": {"locked_eval": True},
-                "open_clip_like_for_like": {"tokenizer": our_token_ids(ours.model.model.text), "locked_eval": True}}
-    return {"ours_like_for_like": ours, **{name: OpenClip(cfg_like, batches, steps, warmup, **settings[name])
-                                           for name in names if name in settings}}
-
-
-def ratios(times, table: dict) -> dict:
-    from benchmarks import harness as bench
-
-    return {key: bench.spread(bench.speedups(times, fast, slow)) for key, (fast, slow) in table.items()}
-
-
-def arm_summary(times, arms: dict) -> dict:
-    from benchmarks import harness as bench
-
-    out = {}
-    for name, arm in arms.items():
-        out[name] = {"step_s": bench.step_seconds(times, name), "timed_steps": sum(map(len, times[name])),
-                     "block_step_s": [statistics.median(b) for b in times[name]]}
-        if isinstance(arm, OpenClip):
-            out[name].update(arm.summary())
-        elif arm.hit_rate() is not None:
-            out[name]["cache_hit_rate"] = arm.hit_rate()
-    return out
-
-
-def cache_pairs(cfg_for, folder: str, batches, steps: int, warmup: int, rounds: int) -> dict:
-    """The text cache with fewer trained MiniLM layers (more of the tower frozen and cached): warm cache against
-    the frozen layers recomputed, in A B B A blocks, with the bound no cache can beat."""
-    from benchmarks import harness as bench
-
-    arms = {}
-    for k in CACHE_LAYERS:
-        base = [f"model.text.unfreeze_layers={k}"]
-        arms[f"on_{k}"] = bench.LoopArm(cfg_for(base + [f"model.text.cache_dir={folder}"]), batches, steps, warmup)
-        arms[f"off_{k}"] = bench.LoopArm(cfg_for(base + ["model.text.cache_dir=null"]), batches, steps, warmup)
-    times = bench.alternate({n: arms[n] for n in ("on_1", "off_1", "off_0", "on_0")}, rounds, "3. ")["times"]
-    return {str(k): with_bound(times, arms, f"on_{k}", f"off_{k}", batches) for k in CACHE_LAYERS}
-
-
-def with_bound(times, arms: dict, on: str, off: str, batches) -> dict:
-    """A cache pair's figures: step times, the speed-up's spread, the hit rate and the bound
-    `step / (step - the frozen part's own time)`."""
-    from benchmarks import harness as bench
-
-    off_s, on_s = bench.step_seconds(times, off), bench.step_seconds(times, on)
-    model = arms[off].model
-    frozen_s = bench.frozen_seconds(model, batches[0], 4)
-    return {"off_step_s": off_s, "on_step_s": on_s, "speedup": bench.spread(bench.speedups(times, on, off)),
-            "hit_rate": arms[on].hit_rate(), "frozen_part_s": frozen_s, "bound": off_s / max(1e-9, off_s - frozen_s),
-            "trained_layers": model.hparams["model"]["text"]["unfreeze_layers"]}
+    return script.timing_args(p, p.parse_args(argv))
 
 
 def run(args) -> dict:
     import torch
 
-    from benchmarks import harness as bench
+    from benchmarks import our_loop, probe_costs, script, step_costs, timing
+    from benchmarks.arms import (MAIN_ARMS, MAIN_RATIOS, VIT_ARMS, VIT_RATIOS, arm_summary, cache_pairs,
+                                 open_clip_arms, ratios, with_bound)
     from benchmarks.open_clip_baseline import same_token_ids
     from lit_compclip.config import load_config
     from lit_compclip.config.plugins import prepare
@@ -168,30 +58,30 @@ def run(args) -> dict:
     def shipped(extra=()):  # the default experiment as shipped
         return load_config(["experiments/default.yaml"], list(args.overrides) + list(extra))
 
-    def like(extra=()):  # ours made comparable to open_clip (bench.LIKE_FOR_LIKE)
-        return load_config(["experiments/default.yaml"], bench.LIKE_FOR_LIKE + list(args.overrides) + list(extra))
+    def like(extra=()):  # ours made comparable to open_clip (our_loop.LIKE_FOR_LIKE)
+        return load_config(["experiments/default.yaml"], our_loop.LIKE_FOR_LIKE + list(args.overrides) + list(extra))
 
     began = time.perf_counter()
     cfg = shipped()
     prepare(cfg)
     first = 1 if args.quick else 3  # warm-up steps of an arm's first run; later runs drop only their first step
     out = {"quick": args.quick, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": bench.machine(), "open_clip_loop": "open_clip_train.train.train_one_epoch",
+           "machine": script.machine(), "open_clip_loop": "open_clip_train.train.train_one_epoch",
            "steps_per_run": args.steps, "rounds": args.rounds}
     folder = tempfile.mkdtemp(prefix="bench_text_cache_")  # the cache arms' caches, fresh for this run
     try:
         print("[bench] 1. the default model: ours against open_clip, and the shipped default's own settings",
               flush=True)
-        model = bench.build_model(cfg, 1)
-        dm = bench.data_module(cfg, model)
+        model = our_loop.build_model(cfg, 1)
+        dm = our_loop.data_module(cfg, model)
         del model
-        batches = bench.timed("collect batches", bench.collect_batches, dm, min(COLLECTED, args.steps + first))
+        batches = script.timed("collect batches", our_loop.collect_batches, dm, min(COLLECTED, args.steps + first))
         oc = open_clip_arms(like(), batches, args.steps, first, MAIN_ARMS)
         loop = {"ours_shipped": [f"model.text.cache_dir={folder}"],
                 "ours_shipped_no_cache": ["model.text.cache_dir=null"],
                 "ours_shipped_one_group": ["model.text.cache_dir=null", "model.length_groups=1"]}
-        arms = {**oc, **{name: bench.LoopArm(shipped(o), batches, args.steps, first) for name, o in loop.items()}}
-        times = bench.alternate({name: arms[name] for name in MAIN_ARMS}, args.rounds, "1. ")["times"]
+        arms = {**oc, **{name: our_loop.LoopArm(shipped(o), batches, args.steps, first) for name, o in loop.items()}}
+        times = timing.alternate({name: arms[name] for name in MAIN_ARMS}, args.rounds, "1. ")["times"]
         main = ratios(times, MAIN_RATIOS)
         no_cache = arms["ours_shipped_no_cache"]
         shipped_model = no_cache.model  # the shipped default, frozen layers recomputed: parts 2, 4 and 5
@@ -201,12 +91,12 @@ def run(args) -> dict:
                                                                      batches),
                                     "ours_per_batch": oc["open_clip_like_for_like"].summary()["positions_per_batch"],
                                     "open_clip_per_batch": oc["open_clip_shipped"].summary()["positions_per_batch"]},
-               "length_groups_tokens": bench.padding(shipped_model, batches),
+               "length_groups_tokens": step_costs.padding(shipped_model, batches),
                "text_cache_by_trained_layers": {str(cfg.model.text.unfreeze_layers): with_bound(
                    times, arms, "ours_shipped", "ours_shipped_no_cache", batches)}}
         product = [a * b * c for a, b, c in zip(*(main[k]["values"] for k in (
             "train_vs_open_clip_like_for_like", "open_clip_padding_factor", "open_clip_dropout_factor")))]
-        raw["open_clip_factors_product"] = bench.spread(product)
+        raw["open_clip_factors_product"] = timing.spread(product)
         del oc
         for name in list(arms):
             if name != "ours_shipped_no_cache":
@@ -214,13 +104,13 @@ def run(args) -> dict:
 
         print("[bench] 1b. a ViT-B/16-sized image tower: ours against open_clip", flush=True)
         large_cfg = like(VIT_B16 + (QUICK_VIT if args.quick else []))
-        large_model = bench.build_model(large_cfg, 1)
-        large_batches = bench.timed("collect batches", bench.collect_batches,
-                                    bench.data_module(large_cfg, large_model), min(COLLECTED, args.steps + first))
+        large_model = our_loop.build_model(large_cfg, 1)
+        large_batches = script.timed("collect batches", our_loop.collect_batches,
+                                     our_loop.data_module(large_cfg, large_model), min(COLLECTED, args.steps + first))
         del large_model
         large_steps = max(1, args.steps // 2)
         large_arms = open_clip_arms(large_cfg, large_batches, large_steps, max(1, first - 1), VIT_ARMS)
-        large_times = bench.alternate({n: large_arms[n] for n in VIT_ARMS}, args.rounds, "1b. ")["times"]
+        large_times = timing.alternate({n: large_arms[n] for n in VIT_ARMS}, args.rounds, "1b. ")["times"]
         large = ratios(large_times, VIT_RATIOS)
         raw["vit_b16"] = {"arms": arm_summary(large_times, large_arms),
                           "batch_size": len(large_batches[0]["caption"]), "steps_per_run": large_steps,
@@ -232,11 +122,11 @@ def run(args) -> dict:
               flush=True)
         # The split's parts are set against a whole step timed just before them: on a shared machine the load
         # changes within minutes.
-        reference = bench.timed("  reference steps", no_cache, False)
+        reference = script.timed("  reference steps", no_cache, False)
         step_s = statistics.median(reference["intervals"])
-        split = bench.timed("cost split", bench.cost_split, shipped_model, batches[0], 2 if args.quick else 6)
-        flops = bench.timed("count FLOPs", bench.count_flops, shipped_model, batches[0])
-        peak = bench.timed("matmul peak", bench.matmul_peak, 256 if args.quick else 2048)
+        split = script.timed("cost split", step_costs.cost_split, shipped_model, batches[0], 2 if args.quick else 6)
+        flops = script.timed("count FLOPs", step_costs.count_flops, shipped_model, batches[0])
+        peak = script.timed("matmul peak", step_costs.matmul_peak, 256 if args.quick else 2048)
         achieved = flops["total"] / step_s
 
         if not args.quick:
@@ -249,7 +139,7 @@ def run(args) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
     print("[bench] 4. data pipeline alone", flush=True)
-    data = bench.timed("data pipeline", bench.data_rate, dm, 2 if args.quick else 20)
+    data = script.timed("data pipeline", step_costs.data_rate, dm, 2 if args.quick else 20)
     split = {"data": cfg.data.batch_size / data["samples_per_s"], **split}
     split["other (loop, logging)"] = step_s - sum(v for k, v in split.items() if k != "data")
 
@@ -260,19 +150,19 @@ def run(args) -> dict:
     probe_cache = tempfile.mkdtemp(prefix="bench_probe_cache_")
     try:
         probe_cfg = OmegaConf.merge(cfg, {"model": {"text": {"cache_dir": probe_cache}}})
-        probe_model = bench.build_model(probe_cfg, 1)
+        probe_model = our_loop.build_model(probe_cfg, 1)
         probe_model.load_state_dict(shipped_model.state_dict())
-        probes = bench.timed("probes", bench.probe_seconds, probe_cfg, probe_model)
+        probes = script.timed("probes", probe_costs.probe_seconds, probe_cfg, probe_model)
         # the FLOP passes start cold too: a model of their own on a cache folder of their own
         flop_cfg = OmegaConf.merge(cfg, {"model": {"text": {"cache_dir": f"{probe_cache}/flops"}}})
-        flop_model = bench.build_model(flop_cfg, 1)
+        flop_model = our_loop.build_model(flop_cfg, 1)
         flop_model.load_state_dict(shipped_model.state_dict())
-        probe_pass_flops = bench.timed("probe FLOPs", bench.probe_flops, flop_cfg, flop_model)
+        probe_pass_flops = script.timed("probe FLOPs", probe_costs.probe_flops, flop_cfg, flop_model)
         del flop_model
     finally:
         shutil.rmtree(probe_cache, ignore_errors=True)
-    step_frozen_flops = bench.frozen_flops(shipped_model, batches[0])
-    per_epoch = bench.steps_per_epoch(cfg)  # from the configured data and batch size
+    step_frozen_flops = step_costs.frozen_flops(shipped_model, batches[0])
+    per_epoch = step_costs.steps_per_epoch(cfg)  # from the configured data and batch size
     no_cache_step = raw["arms"]["ours_shipped_no_cache"]["step_s"]
     # the loader runs beside the model, so an epoch lasts as long as the slower of the two; a fresh clone's default
     # run fills its text cache in epoch 1 (steps of the no-cache arm) and reads it in epoch 2 (the cached arm's)
@@ -314,7 +204,7 @@ def run(args) -> dict:
 
 
 def table(r: dict) -> str:
-    from benchmarks.harness import describe
+    from benchmarks.timing import describe
 
     raw, s, lines = r["raw"], r["spread"], []
     arms = raw["arms"]
@@ -386,9 +276,9 @@ def table(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from benchmarks import harness as bench
+    from benchmarks import script
 
-    return bench.script_main(argv, parse, run, table)
+    return script.script_main(argv, parse, run, table)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ throughput against the shipped MiniLM, and whether open_clip's HF text tower can
 Usage: python benchmarks/bench_decoder.py [--quick] [--steps N] [--rounds R] [--width W] [--family F]
                                        [--out bench_decoder.json] [key=value ...]
 The decoder is random (`lit_compclip.towers.random_lm`, nothing is downloaded) and used as `tower: transformers`.
-Every ratio comes from arms timed in A B B A blocks in this one process (`benchmarks.harness.alternate`), reported
+Every ratio comes from arms timed in A B B A blocks in this one process (`benchmarks.timing.alternate`), reported
 as its median over the blocks with its min-max spread. Overrides (key=value) apply to the default experiment, which
 every arm starts from. docs/BENCHMARKS.md ("Decoder text towers") says what each row is.
 """
@@ -49,32 +49,32 @@ def parse(argv):
     p.add_argument("--pooling", default="eos", choices=("eos", "mean"), help="the tower's pooling")
     p.add_argument("--out", default="bench_decoder.json")
     p.add_argument("overrides", nargs="*", help="key=value config overrides of the default experiment")
-    from benchmarks import harness as bench
+    from benchmarks import script
 
-    return bench.timing_args(p, p.parse_args(argv))
+    return script.timing_args(p, p.parse_args(argv))
 
 
 class TextArms:
     """The text tower's own step with its cache warm (`text_on`) and with its frozen layers recomputed
     (`text_off`), and that frozen part alone (`frozen`, on the batches tokenised beforehand), on the decoder models
-    of two `bench.LoopArm`s and the batches they time; timed step by step in turn (`bench.time_interleaved`), as one arm
-    of the A B B A blocks."""
+    of two `our_loop.LoopArm`s and the batches they time; timed step by step in turn (`timing.time_interleaved`),
+    as one arm of the A B B A blocks."""
 
     NAMES = ("text_on", "text_off", "frozen")
 
     def __init__(self, on, off, batches: list[dict]):
-        from benchmarks import harness as bench
+        from benchmarks import step_costs
 
         self.loops = {"text_on": on, "text_off": off, "frozen": off}
-        self.steps = {"text_on": bench.text_step(on.model), "text_off": bench.text_step(off.model),
-                      "frozen": bench.frozen_step(off.model)}
+        self.steps = {"text_on": step_costs.text_step(on.model), "text_off": step_costs.text_step(off.model),
+                      "frozen": step_costs.frozen_step(off.model)}
         self.items = {"text_on": batches, "text_off": batches,
-                      "frozen": [bench.frozen_parts(off.model, b) for b in batches]}
+                      "frozen": [step_costs.frozen_parts(off.model, b) for b in batches]}
         self.runs: list[dict[str, list[float]]] = []
         self.cache: list[dict] = []  # the text cache's hits and misses in each run's timed steps
 
     def __call__(self, first: bool) -> dict:
-        from benchmarks import harness as bench
+        from benchmarks import our_loop, timing
 
         start = self.loops["text_on"].start(first)  # = the others' modulo the batches: the same batches timed
         for name in self.NAMES:
@@ -83,9 +83,9 @@ class TextArms:
             for k in range(start - loop.start(first), start):  # warm-up; first run: also the cache-filling pass
                 self.steps[name](self.items[name][k % len(self.items[name])])
         model = self.loops["text_on"].model
-        before = bench.cache_counts(model)
-        out = bench.time_interleaved(self.steps, self.items, self.loops["text_on"].steps, start)
-        after = bench.cache_counts(model)
+        before = our_loop.cache_counts(model)
+        out = timing.time_interleaved(self.steps, self.items, self.loops["text_on"].steps, start)
+        after = our_loop.cache_counts(model)
         self.cache.append({"hits": after[0] - before[0], "misses": after[1] - before[1]})
         self.runs.append(out)
         print("[bench]   text steps (s): " + ", ".join(f"{n} {statistics.median(out[n]):.3f}" for n in self.NAMES),
@@ -122,12 +122,12 @@ def try_open_clip(folder: str, cfg) -> dict:
 
 
 def run(args) -> dict:
-    from benchmarks import harness as bench
+    from benchmarks import our_loop, script, step_costs, timing
     from lit_compclip.config import load_config
     from lit_compclip.config.plugins import prepare
     from lit_compclip.towers.random_lm import save_random_lm
 
-    began, machine = time.perf_counter(), bench.machine()  # the load average before the arms run
+    began, machine = time.perf_counter(), script.machine()  # the load average before the arms run
     sizes = dict(QUICK_DECODER if args.quick else DECODER)
     if args.width:
         sizes["width"] = args.width
@@ -138,8 +138,8 @@ def run(args) -> dict:
     first = 1 if args.quick else 3  # warm-up steps of an arm's first run
     folder = tempfile.mkdtemp(prefix="bench_decoder_")
     try:
-        decoder = bench.timed(f"save a random {args.family} decoder", save_random_lm, os.path.join(folder, "lm"),
-                              args.family, **sizes)
+        decoder = script.timed(f"save a random {args.family} decoder", save_random_lm, os.path.join(folder, "lm"),
+                               args.family, **sizes)
 
         def decoder_cfg(cache: bool):
             text = ["model.text.tower=transformers", f"model.text.model={decoder}",
@@ -147,35 +147,36 @@ def run(args) -> dict:
                     f"model.text.cache_dir={os.path.join(folder, 'cache') if cache else 'null'}"]
             return load_config(["experiments/default.yaml"], list(args.overrides) + extra_image + text)
 
-        model = bench.build_model(cfg, 1)
-        batches = bench.timed("collect batches", bench.collect_batches, bench.data_module(cfg, model),
-                              min(COLLECTED, args.steps + first))
+        model = our_loop.build_model(cfg, 1)
+        batches = script.timed("collect batches", our_loop.collect_batches, our_loop.data_module(cfg, model),
+                               min(COLLECTED, args.steps + first))
         del model
-        loops = {"step_on": bench.LoopArm(decoder_cfg(True), batches, args.steps, first),
-                 "step_off": bench.LoopArm(decoder_cfg(False), batches, args.steps, first),
-                 "minilm_on": bench.LoopArm(load_config(["experiments/default.yaml"], list(args.overrides) + extra_image + [
-                     f"model.text.cache_dir={os.path.join(folder, 'minilm_cache')}"]), batches, args.steps, first)}
+        minilm = load_config(["experiments/default.yaml"], list(args.overrides) + extra_image
+                             + [f"model.text.cache_dir={os.path.join(folder, 'minilm_cache')}"])
+        loops = {"step_on": our_loop.LoopArm(decoder_cfg(True), batches, args.steps, first),
+                 "step_off": our_loop.LoopArm(decoder_cfg(False), batches, args.steps, first),
+                 "minilm_on": our_loop.LoopArm(minilm, batches, args.steps, first)}
         on, off = loops["step_on"], loops["step_off"]
         text_arms = TextArms(on, off, batches)
         arms = {**loops, "text": text_arms}
         print("[bench] 1-2. text cache, text step and whole step, and the decoder against MiniLM", flush=True)
-        times = bench.alternate({name: arms[name] for name in ARMS}, args.rounds, "")["times"]
+        times = timing.alternate({name: arms[name] for name in ARMS}, args.rounds, "")["times"]
         times = {**{k: v for k, v in times.items() if k != "text"}, **text_arms.times()}
         print("[bench] 3. open_clip's HF text tower on the decoder", flush=True)
-        open_clip = bench.timed("open_clip", try_open_clip, decoder, cfg)
+        open_clip = script.timed("open_clip", try_open_clip, decoder, cfg)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-    text = bench.cache_figures(times, "text_on", "text_off", "frozen")
-    step = bench.cache_figures(times, "step_on", "step_off", "frozen")
-    vs_minilm = bench.spread(bench.speedups(times, "step_on", "minilm_on"))  # MiniLM's step time over the decoder's
+    text = timing.cache_figures(times, "text_on", "text_off", "frozen")
+    step = timing.cache_figures(times, "step_on", "step_off", "frozen")
+    vs_minilm = timing.spread(timing.speedups(times, "step_on", "minilm_on"))  # MiniLM's step time over the decoder's
     batch = len(batches[0]["caption"])
     spreads = {"text_step_cache_speedup": text["speedup"], "text_step_cache_bound": text["bound"],
                "text_step_speedup_over_bound": text["speedup_over_bound"],
                "train_step_cache_speedup": step["speedup"], "train_step_cache_bound": step["bound"],
                "train_step_speedup_over_bound": step["speedup_over_bound"],
                "decoder_vs_minilm_samples_per_s": vs_minilm}
-    tokens = bench.padding(on.model, batches)
+    tokens = step_costs.padding(on.model, batches)
     out = {key: s["median"] for key, s in spreads.items()}
     out.update({
         "quick": args.quick, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -185,13 +186,13 @@ def run(args) -> dict:
                     "params": sum(p.numel() for p in on.model.model.text.lm.parameters()),
                     "attn_implementation": on.model.model.text.lm.config._attn_implementation},
         "raw": {"batch_size": batch, "text_tokens_per_batch": tokens,
-                "text_step": {k: v for k, v in text.items() if k.endswith("_s")} | {"hit_rate": bench.hit_rate(
+                "text_step": {k: v for k, v in text.items() if k.endswith("_s")} | {"hit_rate": timing.hit_rate(
                     text_arms.cache), "optimizer": False},
                 "train_step": {k: v for k, v in step.items() if k.endswith("_s")} | {"hit_rate": on.hit_rate()},
                 "samples_per_s": {"decoder_cache_on": batch / step["on_s"], "decoder_cache_off": batch / step["off_s"],
-                                  "minilm_cache_on": batch / bench.step_seconds(times, "minilm_on")},
+                                  "minilm_cache_on": batch / timing.step_seconds(times, "minilm_on")},
                 "minilm_hit_rate": loops["minilm_on"].hit_rate(),
-                "arms": {name: {"step_s": bench.step_seconds(times, name), "timed_steps": sum(map(len, times[name])),
+                "arms": {name: {"step_s": timing.step_seconds(times, name), "timed_steps": sum(map(len, times[name])),
                                 "block_step_s": [statistics.median(b) for b in times[name]]} for name in times}},
         "wall_s": time.perf_counter() - began,
     })
@@ -199,7 +200,7 @@ def run(args) -> dict:
 
 
 def table(r: dict) -> str:
-    from benchmarks.harness import describe
+    from benchmarks.timing import describe
 
     s, raw, d = r["spread"], r["raw"], r["decoder"]
     lines = [f"every ratio: median over {r['rounds']} A B B A block(s) (min-max), {r['steps_per_run']} timed steps "
@@ -232,9 +233,9 @@ def table(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from benchmarks import harness as bench
+    from benchmarks import script
 
-    return bench.script_main(argv, parse, run, table)
+    return script.script_main(argv, parse, run, table)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ LARGE_TEXT = {"layers": 12, "width": 768, "heads": 12}
 
 def cases(folder: str, text: dict = LARGE_TEXT) -> dict[str, list[str]]:
     """name -> overrides of each benchmarked model; builds the larger text tower's folder inside `folder`."""
-    from benchmarks.harness import make_bert_folder
+    from benchmarks.our_loop import make_bert_folder
 
     bert = make_bert_folder(os.path.join(folder, "bert"), text["layers"], text["width"], text["heads"])
     return {"vit_b16_minilm": VIT_B16_224,
@@ -42,21 +42,21 @@ def run_case(cfg, steps: int, warmup: int, peak: float, device: str = "cuda") ->
     import torch
     from omegaconf import OmegaConf
 
-    from benchmarks import harness as bench
+    from benchmarks import our_loop, script, step_costs
     from benchmarks.open_clip_baseline import build_open_clip, time_open_clip
 
-    model = bench.build_model(cfg, 1)
-    batches = bench.timed("  collect batches", bench.collect_batches, bench.data_module(cfg, model), 4)
-    ours = bench.timed("  ours", bench.time_ours, cfg, batches, steps, warmup, "gpu" if device == "cuda" else device,
-                       "bf16-mixed")
+    model = our_loop.build_model(cfg, 1)
+    batches = script.timed("  collect batches", our_loop.collect_batches, our_loop.data_module(cfg, model), 4)
+    ours = script.timed("  ours", our_loop.time_ours, cfg, batches, steps, warmup,
+                        "gpu" if device == "cuda" else device, "bf16-mixed")
     oc_model, tokenizer = build_open_clip(cfg)
-    theirs = bench.timed("  open_clip", time_open_clip, oc_model, tokenizer, batches, steps, warmup,
-                         OmegaConf.to_container(cfg.optim), device, "amp_bf16")
+    theirs = script.timed("  open_clip", time_open_clip, oc_model, tokenizer, batches, steps, warmup,
+                          OmegaConf.to_container(cfg.optim), device, "amp_bf16")
     del oc_model
     model = ours["model"].to(device)
     batch = {**batches[0], "image": batches[0]["image"].to(device)}
     with torch.autocast(device, dtype=torch.bfloat16):
-        flops = bench.count_flops(model, batch)
+        flops = step_costs.count_flops(model, batch)
     step_s, oc_step_s = statistics.median(ours["intervals"]), statistics.median(theirs["intervals"])
     return {"ours_samples_per_s": ours["samples_per_s"], "open_clip_samples_per_s": theirs["samples_per_s"],
             "train_vs_open_clip": ours["samples_per_s"] / theirs["samples_per_s"],
@@ -79,16 +79,17 @@ def main(argv=None) -> int:
         print("bench_gpu: no CUDA GPU here (torch.cuda.is_available() is False); `make bench` measures the CPU",
               file=sys.stderr)
         return 1
-    from benchmarks import harness as bench
+    from benchmarks import our_loop, script, step_costs
     from lit_compclip.config import load_config
     from lit_compclip.config.plugins import prepare
 
-    peak = bench.timed("bf16 matmul peak", bench.matmul_peak, 8192, torch.bfloat16, "cuda", 20)
+    peak = script.timed("bf16 matmul peak", step_costs.matmul_peak, 8192, torch.bfloat16, "cuda", 20)
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": bench.machine(), "bf16_matmul_peak_per_s": peak, "precision": "bf16-mixed", "cases": {}}
+           "machine": script.machine(), "bf16_matmul_peak_per_s": peak, "precision": "bf16-mixed", "cases": {}}
     with tempfile.TemporaryDirectory() as folder:
         for name, extra in cases(folder).items():
-            cfg = load_config(["experiments/default.yaml"], bench.LIKE_FOR_LIKE + list(args.overrides) + extra + [f"data.batch_size={args.batch}"])
+            cfg = load_config(["experiments/default.yaml"], our_loop.LIKE_FOR_LIKE + list(args.overrides) + extra
+                              + [f"data.batch_size={args.batch}"])
             prepare(cfg)
             print(f"[bench-gpu] {name}", flush=True)
             out["cases"][name] = run_case(cfg, args.steps, 5, peak)
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         print(f"{name:<26} {c['ours_samples_per_s']:>15.0f} {c['open_clip_samples_per_s']:>10.0f} "
               f"{c['train_vs_open_clip']:>5.2f}x {c['ours_mfu']:>9.1%} {c['open_clip_mfu_same_flops']:>14.1%}")
     print(f"bf16 matmul peak {peak / 1e12:.0f} TFLOP/s on {out['machine']['device']}")
-    bench.save(out, args.out, "bench-gpu")
+    script.save(out, args.out, "bench-gpu")
     return 0
 
 

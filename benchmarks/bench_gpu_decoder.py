@@ -75,22 +75,22 @@ def run_case(cfg, steps: int, warmup: int, device: str = "cuda") -> dict:
     (`device="cpu"` only to test this code where there is no GPU; no memory figure there)."""
     import torch
 
-    from benchmarks import harness as bench
+    from benchmarks import our_loop, script, step_costs
 
     cuda, collected = device == "cuda", 4
     fill = collected if cfg.model.text.get("cache_dir") else 0  # one pass over the batches first fills a cache
-    model = bench.build_model(cfg, warmup + fill + steps)
-    batches = bench.timed("  collect batches", bench.collect_batches, bench.data_module(cfg, model), collected)
+    model = our_loop.build_model(cfg, warmup + fill + steps)
+    batches = script.timed("  collect batches", our_loop.collect_batches, our_loop.data_module(cfg, model), collected)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    ours = bench.timed("  train", bench.time_ours, None, batches, steps, warmup + fill, "gpu" if cuda else device,
-                       "bf16-mixed", model=model)
+    ours = script.timed("  train", our_loop.time_ours, None, batches, steps, warmup + fill,
+                        "gpu" if cuda else device, "bf16-mixed", model=model)
     peak_memory = torch.cuda.max_memory_allocated() if cuda else None
     model = ours["model"].to(device)
     batch = {**batches[0], "image": batches[0]["image"].to(device)}
     with torch.autocast(device, dtype=torch.bfloat16):
-        flops = bench.count_flops(model, batch)  # with a warm cache: the trained tail's FLOPs only
+        flops = step_costs.count_flops(model, batch)  # with a warm cache: the trained tail's FLOPs only
     return {"samples_per_s": ours["samples_per_s"], "step_s": statistics.median(ours["intervals"]),
             "peak_memory_bytes": peak_memory, "flops_per_step": flops["total"], "text_flops_per_step": flops["text"],
             "cache": ours["cache"], "batch_size": len(batches[0]["caption"]), "timed_steps": steps}
@@ -121,15 +121,15 @@ def main(argv=None) -> int:
         return NO_GPU
     import shutil
 
-    from benchmarks import harness as bench
+    from benchmarks import script, step_costs
     from lit_compclip.config import load_config
     from lit_compclip.config.plugins import prepare
 
     card = torch.cuda.get_device_name(0)
-    measured = bench.timed("bf16 matmul peak", bench.matmul_peak, 8192, torch.bfloat16, "cuda", 20)
+    measured = script.timed("bf16 matmul peak", step_costs.matmul_peak, 8192, torch.bfloat16, "cuda", 20)
     peak = spec_peak(card) or measured
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": bench.machine(), "card": card, "precision": "bf16-mixed", "trained_layers": TRAINED,
+           "machine": script.machine(), "card": card, "precision": "bf16-mixed", "trained_layers": TRAINED,
            "peak_per_s": peak, "peak_source": "data sheet" if spec_peak(card) else "measured matmul",
            "bf16_matmul_peak_per_s": measured, "cases": {}}
     base = VIT_B16_224 + list(args.overrides) + [f"data.batch_size={args.batch}"]
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     try:
         for name in args.cases:
             family, sizes, pooling = CASES[name]
-            lm = bench.timed(f"save a random {name}", save_decoder, os.path.join(folder, name), family, sizes)
+            lm = script.timed(f"save a random {name}", save_decoder, os.path.join(folder, name), family, sizes)
             case = {"family": family, **sizes, "pooling": pooling}
             for arm, cache in (("no_cache", None), ("cache", os.path.join(folder, f"{name}_cache"))):
                 print(f"[bench-gpu-decoder] {name}, {arm}", flush=True)
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
             print(f"{'':<22} text cache speed-up {case['cache_speedup']:.2f}x")
     print(f"peak {peak / 1e12:.0f} TFLOP/s ({out['peak_source']}) on {card}; measured bf16 matmul "
           f"{measured / 1e12:.0f} TFLOP/s")
-    bench.save(out, args.out, "bench-gpu-decoder")
+    script.save(out, args.out, "bench-gpu-decoder")
     return 0
 
 

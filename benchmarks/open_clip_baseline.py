@@ -154,7 +154,7 @@ def time_open_clip(model, tokenizer, batches: list[dict], steps: int, warmup: in
     from open_clip_train.scheduler import cosine_lr
     from open_clip_train.train import train_one_epoch
 
-    from benchmarks.harness import median_rate, steady
+    from benchmarks.timing import median_rate, steady
 
     total = warmup + steps
     batch_size = len(batches[0]["caption"])

@@ -179,7 +179,7 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     if not parsed["probes"]:  # the configured suites: only what they read (a synthetic world's probe sets)
         prepare(cfg, suite_paths(suites))
     from lit_compclip.probes.report import write_results
-    from lit_compclip.training.probing import build_probes
+    from lit_compclip.probes import build_probes
 
     try:
         probes = build_probes(suites, cfg.probes.get("limit"))

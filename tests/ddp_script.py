@@ -190,12 +190,13 @@ def skips_run(work: str) -> dict:
     data = WebDataModule(f"{work}/shards", None, {"txt": 1.0}, {}, SKIP_BATCH, 2, 0, True, False,
                          4 * 8, None, 0, model.model.train_transform, model.model.transform)
     keys, run_dir = Keys(), f"{work}/run"
+    skips = DataSkips(run_dir)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, log_every_n_steps=1,
                         logger=CSVLogger(run_dir, name="", version=""), enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[DataSkips(run_dir), keys], use_distributed_sampler=False)
+                        callbacks=[skips, keys], use_distributed_sampler=False)
     trainer.fit(model, data)
-    return {"keys": keys.every_rank, "run_dir": run_dir, "skipped": model.skipped}
+    return {"keys": keys.every_rank, "run_dir": run_dir, "skipped": skips.skipped}
 
 
 def main(out: str, single_modes: list[str], ddp_modes: list[str], work: str):

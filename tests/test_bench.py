@@ -27,7 +27,7 @@ def load_script(name: str):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Overrides for the tiny world, the tiny image tower and a 2-layer random BERT text tower (1 layer trained)."""
-    from benchmarks.harness import make_bert_folder
+    from benchmarks.our_loop import make_bert_folder
 
     root = tmp_path_factory.mktemp("bench")
     generate(str(root / "world"), train_families=24, eval_families=4, shard_size=48, probe_size=4, plain_lists=1)
@@ -110,7 +110,7 @@ def test_quick_bench_writes_every_figure_and_open_clip_really_trains(tiny, tmp_p
 
 
 def test_abba_order_puts_every_pair_of_arms_in_a_b_b_a_order():
-    from benchmarks.harness import abba_order
+    from benchmarks.timing import abba_order
 
     arms = ["a", "b", "c", "d"]
     order = abba_order(arms, 3)
@@ -128,7 +128,7 @@ def test_abba_order_puts_every_pair_of_arms_in_a_b_b_a_order():
 
 
 def test_alternate_pools_each_blocks_runs_and_ratios_come_from_one_block():
-    from benchmarks import harness as bench
+    from benchmarks import timing as bench
 
     calls = []
 
@@ -151,7 +151,7 @@ def test_alternate_pools_each_blocks_runs_and_ratios_come_from_one_block():
 
 
 def test_spread_reports_median_min_max_and_every_value():
-    from benchmarks.harness import describe, spread
+    from benchmarks.timing import describe, spread
 
     s = spread([1.05, 0.98, 1.02])
     assert (s["median"], s["min"], s["max"], s["rounds"]) == (1.02, 0.98, 1.05, 3)
@@ -162,7 +162,7 @@ def test_spread_reports_median_min_max_and_every_value():
 
 
 def test_open_clip_baseline_has_our_sizes_and_trains_the_same_text_layers(tiny):
-    from benchmarks.harness import LIKE_FOR_LIKE, build_model
+    from benchmarks.our_loop import LIKE_FOR_LIKE, build_model
     from benchmarks.open_clip_baseline import build_open_clip
 
     cfg = load_config([DEFAULT], LIKE_FOR_LIKE + tiny)
@@ -178,7 +178,7 @@ def test_open_clip_baseline_has_our_sizes_and_trains_the_same_text_layers(tiny):
 
 
 def test_open_clip_like_for_like_arm_gets_our_ids_and_keeps_its_locked_layers_in_eval(tiny):
-    from benchmarks.harness import LIKE_FOR_LIKE, build_model
+    from benchmarks.our_loop import LIKE_FOR_LIKE, build_model
     from benchmarks.open_clip_baseline import build_open_clip, locked_layers_in_eval, our_token_ids, same_token_ids
 
     cfg = load_config([DEFAULT], LIKE_FOR_LIKE + tiny)
@@ -207,7 +207,7 @@ def test_bench_gpu_builds_its_models_and_stops_in_one_line_without_cuda(tmp_path
     folder.mkdir()
     named = gpu.cases(str(folder), text={"layers": 2, "width": 32, "heads": 2})
     assert len(named) == 2
-    from benchmarks.harness import build_model
+    from benchmarks.our_loop import build_model
 
     # the larger-text case really builds on its random BERT (here a toy one), at ViT-B/16's 224 px
     shrink = ["model.image.width=32", "model.image.depth=1", "model.image.heads=2"]

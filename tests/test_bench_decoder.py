@@ -26,7 +26,7 @@ def positive(x) -> bool:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Overrides for the tiny world and image tower, a 2-layer random BERT standing in for MiniLM."""
-    from benchmarks.harness import make_bert_folder
+    from benchmarks.our_loop import make_bert_folder
 
     root = tmp_path_factory.mktemp("bench_decoder")
     generate(str(root / "world"), train_families=24, eval_families=4, shard_size=48, probe_size=4, plain_lists=1)
@@ -104,7 +104,7 @@ def test_gpu_decoder_case_runs_on_cpu_and_the_cache_removes_frozen_flops(tiny, t
 
 
 def test_time_interleaved_runs_every_arm_on_each_item_in_alternating_order():
-    from benchmarks.harness import time_interleaved
+    from benchmarks.timing import time_interleaved
 
     calls = []
     steps = {name: (lambda item, name=name: calls.append((name, item))) for name in ("a", "b", "c")}

@@ -43,7 +43,8 @@ def outputs(tmp_path_factory):
     """Three models scored by the real probes on a tiny synthetic world, written as training and `probe` write them:
     a run folder, a `compclip probe` output folder, and a bare probes.json lacking the winoground suite."""
     from lit_compclip.probes.report import write_results
-    from lit_compclip.training.probing import build_probes, run_probes
+    from lit_compclip.probes import build_probes
+    from lit_compclip.training.probing import run_probes
     from lit_compclip.config import load_config
     from lit_compclip.training.module import CompClip
     from lit_compclip.synth import generate

@@ -321,10 +321,3 @@ def test_clip_benchmark_export_has_its_fields_one_file_per_suite(tmp_path):
     paths = write_clip_benchmark(results, str(tmp_path / "cb"))
     assert sorted(Path(p).name for p in paths) == ["docci.json", "sugarcrepe.json", "winoground.json"]
     assert json.loads((tmp_path / "cb" / "docci.json").read_text()) == results["docci"]
-
-
-def test_module_encoder_is_still_importable_from_callbacks():
-    from lit_compclip.training.callbacks import ModuleEncoder
-    from lit_compclip.encoders.compclip import ModuleEncoder as moved
-
-    assert ModuleEncoder is moved

@@ -438,7 +438,7 @@ class RandomEncoder:
 def test_the_default_suites_score_the_synthetic_sets_end_to_end(world):
     from omegaconf import OmegaConf
 
-    from lit_compclip.training.callbacks import build_probes
+    from lit_compclip.probes import build_probes
     from lit_compclip.config import load_config
 
     cfg = load_config([DEFAULT], [f"synth.out_dir={world}"])

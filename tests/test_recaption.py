@@ -15,7 +15,8 @@ import pytest
 from lit_compclip.recaption import BACKENDS
 from lit_compclip.recaption.base import Outcome
 from lit_compclip.recaption.command import main
-from lit_compclip.recaption.pipeline import PARTIAL, worker_shards
+from lit_compclip.recaption.paths import worker_shards
+from lit_compclip.recaption.pipeline import PARTIAL
 from lit_compclip.recaption.prompt import DEFAULT_TEMPLATE, load_template, prompt_version
 from lit_compclip.synth.scene_backend import SceneBackend
 from lit_compclip.synth import captions, generate

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+from collections import Counter
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from test_data import make_dm, write_shards
 from lit_compclip.cli import main
 from lit_compclip.config import ConfigError, load_config
 from lit_compclip.data.stream import fast_forward_share
+from lit_compclip.data.skips import RunSkips
 from lit_compclip.training.module import CompClip
 from lit_compclip.training.resume import RandomState, resume_point, wandb_id
 
@@ -285,9 +287,14 @@ def test_probe_history_and_data_counts_travel_in_the_checkpoint():
     optim = {"lr": 1e-3, "text_lr": None, "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-6,
              "warmup_steps": 0, "min_lr_ratio": 0.0}
     model = CompClip(model_options, optim, total_steps=4)
-    model.skipped, model.no_negative = 7, 3
+    model.no_negative = 3
     checkpoint = {}
     model.on_save_checkpoint(checkpoint)
-    fresh = CompClip(model_options, optim, total_steps=4)
+    RunSkips().save(checkpoint, {"bad_json": 5, "no_caption": 2})
+    fresh, skips = CompClip(model_options, optim, total_steps=4), RunSkips()
     fresh.on_load_checkpoint(checkpoint)
-    assert (fresh.skipped, fresh.no_negative) == (7, 3)  # data/skipped goes on counting, not from 0
+    skips.load(checkpoint)
+    skips.start()
+    skips.count({"skipped": {"bad_json": 1}}, Counter())
+    # data/skipped goes on counting from the checkpoint's total, not from 0
+    assert fresh.no_negative == 3 and skips.train("cpu") == {"bad_json": 6, "no_caption": 2}

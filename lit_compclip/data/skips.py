@@ -131,8 +131,9 @@ class RunSkips:
         self.val_pass: Counter = Counter()
         self.validated = False  # whether self.val holds a pass (this fit's or the checkpoint's)
 
-    def start(self, earlier: Mapping[str, int] | None) -> None:
-        self.before, self.local = Counter(earlier or {}), Counter()
+    def start(self) -> None:
+        """A fit begins: this rank's count from zero, on top of the checkpoint's total when one was loaded."""
+        self.local = Counter()
 
     def count(self, batch, held: Counter) -> None:
         """A consumed training batch's skips, and those its loader held after the epoch's last batch."""
@@ -154,12 +155,18 @@ class RunSkips:
         self.validated = True
         return sum(self.val.values())
 
-    def save(self, checkpoint: dict) -> None:
+    def save(self, checkpoint: dict, train: Mapping[str, int]) -> None:
+        """Into the checkpoint: `train`, every rank's training total (a resumed run goes on counting from it), and the
+        latest validation pass."""
+        counts = checkpoint.setdefault("data_counts", {})
+        counts.update(skipped=sum(train.values()), skipped_by_reason=dict(train))
         if self.validated:
-            checkpoint.setdefault("data_counts", {})["val_skipped_by_reason"] = dict(self.val)
+            counts["val_skipped_by_reason"] = dict(self.val)
 
     def load(self, checkpoint: Mapping) -> None:
-        val = checkpoint.get("data_counts", {}).get("val_skipped_by_reason")
+        counts = checkpoint.get("data_counts", {})
+        self.before = Counter(counts.get("skipped_by_reason", {}))
+        val = counts.get("val_skipped_by_reason")
         self.val, self.validated = dict(val or {}), val is not None
 
     def record(self, train: Mapping[str, int], cut: Mapping[str, list] | None) -> dict:

@@ -30,6 +30,18 @@ def build_probe(name: str, options: Mapping[str, Any] | None = None):
     return build(PROBES, name, "probe", options)
 
 
+def build_probes(suites: Mapping[str, Mapping[str, Any]], limit: int | None = None) -> dict[str, Any]:
+    """A config's `probes.suites` (name -> options; `type` picks the probe, default the name) -> name -> probe, each
+    with at most `limit` examples per file when given. Raises one-line errors."""
+    probes = {}
+    for name, suite in suites.items():
+        kind, options = split_suite(name, suite)
+        if limit is not None:
+            options.setdefault("limit", limit)
+        probes[name] = build_probe(kind, options)
+    return probes
+
+
 def split_suite(name: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """A `probes.suites.<name>` entry -> (probe type, constructor options); the type defaults to the name."""
     options = dict(options)

@@ -10,12 +10,13 @@ import math
 import os
 import re
 import sys
-from collections import Counter
 
-from lit_compclip.cli_args import Parser, UsageError, check_writable_folder, first_line, log_to_stderr
+from lit_compclip.cli_args import Parser, UsageError, first_line, log_to_stderr
 from lit_compclip.recaption import BACKENDS, build_backend
-from lit_compclip.recaption.pipeline import FAIL_FAST, Job, Stopped, input_shards, run, worker_shards
+from lit_compclip.recaption.paths import check_output, gather_inputs, worker_shards
+from lit_compclip.recaption.pipeline import FAIL_FAST, Job, Stopped, run
 from lit_compclip.recaption.prompt import DEFAULT_FIELDS, load_template, prompt_version
+from lit_compclip.recaption.stats import failed_line, format_summary
 from lit_compclip.recaption.tars import check_input
 from lit_compclip.registry import resolve
 
@@ -175,73 +176,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if unknown:
         raise UsageError(f"{len(unknown)} unexpected argument(s) (--help for the usage)")
     return args
-
-
-def gather_inputs(specs: list[str]) -> tuple[list[str], list[str]]:
-    """(local shard paths of every INPUT_SHARDS spec (each '::' part expanded by pipeline.input_shards), in order,
-    each once; the paths that repeated one)."""
-    paths, seen, repeats = [], set(), []
-    for spec in specs:
-        for part in spec.split("::"):
-            for path in input_shards(part):
-                real = os.path.realpath(path)
-                if real in seen:
-                    repeats.append(path)
-                    continue
-                seen.add(real)
-                paths.append(path)
-    names = Counter(os.path.basename(p) for p in paths)
-    twice = [n for n, c in names.items() if c > 1]
-    if twice:  # as pipeline.input_shards says for one spec
-        raise ValueError(f"input shards share the file name {twice[0]!r}; output shards keep input names, so each "
-                         f"name must be unique")
-    return paths, repeats
-
-
-def check_output(out_dir: str, shards: list[str]) -> None:
-    """Refuse an OUTPUT_DIR that is a file, an input folder, beneath a file or not writable, before any backend is
-    built (the folder itself is made only when the first shard is written)."""
-    if out_dir.endswith(".tar") and not os.path.isdir(out_dir):  # a glob swallowed OUTPUT_DIR, or a typo
-        what = "an existing .tar file" if os.path.exists(out_dir) else "a name ending in .tar"
-        raise ValueError(f"OUTPUT_DIR {out_dir!r} is {what}, not a folder; give the output folder as the last "
-                         f"argument, after the input shards")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"OUTPUT_DIR {out_dir!r} is a file, not a folder")
-    out_real = os.path.realpath(out_dir)
-    if any(os.path.dirname(os.path.realpath(s)) == out_real for s in shards):  # run() says it too, after the build
-        raise ValueError(f"output folder {out_dir!r} holds input shards; write the recaptioned shards elsewhere")
-    check_writable_folder(out_dir, "OUTPUT_DIR", ValueError)
-
-
-def format_summary(summary: dict) -> str:
-    s = summary
-    lines = [f"recaption: {s['samples']} samples, {s['recaptioned']} recaptioned, {s['failed']} failed "
-             f"({100 * s['failure_rate']:.1f}%); shards: {s['shards_done']} done, {s['shards_finished_before']} "
-             f"already finished (skipped), {len(s['shards_redone'])} redone, {len(s['over_limit'])} over the "
-             f"failure limit (kept as .partial), {len(s['bad_shards'])} unreadable",
-             f"  {s['samples_per_s']:.1f} samples/s, "
-             + (f"{s['tokens_per_s']:.1f} tokens/s" if s["tokens_per_s"] is not None else "tokens/s unknown")
-             + f", {s['seconds']:.1f} s"]
-    lines += [f"  failed: {n} x {reason}" for reason, n in s["failures"].items()]
-    lines += [f"  redone: {r}" for r in s["shards_redone"]]
-    lines += [f"  over the failure limit: {o}" for o in s["over_limit"]]
-    lines += [f"  unreadable input shard: {b}" for b in s["bad_shards"]]
-    return "\n".join(lines)
-
-
-def failed_line(summary: dict, limit: float) -> str | None:
-    """The one stderr line of a run that exits 1 (a shard over the failure limit, an unreadable input), else None."""
-    over, bad = summary["over_limit"], summary["bad_shards"]
-    parts = []
-    if over:
-        parts.append(f"{len(over)} shard(s) over --max-failure-rate {limit} kept as NAME.tar.partial (e.g. "
-                     f"{over[0]}; failure rate {summary['failure_rate']:.3f} over this run)")
-    if bad:
-        parts.append(f"{len(bad)} input shard(s) unreadable (e.g. {bad[0]})")
-    if not parts:
-        return None
-    return f"compclip recaption: {'; '.join(parts)}; finished shards are kept; run the same command again to redo " \
-           f"the rest"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,9 @@ bidirectional there, its frozen prefix cached on disk, and a projection into the
 Encoders (BERT, MiniLM) and decoders (Qwen2/3, Llama, Mistral, Gemma 2/3) go through the same code: the model's own
 forward always runs, so it builds its masks, rotary positions and pooling itself; a cached prefix enters by making
 the frozen blocks pass their input through (the last one hands over the cached hidden states), and bidirectional
-blocks get a padding-only mask from transformers' own mask builders. Both are checked on the model when the tower is
-built, so a model or transformers version they do not hold for is refused, never trained silently causal.
+blocks get a padding-only mask from transformers' own mask builders (`towers.bidirectional`). Both are checked on
+the model when the tower is built, so a model or transformers version they do not hold for is refused, never
+trained silently causal.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from torch import nn
 
 from lit_compclip.errors import first_line
 from lit_compclip.text_cache import PrefixCache, check_options, fingerprint, token_keys
+from lit_compclip.towers.bidirectional import check_tail, make_bidirectional
 
 log = logging.getLogger(__name__)
 
-ATTENTION_BACKENDS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")  # those bidirectional is made for
 FROZEN_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -48,20 +49,6 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so a caption's tokens sit at 0..n-1 whatever its padding (a
     left-padded row would otherwise start at its padding length: equal under rotary positions only up to rounding)."""
     return (mask.long().cumsum(1) - 1).clamp(min=0)
-
-
-def padding_from_mask(mask) -> torch.Tensor | None:
-    """The (B, L) key-padding mask behind the mask a block was given: a 2-D padding mask (flash attention) as is,
-    a 4-D causal one (boolean, or additive floats with 0 where allowed) as the keys some query may see - every real
-    token sees at least itself, under a causal or a sliding-window mask alike. None: no padding."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 4):
-        raise TypeError(f"an attention mask of type {type(mask).__name__}")
-    if mask.ndim == 2:
-        return mask.bool()
-    allowed = mask if mask.dtype == torch.bool else mask == 0
-    return allowed.any(dim=-2)[:, 0]
 
 
 class _Stop(Exception):
@@ -112,14 +99,14 @@ class PretrainedTextTower(nn.Module):
                 raise ValueError(f"model.text.grad_checkpointing: {first_line(e)}") from None
         self.bidirectional = bool(bidirectional)
         if self.bidirectional:
-            self._make_bidirectional()
+            make_bidirectional(self)
         if cache_dir and unfreeze_layers == len(layers):
             log.warning("model.text.cache_dir: every layer of %s is trained, so there is no frozen prefix to cache; "
                         "the text cache is off for this run", model_name)
             cache_dir = None
         self.cache: PrefixCache | None = None
         self.cache_options = (cache_dir, cache_budget_gb, cache_dtype) if cache_dir else None
-        self._check_tail()
+        check_tail(self)
 
     # -- the trained tail -----------------------------------------------------------------------------------------
 
@@ -168,93 +155,6 @@ class PretrainedTextTower(nn.Module):
                 value = kwargs[key]
                 kwargs[key] = tuple(cast(v) for v in value) if isinstance(value, tuple) else cast(value)
         return args, kwargs
-
-    def _make_bidirectional(self) -> None:
-        """The trained blocks attend both ways (the paper's choice); the frozen prefix stays causal, as its
-        pretrained weights expect. Each trained block's attention is marked non-causal (SDPA and flash attention
-        read the flag) and gets a padding-only mask in its backend's format, rebuilt from the mask it was given."""
-        if not self.causal:
-            raise ValueError(f"model.text.bidirectional: {self.model_name!r} is an encoder whose layers already attend "
-                             f"both ways; the option is for decoder language models")
-        config = self.lm.config
-        backend = getattr(config, "_attn_implementation", None)
-        if backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"model.text.bidirectional: attention implementation {backend!r} of {self.model_name!r} "
-                             f"is not one bidirectional blocks are built for; set model.text.attn_implementation to "
-                             f"one of {', '.join(ATTENTION_BACKENDS)}")
-        from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
-
-        kinds = getattr(config, "layer_types", None) or ["full_attention"] * len(self.layers)
-        for index in range(self.first_trained, len(self.layers)):
-            layer = self.layers[index]
-            for m in layer.modules():
-                if hasattr(m, "is_causal"):
-                    m.is_causal = False
-            build = (create_bidirectional_sliding_window_mask if kinds[index] == "sliding_attention"
-                     else create_bidirectional_mask)
-
-            def hook(module, args, kwargs, build=build):
-                if "attention_mask" not in kwargs:
-                    raise TypeError("the block's attention mask was not passed by name")
-                hidden = args[0] if args else kwargs["hidden_states"]
-                padding = padding_from_mask(kwargs["attention_mask"])
-                kwargs["attention_mask"] = build(config=config, inputs_embeds=hidden, attention_mask=padding)
-                return args, kwargs
-
-            layer.register_forward_pre_hook(hook, with_kwargs=True)
-
-    def _check_tail(self) -> None:
-        """Two short captions through the built tower: at the entry to the first trained block the first token must
-        not see the last (the prefix stays causal); after the blocks it must see it exactly when bidirectional is
-        on; and padding must not change a caption's outputs. A model or transformers version for which these do
-        not hold is refused here, in one line, rather than trained as something else."""
-        if not (self.causal and self.trainable):
-            return
-        tokens = self.tokenize(["a red circle left of a blue square", "a green star above a large white cross "
-                                                                        "and a small purple diamond"])
-        mask = tokens["attention_mask"]
-        n = int(mask[0].sum())
-        if n < 3:
-            return
-        real = mask[0].bool()
-        ids = tokens["input_ids"].clone()
-        at = int(torch.nonzero(real)[-1])  # the last real token (an appended EOS, where the tower adds one)
-        other = ids.clone()
-        other[0, at] = (ids[0, at] + 1) % max(int(ids.max()) + 1, 2)
-        if other[0, at] == ids[0, at]:
-            return
-        changed = {**tokens, "input_ids": other}
-        was = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                first = int(torch.nonzero(real)[0])
-                entry = [self._prefix({k: v[:1] for k, v in t.items()})[0, first] for t in (tokens, changed)]
-                out = [self._token_states({k: v[:1] for k, v in t.items()})[0, first] for t in (tokens, changed)]
-                padded = self._token_states(tokens)[0][real]
-                alone = self._token_states({k: v[:1, real] for k, v in tokens.items()})[0]
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"model.text.bidirectional: the trained blocks of {self.model_name!r} cannot be run with "
-                             f"a rebuilt mask ({type(e).__name__}: {first_line(e, 160)})") from None
-        finally:
-            self.train(was)
-        tol = 2e-2 if self.frozen_dtype in ("bfloat16", "float16") else 1e-4
-        sees_last = (out[0] - out[1]).norm() > tol * out[0].norm()
-        problems = []
-        if (entry[0] - entry[1]).norm() > tol * entry[0].norm():
-            problems.append("the frozen prefix is not causal")
-        if sees_last != self.bidirectional:
-            problems.append("the trained blocks stayed causal" if self.bidirectional else
-                            "the trained blocks see later tokens")
-        if (padded - alone).norm() > tol * alone.norm():
-            problems.append("padding changes a caption's output")
-        if problems:
-            import transformers
-
-            raise ValueError(f"model.text: with {self.model_name!r} under attention "
-                             f"{getattr(self.lm.config, '_attn_implementation', None)!r} and transformers "
-                             f"{transformers.__version__}, {'; '.join(problems)}; set model.text.bidirectional=false "
-                             f"or model.text.attn_implementation=eager")
 
     # -- forward, with the frozen prefix cached -------------------------------------------------------------------
 

@@ -14,10 +14,9 @@ import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_compclip.data.skips import RunSkips, held_by, skip_line, write_record
-from lit_compclip.encoders.compclip import ModuleEncoder  # noqa: F401 (its home before lit_compclip.encoders)
 from lit_compclip.probes.report import Records, margin, rival, worst_failures, write_results
 from lit_compclip.stopping import held_signals
-from lit_compclip.training.probing import build_probes, run_probes  # noqa: F401 (build_probes: its home before)
+from lit_compclip.training.probing import run_probes
 
 log = logging.getLogger(__name__)
 
@@ -161,28 +160,32 @@ class DataSkips(L.Callback):
 
     Logged as data/skipped (and data/val_skipped) where Lightning writes metrics; when training ends, a final row with
     data/skipped/<reason> goes to every logger, rank 0 writes <run_dir>/data_skips.json (with the shards found cut
-    short, `cut_shards`) and prints one line. The module holds the training totals (skipped, skipped_by_reason),
-    which it saves in the checkpoint; this callback keeps them current."""
+    short, `cut_shards`) and prints one line. The training total is saved in the checkpoint (data/skips.py)."""
 
     def __init__(self, run_dir: str | None = None):
         self.run_dir = run_dir
         self.skips = RunSkips()
+        self.total: dict[str, int] = {}  # every rank's training total, as of the last sync
         self.record: dict | None = None  # what data_skips.json holds, once training ended
 
     def _sync(self, module) -> dict[str, int]:
-        """Every rank's training total into module.skipped(_by_reason); a collective under DDP."""
-        total = self.skips.train(module.device)
-        module.skipped_by_reason, module.skipped = total, sum(total.values())
-        return total
+        """Every rank's training total, reason -> count; a collective under DDP."""
+        self.total = self.skips.train(module.device)
+        return self.total
+
+    @property
+    def skipped(self) -> int:
+        """Training samples skipped in the run so far (its every rank), as of the last sync."""
+        return sum(self.total.values())
 
     def on_train_start(self, trainer, module):
-        self.skips.start(getattr(module, "skipped_by_reason", {}))
+        self.skips.start()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.skips.count(batch, held_by(trainer.train_dataloader))
         if trainer._logger_connector.should_update_logs:  # the same step on every rank: the collective is safe
             self._sync(module)
-            module.log("data/skipped", float(module.skipped), reduce_fx="max", batch_size=1)
+            module.log("data/skipped", float(self.skipped), reduce_fx="max", batch_size=1)
 
     def on_validation_epoch_start(self, trainer, module):
         self.skips.start_val()
@@ -198,9 +201,8 @@ class DataSkips(L.Callback):
         module.log("data/val_skipped", float(total), batch_size=1, sync_dist=True, reduce_fx="max")
 
     def on_save_checkpoint(self, trainer, module, checkpoint):
-        # every rank saves together (ModelCheckpoint), so the sum is the run's; the module writes it (data_counts)
-        self._sync(module)
-        self.skips.save(checkpoint)
+        # every rank saves together (ModelCheckpoint), so the collective is safe and the sum is the run's
+        self.skips.save(checkpoint, self._sync(module))
 
     def on_load_checkpoint(self, trainer, module, checkpoint):
         self.skips.load(checkpoint)

@@ -90,8 +90,6 @@ class CompClip(L.LightningModule):
         self.model = CompClipModel.from_config(model)
         self.optim = optim
         self.total_steps = total_steps
-        # Training samples skipped, the sum over every rank (callbacks.DataSkips counts them and keeps these current)
-        self.skipped, self.skipped_by_reason = 0, {}
         self.no_negative = 0  # training samples for which the hard-negative source made nothing
         # The loss and the step, see docs/SCALING.md.
         self.local_loss = bool(model.get("local_loss", True))
@@ -229,15 +227,12 @@ class CompClip(L.LightningModule):
             self.manual_backward(surrogate)
         return loss
 
-    # The skip counters are running totals of the whole run: a resumed run goes on counting from the checkpoint's.
+    # A running total of the whole run: a resumed run goes on counting from the checkpoint's.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint.setdefault("data_counts", {}).update(  # beside what callbacks (DataSkips) put there
-            skipped=self.skipped, skipped_by_reason=dict(self.skipped_by_reason), no_negative=self.no_negative)
+        checkpoint.setdefault("data_counts", {})["no_negative"] = self.no_negative  # beside DataSkips' counts
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        counts = checkpoint.get("data_counts", {})
-        self.skipped, self.no_negative = counts.get("skipped", 0), counts.get("no_negative", 0)
-        self.skipped_by_reason = dict(counts.get("skipped_by_reason", {}))
+        self.no_negative = checkpoint.get("data_counts", {}).get("no_negative", 0)
 
     def validation_step(self, batch, batch_idx):
         # Per-process batches: ranks may hold different numbers of validation batches, so no collective here.

@@ -66,7 +66,7 @@ def count_samples(urls: list[str]) -> int | None:
 def check_inputs(cfg: DictConfig):
     """Every path the run reads must exist (one-line errors) before a model is built; returns the probes."""
     from lit_compclip.data.shards import expand_shards
-    from lit_compclip.training.probing import build_probes
+    from lit_compclip.probes import build_probes
 
     for key in ("train_shards", "val_shards"):
         if cfg.data[key]:
