@@ -38,3 +38,12 @@ def test_a_long_module_says_why():
             n = len((ROOT / path).read_text().splitlines())
             if n > LONG:
                 assert "longer:" in rows[path], f"{path} has {n} lines: say why in docs/LAYOUT.md ('longer: ...')"
+
+
+def test_readme_is_a_short_path_with_a_picture_and_working_links():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150, "README.md is a newcomer's path: at most 150 lines (results live in docs/)"
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text, re.S)
+    assert pictures and all((ROOT / p).is_file() for p in pictures), pictures
+    for target in re.findall(r"\]\(((?!http)[^)#]+)(?:#[^)]*)?\)", text):
+        assert (ROOT / target).exists(), f"README.md links to {target}, which does not exist"
