@@ -1,4 +1,5 @@
-"""Run as a subprocess by test_resume.py: `compclip train` with every training step recorded, optionally killed.
+"""Run by test_resume.py (forked from the session's warm interpreter, tests/cli_forks.py): `compclip train` with every
+training step recorded, optionally killed.
 
     resume_script.py RECORD KILL_AT_STEP [key=value ...]
 

@@ -1,7 +1,6 @@
 """`make bench` and `make bench-gpu` code paths on a tiny world and a tiny text model: outputs, never timings."""
 
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -12,27 +11,19 @@ import pytest
 import torch
 
 from lit_compclip.config import load_config
-from lit_compclip.synth import generate
 
-from test_train import TINY_MODEL, world_overrides
-from helpers import DEFAULT
+from helpers import DEFAULT, TINY_MODEL, load_script, world_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_script(name: str):
-    return importlib.import_module(f"benchmarks.{name}")
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(world, tmp_path_factory):
     """Overrides for the tiny world, the tiny image tower and a 2-layer random BERT text tower (1 layer trained)."""
     from benchmarks.our_loop import make_bert_folder
 
-    root = tmp_path_factory.mktemp("bench")
-    generate(str(root / "world"), train_families=24, eval_families=4, shard_size=48, probe_size=4, plain_lists=1)
-    bert = make_bert_folder(str(root / "bert"), layers=2, width=32, heads=2)
-    return world_overrides(root / "world") + TINY_MODEL + [f"model.text.model={bert}", "model.text.unfreeze_layers=1",
+    bert = make_bert_folder(str(tmp_path_factory.mktemp("bench") / "bert"), layers=2, width=32, heads=2)
+    return world_overrides(world) + TINY_MODEL + [f"model.text.model={bert}", "model.text.unfreeze_layers=1",
                                                            "probes.limit=4"]
 
 

@@ -8,11 +8,8 @@ import pytest
 import torch
 
 from lit_compclip.config import load_config
-from lit_compclip.synth import generate
 
-from test_bench import load_script
-from test_train import TINY_MODEL, world_overrides
-from helpers import DEFAULT
+from helpers import DEFAULT, TINY_MODEL, load_script, world_overrides
 
 RATIOS = ("text_step_cache_speedup", "text_step_cache_bound", "text_step_speedup_over_bound",
           "train_step_cache_speedup", "train_step_cache_bound", "train_step_speedup_over_bound",
@@ -24,14 +21,12 @@ def positive(x) -> bool:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(world, tmp_path_factory):
     """Overrides for the tiny world and image tower, a 2-layer random BERT standing in for MiniLM."""
     from benchmarks.our_loop import make_bert_folder
 
-    root = tmp_path_factory.mktemp("bench_decoder")
-    generate(str(root / "world"), train_families=24, eval_families=4, shard_size=48, probe_size=4, plain_lists=1)
-    bert = make_bert_folder(str(root / "bert"), layers=2, width=32, heads=2)
-    return world_overrides(root / "world") + TINY_MODEL + [f"model.text.model={bert}", "model.text.unfreeze_layers=1"]
+    bert = make_bert_folder(str(tmp_path_factory.mktemp("bench_decoder") / "bert"), layers=2, width=32, heads=2)
+    return world_overrides(world) + TINY_MODEL + [f"model.text.model={bert}", "model.text.unfreeze_layers=1"]
 
 
 def test_quick_decoder_bench_writes_every_figure_and_reports_open_clip(tiny, tmp_path):

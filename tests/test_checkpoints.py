@@ -3,48 +3,23 @@ init_from, resume, Lightning's own restore, sharded FSDP folders), and the proje
 
 import os
 import pickle
-import shlex
-import subprocess
-import sys
 import warnings
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_data import write_shards
-from test_train import TINY_MODEL, tiny_checkpoint, world, world_overrides  # noqa: F401 (fixtures)
 
 from lit_compclip.checkpoints import SAFE_GLOBALS, check_sharded, read_checkpoint_file, read_training_checkpoint
 from lit_compclip.config import ConfigError, load_config
 from lit_compclip.factory import load
 from lit_compclip.training.module import CompClip
 from lit_compclip.training.run import init_weights, train
-from helpers import DEFAULT
+from helpers import DEFAULT, TINY_MODEL, TINY_TEXT, RunsCode, malicious, world_overrides, write_shards
 
-TINY_RUN = ["model.image.img_size=16", "model.image.patch_size=8", "model.image.depth=1", "model.image.width=32",
-            "model.image.heads=2", "model.embed_dim=16",
-            "model.text={tower: scratch, width: 32, layers: 1, heads: 2, max_seq_len: 16}",
-            "data.val_shards=null", "data.caption_fields={txt: 1.0}", "data.later_caption_fields=null",
+TINY_RUN = [*TINY_MODEL, TINY_TEXT, "data.val_shards=null", "data.caption_fields={txt: 1.0}", "data.later_caption_fields=null",
             "data.group_key=null",
             "data.batch_size=4", "data.num_workers=0", "data.shuffle_buffer=8", "trainer.accelerator=cpu",
             "trainer.enable_progress_bar=false", "probes.suites={}", "synth.auto=false", "wandb.mode=disabled"]
-
-
-class RunsCode:
-    """Unpickling this runs `touch MARKER`: what a checkpoint crafted to attack its reader holds."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(self.marker)}",)
-
-
-def malicious(path, marker, base: dict | None = None, zip_format: bool = True):
-    """A torch file at `path` that would create `marker` when loaded with weights_only=False."""
-    torch.save({**(base or {"state_dict": {}, "hyper_parameters": {}}), "payload": RunsCode(marker)}, path,
-               _use_new_zipfile_serialization=zip_format)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +42,10 @@ def test_the_malicious_file_runs_code_when_read_unsafely(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cli_runs(shards, tmp_path_factory):
-    """The malicious checkpoint through the three CLI paths, each a process of its own (run side by side):
-    {path: (completed process, its folder, the marker)}."""
-    started = {}
+def cli_runs(shards, forks, tmp_path_factory):
+    """The malicious checkpoint through the three CLI paths, each a process of its own (forked from the session's
+    warm interpreter, run side by side): {path: (exit status, stdout, stderr, its folder, the marker, the file)}."""
+    jobs, folders = [], {}
     for name in ("probe", "init_from", "resume"):
         folder = tmp_path_factory.mktemp(name)
         marker = folder / "MARKER"
@@ -79,15 +54,12 @@ def cli_runs(shards, tmp_path_factory):
         args = {"probe": ["probe", "--ckpt", bad, DEFAULT, *world_overrides(folder / "world"), "synth.auto=true"],
                 "init_from": ["train", *run, f"init_from={bad}"],
                 "resume": ["train", *run, f"resume={bad}"]}[name]
-        env = dict(os.environ, PYTHONPATH=os.getcwd())
-        started[name] = (subprocess.Popen([sys.executable, "-m", "lit_compclip.cli", *args], cwd=folder, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-                         folder, marker, bad)
-    done = {}
-    for name, (process, folder, marker, bad) in started.items():
-        out, err = process.communicate(timeout=300)
-        done[name] = (process.returncode, out, err, folder, marker, bad)
-    return done
+        logs = tmp_path_factory.mktemp(f"{name}_logs")  # outside the folder, which must hold nothing new
+        jobs.append({"cwd": str(folder), "argv": args, "out": str(logs / "out"), "err": str(logs / "err")})
+        folders[name] = (folder, marker, bad)
+    codes = forks.run(jobs, parallel=3, timeout=300)[0]
+    return {name: (code, open(job["out"]).read(), open(job["err"]).read(), *folders[name])
+            for name, code, job in zip(folders, codes, jobs)}
 
 
 def args_of(path: str) -> str:

@@ -14,12 +14,11 @@ import threading
 import pytest
 import torch
 
-from helpers import DEFAULT
+from helpers import DEFAULT, TINY_MODEL
 
 # A tiny model, and a tiny synthetic world should a bad input slip past the checks into building one.
-TINY = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64", "model.image.heads=2",
-        "model.embed_dim=32", "synth.train_families=2", "synth.eval_families=2", "synth.probe_size=4",
-        "data.batch_size=8", "data.num_workers=0", "wandb.mode=disabled", "trainer.fast_dev_run=true"]
+TINY = [*TINY_MODEL, "synth.train_families=2", "synth.eval_families=2", "synth.probe_size=4", "data.batch_size=8",
+        "data.num_workers=0", "wandb.mode=disabled", "trainer.fast_dev_run=true"]
 # The world given ready-made (synth.auto=false), and a tiny scratch text tower (MiniLM takes seconds to load): for
 # inputs found once data and model are in hand.
 WORLD = ["model.text.tower=scratch", "model.text.width=32", "model.text.layers=1", "model.text.heads=2",
@@ -103,15 +102,6 @@ def decoder(random_lm):
     return random_lm("llama")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from lit_compclip.synth import generate
-
-    out = tmp_path_factory.mktemp("world") / "synth"
-    generate(str(out), train_families=8, eval_families=2, shard_size=32, probe_size=8, plain_lists=1)
-    return out
-
-
 # Met on the Hugging Face hub: run without the suite's HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE (tests/conftest.py), as a
 # user without them runs it, against a hub that cannot be reached; each must answer in seconds, not after a minute of
 # retries (huggingface_hub's backoff), so their batch is stopped after HUB_BATCH_S.
@@ -126,25 +116,29 @@ class Finished:
         self.returncode, self.stdout, self.stderr, self.seconds = returncode, stdout, stderr, seconds
 
 
-def run_cli_all(jobs: dict, tmp, env: dict | None = None, timeout: float = 900) -> dict:
-    """Every job (case -> (cwd, train arguments)) as its own process: forked two at a time from one interpreter
-    that imported the libraries once (tests/cli_forks.py), each in its own working directory. `env` replaces the
-    suite's; a batch running past `timeout` is killed whole and its cases get exit status None."""
-    env = env or {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp / "hf")}
-    env = {**env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}  # an empty hub cache: no weights on any machine
+def run_cli_all(jobs: dict, forks=None, tmp=None, env: dict | None = None, timeout: float = 900) -> dict:
+    """Every job (case -> (cwd, train arguments)) as its own process, forked two at a time from an interpreter that
+    imported the libraries once (tests/cli_forks.py), each in its own working directory: the session's (`forks`: the
+    suite's environment, the hub offline with an empty cache: no weights on any machine) or, given `env`, a fresh one
+    with that environment instead. A batch running past `timeout` is killed whole and its cases get exit status None."""
     listed = [{"cwd": str(cwd), "argv": ["train", DEFAULT, *argv], "out": str(cwd / "stdout.txt"),
                "err": str(cwd / "stderr.txt")} for cwd, argv in jobs.values()]
-    (tmp / "jobs.json").write_text(json.dumps(listed))
-    runner = os.path.join(os.path.dirname(__file__), "cli_forks.py")
-    process = subprocess.Popen([sys.executable, runner, str(tmp / "jobs.json"), str(tmp / "codes.json"), "2",
-                                str(tmp / "seconds.json")], env=env, start_new_session=True)
-    try:
-        process.wait(timeout=timeout)
-        codes, seconds = json.loads((tmp / "codes.json").read_text()), json.loads((tmp / "seconds.json").read_text())
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the runner and every child it forked
-        process.wait()
-        codes, seconds = [None] * len(listed), [None] * len(listed)
+    if env is None:
+        codes, seconds = forks.run(listed, 2, timeout=timeout)
+    else:
+        env = {**env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+        (tmp / "jobs.json").write_text(json.dumps(listed))
+        runner = os.path.join(os.path.dirname(__file__), "cli_forks.py")
+        process = subprocess.Popen([sys.executable, runner, str(tmp / "jobs.json"), str(tmp / "codes.json"), "2",
+                                    str(tmp / "seconds.json")], env=env, start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+            codes = json.loads((tmp / "codes.json").read_text())
+            seconds = json.loads((tmp / "seconds.json").read_text())
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the runner and every child it forked
+            process.wait()
+            codes, seconds = [None] * len(listed), [None] * len(listed)
     done = {}
     for (case, (cwd, _)), code, took, job in zip(jobs.items(), codes, seconds, listed):
         done[case] = (cwd, Finished(code, open(job["out"]).read(), open(job["err"]).read(), took))
@@ -168,7 +162,7 @@ def checkpoint_files(folder) -> None:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, decoder, world):
+def results(tmp_path_factory, forks, decoder, world):
     """Every case run once, each in its own empty working directory (runs/ and data/ go there); the hub's cases
     against a local port nothing answers on (so no machine downloads anything), with an empty HF_HOME."""
     jobs, expected = {}, {}
@@ -184,13 +178,13 @@ def results(tmp_path_factory, decoder, world):
         rest = [a.format(**fill) for a in args if not a.endswith(".yaml")]
         jobs[case] = (cwd, files + TINY + extra + rest)
         expected[case] = message.format(**fill)
-    done = run_cli_all({c: j for c, j in jobs.items() if c not in AS_THE_USER}, tmp_path_factory.mktemp("runner"))
+    done = run_cli_all({c: j for c, j in jobs.items() if c not in AS_THE_USER}, forks)
     with socket.socket() as closed:  # bound, never listening: a connection is refused at once
         closed.bind(("127.0.0.1", 0))
         user = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
         user.update(HF_HOME=str(tmp_path_factory.mktemp("hf_home")),
                     HF_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}")
-        done.update(run_cli_all({c: jobs[c] for c in AS_THE_USER}, tmp_path_factory.mktemp("user"), user,
+        done.update(run_cli_all({c: jobs[c] for c in AS_THE_USER}, tmp=tmp_path_factory.mktemp("user"), env=user,
                                 timeout=HUB_BATCH_S))
     return {case: (*done[case], expected[case]) for case in CASES}
 

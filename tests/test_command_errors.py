@@ -4,7 +4,6 @@ nothing written (each case's folder is compared with what it held before). Most 
 interpreter (tests/cli_forks.py); a few run as fresh `python -m lit_compclip.cli` processes, where whatever the
 imports print would land on stderr too; the make targets run through `make` itself."""
 
-import json
 import os
 import re
 import shutil
@@ -21,7 +20,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = sys.prefix
 MAKE = ["make", "-s", "-f", os.path.join(REPO, "Makefile"), "-o", os.path.join(VENV, ".lit_compclip-installed"),
         f"VENV={VENV}"]
-DEFAULT = os.path.join(REPO, "experiments", "default.yaml")
 PROBE_SET = ["--probe", "sugarcrepe", "annotations={cwd}/sugar", "images={cwd}/sugar/images", "subsets=[swap_att]",
              "limit=2"]
 TINY_WORLD = ["synth.train_families=2", "synth.eval_families=2", "synth.probe_size=4"]
@@ -122,29 +120,13 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def tiny_world(tmp_path_factory):
+    """Not the session's world: one as TINY_WORLD configures it, so `synth` over a copy finds only the seed changed."""
     from lit_compclip.synth import generate
 
     out = tmp_path_factory.mktemp("world") / "synth"
-    generate(str(out), train_families=2, eval_families=2, probe_size=4, plain_lists=1)  # as TINY_WORLD configures
+    generate(str(out), train_families=2, eval_families=2, probe_size=4, plain_lists=1)
     return out
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A tiny untrained model (scratch text tower: nothing to fetch) as a training checkpoint."""
-    from omegaconf import OmegaConf
-
-    from lit_compclip.config import load_config
-    from lit_compclip.training.module import CompClip
-
-    cfg = load_config([DEFAULT], ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64",
-                           "model.image.heads=2", "model.embed_dim=32",
-                           "model.text={tower: scratch, width: 32, layers: 1, heads: 2, max_seq_len: 16}"])
-    model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 1}, path)
-    return path
 
 
 def world_overrides(world) -> list[str]:
@@ -208,27 +190,23 @@ class Finished:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, world, ckpt):
-    """Every case once, each in its own folder: the forked ones two at a time from one interpreter, then the fresh
-    processes and make two at a time; stdout and stderr go to files outside the folder."""
+def results(tmp_path_factory, forks, tiny_world, tiny_checkpoint):
+    """Every case once, each in its own folder: the forked ones two at a time from the session's warm interpreter,
+    then the fresh processes and make two at a time; stdout and stderr go to files outside the folder."""
     logs = tmp_path_factory.mktemp("logs")
     prepared = {}
     for case in CASES:
         cwd = tmp_path_factory.mktemp(case)
-        populate(cwd, world, case)
+        populate(cwd, tiny_world, case)
         prepared[case] = (cwd, snapshot(cwd))
     forked = [case for case, (kind, _, _) in CASES.items() if kind == "fork"]
-    jobs = [{"cwd": str(prepared[case][0]), "argv": command_line(case, prepared[case][0], world, ckpt),
+    jobs = [{"cwd": str(prepared[case][0]), "argv": command_line(case, prepared[case][0], tiny_world, tiny_checkpoint),
              "out": str(logs / f"{case}.out"), "err": str(logs / f"{case}.err")} for case in forked]
-    (logs / "jobs.json").write_text(json.dumps(jobs))
-    runner = os.path.join(os.path.dirname(__file__), "cli_forks.py")
-    subprocess.run([sys.executable, runner, str(logs / "jobs.json"), str(logs / "codes.json"), "2"],
-                   env=environment(logs), check=True, timeout=600)
-    codes = dict(zip(forked, json.loads((logs / "codes.json").read_text())))
+    codes = dict(zip(forked, forks.run(jobs, 2)[0]))
 
     def spawn(case: str) -> int:
         cwd = prepared[case][0]
-        argv = command_line(case, cwd, world, ckpt)
+        argv = command_line(case, cwd, tiny_world, tiny_checkpoint)
         argv = [*MAKE, *argv] if CASES[case][0] == "make" else [sys.executable, "-m", "lit_compclip.cli", *argv]
         # as a user's shell runs make, not as the suite's own `make test` (whose level would make it say make[1])
         env = user_shell_env(environment(logs))

@@ -13,11 +13,7 @@ from PIL import Image
 from lit_compclip.reports import compare
 from lit_compclip.reports import chance
 from lit_compclip.cli import main
-from helpers import DEFAULT
-
-TINY_MODEL = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64", "model.image.heads=2",
-              "model.embed_dim=32"]
-
+from helpers import DEFAULT, TINY_MODEL
 
 def run_cli(args):
     out, err = io.StringIO(), io.StringIO()
@@ -39,7 +35,7 @@ def parse_table(text: str) -> tuple[list[str], dict[str, list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
+def outputs(world, tmp_path_factory):
     """Three models scored by the real probes on a tiny synthetic world, written as training and `probe` write them:
     a run folder, a `compclip probe` output folder, and a bare probes.json lacking the winoground suite."""
     from lit_compclip.probes.report import write_results
@@ -47,12 +43,9 @@ def outputs(tmp_path_factory):
     from lit_compclip.training.probing import run_probes
     from lit_compclip.config import load_config
     from lit_compclip.training.module import CompClip
-    from lit_compclip.synth import generate
 
     root = tmp_path_factory.mktemp("compare")
-    world = root / "world"
-    generate(str(world), train_families=48, eval_families=8, shard_size=64, probe_size=8, plain_lists=1)
-    cfg = load_config([DEFAULT], TINY_MODEL + [f"cache_dir={root}/cache", f"synth.out_dir={world}"])
+    cfg = load_config([DEFAULT], TINY_MODEL + [f"cache_dir={world}/cache", f"synth.out_dir={world}"])
     # the default suites, pointed at this world's probe sets
     suites = json.loads(json.dumps(OmegaConf.to_container(cfg.probes.suites, resolve=True)).replace(
         '"data/synth/probes', f'"{world}/probes'))

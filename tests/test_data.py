@@ -8,60 +8,20 @@ from collections import Counter
 import lightning
 import pytest
 import torch
-import webdataset as wds
 from PIL import Image
-from torchvision import transforms
 
 from lit_compclip.data.captions import CaptionPicker, split_sentences
 from lit_compclip.training.datamodule import WebDataModule, expand_shards
 from lit_compclip.data.passes import group_units
+from helpers import good, jpeg, make_dm, tfm, write_shard, write_shards
 
 # ---------------------------------------------------------------- helpers
-
-
-def jpeg(size=(20, 24), colour=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 def noisy_png(size=(64, 64), seed=0) -> bytes:
     buf = io.BytesIO()
     Image.frombytes("RGB", size, random.Random(seed).randbytes(size[0] * size[1] * 3)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def good(key, caption=None, **meta):
-    return {"__key__": key, "jpg": jpeg(), "txt": caption or f"caption of {key}", "json": {"key": key, **meta}}
-
-
-def write_shard(path, samples):
-    with wds.TarWriter(str(path)) as sink:
-        for sample in samples:
-            sink.write(sample)
-    return str(path)
-
-
-def write_shards(folder, n_shards, per_shard, **meta):
-    folder.mkdir(exist_ok=True)
-    for s in range(n_shards):
-        write_shard(folder / f"{s:06d}.tar", [good(f"s{s}_{i:03d}", **meta) for i in range(per_shard)])
-    return folder
-
-
-def tfm(size):
-    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
-
-
-def make_dm(train, val=None, **overrides):
-    args = dict(train_shards=str(train), val_shards=None if val is None else str(val), caption_fields={"txt": 1.0},
-                sentence_sample={}, batch_size=4, num_workers=0, shuffle_buffer=50, shard_shuffle=True,
-                resampled=False, samples_per_epoch=None, group_key=None, seed=0,
-                train_transform=tfm(16), eval_transform=tfm(12))
-    args.update(overrides)
-    dm = WebDataModule(**args)
-    dm.setup("fit")
-    return dm
 
 
 def keys_of(batches):

@@ -7,8 +7,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -40,22 +38,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], attempts: int = 3) -> str:
-    """Run the script with a fresh free port, again on another if something took the port in between; its stdout."""
+def launch(forks, args: list[str], log, attempts: int = 3) -> str:
+    """Run the script with a fresh free port, again on another if something took the port in between; its stdout.
+    Rank 0 is forked from the session's warm interpreter, with this process's threads (DDP re-launches the script as
+    rank 1 in an interpreter of its own, so it can never run inside pytest itself)."""
+    job = {"cwd": str(log), "script": SCRIPT, "argv": args, "out": str(log / "out"), "err": str(log / "err"),
+           "threads": torch.get_num_threads()}
     for attempt in range(attempts):
-        env = dict(os.environ, PYTHONPATH=os.getcwd(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-        # DDP re-launches the script per rank, so it must run in its own process (never inside pytest itself).
-        done = subprocess.run([sys.executable, SCRIPT, *args], timeout=400, env=env, capture_output=True, text=True)
-        if done.returncode == 0:
-            return done.stdout
-        taken = "address already in use" in done.stderr.lower() or "eaddrinuse" in done.stderr.lower()
+        # rank 1 takes its threads from OMP_NUM_THREADS, as this process did
+        job["env"] = {"PYTHONPATH": os.getcwd(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                      "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+        code = forks.run([job], 1, timeout=400)[0][0]
+        if code == 0:
+            return (log / "out").read_text()
+        stderr = (log / "err").read_text()
+        taken = "address already in use" in stderr.lower() or "eaddrinuse" in stderr.lower()
         if not taken or attempt == attempts - 1:
-            raise AssertionError(f"ddp_script.py failed ({done.returncode}):\n{done.stderr[-4000:]}")
+            raise AssertionError(f"ddp_script.py failed ({code}):\n{stderr[-4000:]}")
     raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(forks, tmp_path_factory):
     """Every mode's step and the skip epoch in one launch of the script (DDP starts in ~7 s):
     (single-process runs, DDP runs, expected skip counts, what rank 0 printed)."""
     work = tmp_path_factory.mktemp("ddp")
@@ -63,7 +67,7 @@ def runs(tmp_path_factory):
     expected = add(*(write_shard(work / "shards" / f"{i}.tar", 9, kinds, f"s{i}") for i, kinds in enumerate(BROKEN)))
     out = work / "steps.pt"
     single, ddp = ",".join(sorted(set(REFERENCE.values()))), ",".join([*REFERENCE, "skips"])
-    printed = launch([str(out), single, ddp, str(work)])
+    printed = launch(forks, [str(out), single, ddp, str(work)], work)
     steps = torch.load(out)
     return steps["single"], steps["ddp"], expected, printed
 

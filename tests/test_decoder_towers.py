@@ -10,11 +10,10 @@ import re
 import pytest
 import torch
 
-from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors
+from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors, world_overrides
 
 from lit_compclip.cli import main
 from lit_compclip.towers import build_text_tower, encode_by_length
-from test_train import world, world_overrides  # noqa: F401 (world is a fixture)
 
 FAMILIES = ["qwen2", "llama", "gemma2"]
 KINDS = ["sentence_transformers", "transformers"]

@@ -13,17 +13,9 @@ from helpers import DEFAULT
 from lit_compclip.cli import main
 from lit_compclip.evaluate import default_out
 from lit_compclip.probes.export import clip_benchmark_results, write_clip_benchmark
-from lit_compclip.synth import generate
 
 ATOL = 1e-5  # batched vs one-by-one encoding: fp32 rounding only
 ARCH = "ViT-S-32-alt"  # the example: a 43M-parameter open_clip architecture, built with random weights
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth") / "world"
-    generate(str(out), train_families=48, eval_families=8, shard_size=64, probe_size=8, plain_lists=1)
-    return out
 
 
 def probe_args(world, names=("sugarcrepe", "sugarcrepe_pp", "aro", "winoground", "whatsup", "docci")) -> list[str]:

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from helpers import DEFAULT, assert_close_by_norm
-from test_train import world_overrides
+from helpers import DEFAULT, assert_close_by_norm, world_overrides
 
 from lit_compclip.reports import explore
 from lit_compclip.synth import explore as world
@@ -204,7 +203,7 @@ def tiny_run(tmp_path_factory):
     from lit_compclip.synth import generate
     from lit_compclip.training.run import train
 
-    world = tmp_path_factory.mktemp("synth") / "world"
+    world = tmp_path_factory.mktemp("synth") / "world"  # not the session's: 16 families keep its one epoch short
     generate(str(world), train_families=16, eval_families=4, shard_size=16, probe_size=4, plain_lists=1)
     overrides = world_overrides(world) + [
         "probes.limit=4", "trainer.max_epochs=1", "wandb.mode=offline", "model.image.img_size=32",

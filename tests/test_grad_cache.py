@@ -16,11 +16,10 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import DataLoader, IterableDataset
 
-from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors, close_by_norm
+from helpers import DEFAULT, TINY_MODEL, assert_close_by_norm, assert_same_tensors, close_by_norm, world_overrides
 from lit_compclip.config import ConfigError, load_config
 from lit_compclip.training.module import CompClip
 from lit_compclip.training.run import train
-from test_train import TINY_MODEL, world, world_overrides  # noqa: F401 (fixtures)
 
 SMALL = {"embed_dim": 16, "init_logit_scale": 2.0, "max_logit_scale": 100.0,
          "image": {"img_size": 16, "patch_size": 8, "depth": 1, "width": 32, "heads": 2, "augment": False},

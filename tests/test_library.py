@@ -144,7 +144,7 @@ def test_a_run_folder_loads_its_last_checkpoint_and_a_cache_only_where_asked(run
 
 def test_a_checkpoint_whose_pickle_would_run_code_is_refused_with_one_line(run, tmp_path):
     import lit_compclip
-    from test_checkpoints import malicious
+    from helpers import malicious
 
     marker = tmp_path / "MARKER"
     good = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 import torch
-from helpers import DEFAULT, assert_close_by_norm, close_by_norm
-from test_train import TINY_MODEL, tiny_checkpoint, world, world_overrides  # noqa: F401 (fixtures)
+from helpers import DEFAULT, TINY_MODEL, assert_close_by_norm, close_by_norm, world_overrides
 
 from lit_compclip.cli import main
 from lit_compclip.config import load_config

@@ -5,7 +5,6 @@ import os
 
 import pytest
 from omegaconf import OmegaConf
-from test_train import world  # noqa: F401  (a fixture: the tiny synthetic world)
 
 from lit_compclip.cli import main
 from lit_compclip.config import ConfigError, load_config
@@ -37,7 +36,7 @@ def paper_dry_run(folder: str, world, tmp_path) -> list[str]:
 
 
 @pytest.fixture
-def paper_data(world, monkeypatch):  # noqa: F811
+def paper_data(world, monkeypatch):
     monkeypatch.setenv("COMPCLIP_SHARDS", f"{world}/train")
     monkeypatch.setenv("COMPCLIP_BENCH", f"{world}/probes")
     return world

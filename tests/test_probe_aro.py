@@ -1,35 +1,121 @@
-"""ARO by its official rules: macro averages with the official exclusions and floor, frozen Order negatives, records."""
+"""ARO scores tiny copies in the official formats exactly as rigged encoders' known answers dictate: Visual Genome
+Relation and Attribution on the boxes' crops, micro and macro averages (with the official exclusions and floor),
+frozen COCO-Order and Flickr30k-Order negatives, records, and one-line errors on broken files."""
 
 import json
 import random
 
 import pytest
-import torch
 from PIL import Image
 
-from helpers import one_line_error, write_json
+from helpers import BLUE, RED, Rigged, one_line_error, write_json
 
 from lit_compclip.probes.aro import ARO, OFFICIAL_EXCLUDED_RELATIONS, OFFICIAL_MIN_PAIR_CASES
 from lit_compclip.probes.order import (KINDS, PERTURB, frozen_path, normalize, perturbations, tag, tokenize,
                                        trigrams)
 
+# ---- Visual Genome Relation and Attribution: crops, micro and macro ----------------------------------------------
+
+def aro_record(box, true, false, **extra):
+    x, y, w, h = box
+    return {"image_id": "1", "image_path": "scene.png", "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
+            "true_caption": true, "false_caption": false, **extra}
+
+
+BLUE_BOX, RED_BOX = (25, 5, 10, 20), (0, 0, 20, 10)  # right half blue (10x20 crop), left half red (20x10)
+
+
+@pytest.fixture
+def aro(tmp_path):
+    scene = Image.new("RGB", (40, 30), RED)
+    scene.paste(BLUE, (20, 0, 40, 30))
+    (tmp_path / "img").mkdir()
+    scene.save(tmp_path / "img" / "scene.png")
+    write_json(tmp_path / "visual_genome_relation.json", [
+        aro_record(BLUE_BOX, "B true", "B false", relation_name="on"),  # right
+        aro_record(RED_BOX, "R true", "R false", relation_name="on"),  # right
+        aro_record(RED_BOX, "R bad", "R false", relation_name="on"),  # wrong
+        aro_record(BLUE_BOX, "B true", "B same", relation_name="under"),  # exact tie: wrong
+    ])
+    write_json(tmp_path / "visual_genome_attribution.json", [
+        aro_record(RED_BOX, "R true", "R false", attributes=["red", "blue"]),  # right
+        aro_record(RED_BOX, "R false", "R true", attributes=["blue", "red"]),  # wrong
+        aro_record(BLUE_BOX, "B true", "B false", attributes=["red", "blue"]),  # right
+    ])
+    return tmp_path
+
+
+def aro_encoder():
+    # Keyed by crop size AND colour: an uncropped 40x30 image has no vector, so a missing crop fails loudly.
+    images = {((10, 20), BLUE): [0, 1], ((20, 10), RED): [1, 0]}
+    texts = {"B true": [0, 1], "B false": [1, 0], "B same": [0, 1],
+             "R true": [1, 0], "R false": [0, 1], "R bad": [-1, 0]}
+    return Rigged(images, texts, key=lambda im: (im.size, im.getpixel((0, 0))))
+
+
+def test_aro_crops_to_the_box_and_scores_micro_and_macro(aro):
+    enc = aro_encoder()
+    out = ARO(str(aro), str(aro / "img")).run(enc)
+    assert out == {"vg_relation": 0.5, "vg_relation_macro": pytest.approx((2 / 3 + 0) / 2),
+                   "vg_attribution": pytest.approx(2 / 3), "vg_attribution_macro": 0.5, "ties": 1.0, "n": 7.0}
+    assert len(enc.seen("image")) == 2  # two distinct crops, shared across both subsets
+
+
+def test_aro_macro_hooks_exclude_relations_and_min_cases(aro):
+    out = ARO(str(aro), str(aro / "img"), subsets=["vg_relation"], exclude_relations=["under"]).run(aro_encoder())
+    assert out["vg_relation"] == 0.5  # micro keeps every record
+    assert out["vg_relation_macro"] == pytest.approx(2 / 3)
+    out = ARO(str(aro), str(aro / "img"), min_cases=2).run(aro_encoder())
+    assert out["vg_relation_macro"] == pytest.approx(2 / 3)  # "under" has one case
+    assert out["vg_attribution_macro"] == 1.0  # only ("red", "blue") has two
+
+
+def test_aro_floor_that_drops_every_group_fails_at_construction(aro):
+    with pytest.raises(ValueError) as e:
+        ARO(str(aro), str(aro / "img"), min_cases=25)
+    one_line_error(e, "visual_genome_relation.json", "min_cases=25")
+
+
+def test_aro_missing_bbox_field_names_the_record(aro):
+    records = json.loads((aro / "visual_genome_attribution.json").read_text())
+    del records[2]["bbox_w"]
+    write_json(aro / "visual_genome_attribution.json", records)
+    with pytest.raises(ValueError) as e:
+        ARO(str(aro), str(aro / "img"))
+    one_line_error(e, "visual_genome_attribution.json record 2", "'bbox_w'")
+
+
+def test_aro_attributes_must_be_two_strings(aro):
+    records = json.loads((aro / "visual_genome_attribution.json").read_text())
+    records[0]["attributes"] = ["red"]
+    write_json(aro / "visual_genome_attribution.json", records)
+    with pytest.raises(ValueError) as e:
+        ARO(str(aro), str(aro / "img"))
+    one_line_error(e, "record 0", "two strings")
+
+
+def test_aro_scores_only_the_subsets_present(aro):
+    (aro / "visual_genome_attribution.json").unlink()
+    out = ARO(str(aro), str(aro / "img")).run(aro_encoder())
+    assert set(out) == {"vg_relation", "vg_relation_macro", "ties", "n"}
+
+
+def test_aro_root_without_annotations_names_the_expected_files(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        ARO(str(tmp_path), str(tmp_path))
+    one_line_error(e, "'root'", "visual_genome_relation.json")
+
+
+# ---- the official macro average ----------------------------------------------------------------------------------
+
 UNIT = {"e1": [1.0, 0.0], "e2": [0.0, 1.0], "mid": [0.6, 0.8]}
 
 
-class Rigged:
+def by_verdict(good=(), bad=()) -> Rigged:
     """Every image embeds to e1; a caption embeds to e1 (right), e2 (wrong) or, if unlisted, to `mid` (score 0.6)."""
-
-    def __init__(self, good=(), bad=()):
-        self.good, self.bad = set(good), set(bad)
-        self.texts_seen: list[str] = []
-
-    def encode_image(self, images):
-        return torch.tensor([UNIT["e1"]] * len(images))
-
-    def encode_text(self, texts):
-        self.texts_seen += texts
-        return torch.tensor([UNIT["e1"] if t in self.good else UNIT["e2"] if t in self.bad else UNIT["mid"]
-                             for t in texts])
+    good, bad = set(good), set(bad)
+    return Rigged(lambda key: UNIT["e1"], lambda t: UNIT["e1"] if t in good else UNIT["e2"] if t in bad
+                  else UNIT["mid"], key=lambda image: None)
 
 
 def vg_case(right, **group):
@@ -51,7 +137,7 @@ def vg(tmp_path):
 
 
 def vg_encoder():
-    return Rigged(good={"T"}, bad={"F"})
+    return by_verdict(good={"T"}, bad={"F"})
 
 
 def test_official_macro_drops_the_listed_relations_and_pairs_under_25_cases(vg):
@@ -114,7 +200,7 @@ def karpathy(tmp_path):
 
 
 def order_encoder():
-    return Rigged(good={normalize(LONG), normalize(SHORT)}, bad={normalize(WRONG)})
+    return by_verdict(good={normalize(LONG), normalize(SHORT)}, bad={normalize(WRONG)})
 
 
 def coco(root, **options):
@@ -218,8 +304,7 @@ def test_both_order_sets_and_vg_share_one_run(vg, karpathy):
     probe = ARO(str(vg), str(vg), subsets=["vg_relation"], coco_order=str(karpathy / "coco_karpathy_test.json"),
                 coco_images=str(karpathy), flickr_order=str(karpathy / "flickr30k_test.json"),
                 flickr_images=str(karpathy))
-    enc = order_encoder()
-    enc.good.add("T"), enc.bad.add("F")
+    enc = by_verdict(good={normalize(LONG), normalize(SHORT), "T"}, bad={normalize(WRONG), "F"})
     out = probe.run(enc)
     assert set(out) == {"vg_relation", "vg_relation_macro", "coco_order", "flickr_order", "coco_order_official",
                         "flickr_order_official", "ties", "n"}

@@ -5,47 +5,20 @@ import math
 
 import pytest
 import torch
-from PIL import Image
 
-from helpers import one_line_error
+from helpers import BLUE, GREEN, PURPLE, RED, Rigged, nearest, one_line_error, solid
 
 from lit_compclip.probes import PROBES, build_probe
 from lit_compclip.probes.zeroshot import TEMPLATES, ZeroShot, class_embeddings
 
-RED, GREEN, BLUE, PURPLE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (128, 0, 128)
 E1, E2, E3, E4 = [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]
 S = 1 / math.sqrt(2)
 
 
-class Rigged:
-    """Fake encoder: an image (keyed by its top-left colour) and a text map to chosen vectors, L2-normalised."""
-
-    def __init__(self, images: dict, texts):
-        self.images, self.texts = images, texts  # texts: a dict or a function of the text
-        self.seen_texts: list[str] = []
-        self.batches: list[int] = []
-
-    @staticmethod
-    def _unit(vectors):
-        return torch.nn.functional.normalize(torch.tensor(vectors, dtype=torch.float32), dim=1)
-
-    def encode_image(self, images):
-        assert all(im.mode == "RGB" for im in images)
-        self.batches.append(len(images))
-        # Nearest listed colour: JPEG and WebP shift solid colours slightly.
-        nearest = lambda px: min(self.images, key=lambda c: sum((a - b) ** 2 for a, b in zip(c, px)))  # noqa: E731
-        return self._unit([self.images[nearest(im.getpixel((0, 0)))] for im in images])
-
-    def encode_text(self, texts):
-        self.seen_texts += texts
-        self.batches.append(len(texts))
-        lookup = self.texts if callable(self.texts) else self.texts.__getitem__
-        return self._unit([lookup(t) for t in texts])
-
-
-def solid(path, colour):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 4), colour).save(path)
+def rigged(images: dict, texts) -> Rigged:
+    """Images keyed by the nearest listed colour (JPEG and WebP shift solid colours slightly); `texts` a mapping or a
+    function of the text."""
+    return Rigged(images, texts, key=nearest(images))
 
 
 # cat prompts -> E1, dog -> E2, fox: one prompt E3, the other E4, so the fox class is (E3 + E4) / sqrt(2).
@@ -56,7 +29,7 @@ IMAGES = {RED: E1, GREEN: E2, PURPLE: [1, 1, 0, 0], BLUE: [0, 0.5, 0.5, 0.5]}
 
 
 @pytest.fixture
-def world(tmp_path):
+def zoo(tmp_path):
     solid(tmp_path / "img" / "cat" / "1.png", RED)  # right
     solid(tmp_path / "img" / "cat" / "2.jpg", GREEN)  # wrong: looks like a dog
     solid(tmp_path / "img" / "cat" / "3.PNG", PURPLE)  # cat and dog tie exactly: wrong
@@ -69,16 +42,16 @@ def world(tmp_path):
     return tmp_path
 
 
-def probe(world, **options):
-    return ZeroShot(str(world / "img"), str(world / "names.txt"), str(world / "templates.txt"), **options)
+def probe(zoo, **options):
+    return ZeroShot(str(zoo / "img"), str(zoo / "names.txt"), str(zoo / "templates.txt"), **options)
 
 
-def test_zeroshot_scores_top1_strictly_counting_the_tie_wrong(world):
-    enc = Rigged(IMAGES, TEXTS)
-    out = probe(world, batch_size=2).run(enc)
+def test_zeroshot_scores_top1_strictly_counting_the_tie_wrong(zoo):
+    enc = rigged(IMAGES, TEXTS)
+    out = probe(zoo, batch_size=2).run(enc)
     assert out == {"top1": pytest.approx(3 / 5), "top5": 1.0, "ties": 1.0, "n": 5.0}  # top-5 capped at 3 classes
     assert all(type(v) is float for v in out.values())
-    assert sorted(enc.seen_texts) == sorted(TEXTS) and max(enc.batches) <= 2
+    assert sorted(enc.seen("text")) == sorted(TEXTS) and max(map(len, enc.image_batches + enc.text_batches)) <= 2
 
 
 def test_zeroshot_class_embedding_averages_normalised_prompts_then_renormalises():
@@ -86,9 +59,9 @@ def test_zeroshot_class_embedding_averages_normalised_prompts_then_renormalises(
     assert torch.allclose(class_embeddings(text), torch.tensor([[0.0, S, S], [1.0, 0.0, 0.0]]))
 
 
-def test_zeroshot_fox_is_right_only_with_both_templates(world):
-    (world / "one.txt").write_text("a photo of a {c}.\n")
-    one = ZeroShot(str(world / "img"), str(world / "names.txt"), str(world / "one.txt")).run(Rigged(IMAGES, TEXTS))
+def test_zeroshot_fox_is_right_only_with_both_templates(zoo):
+    (zoo / "one.txt").write_text("a photo of a {c}.\n")
+    one = ZeroShot(str(zoo / "img"), str(zoo / "names.txt"), str(zoo / "one.txt")).run(rigged(IMAGES, TEXTS))
     assert one["top1"] == pytest.approx(2 / 5) and one["ties"] == 2.0  # fox now ties dog
 
 
@@ -102,7 +75,7 @@ def test_zeroshot_top5_needs_fewer_than_five_rivals_at_or_above_the_truth(tmp_pa
         solid(tmp_path / "img" / folder / f"{'easy' if colour[1] else 'hard'}.png", colour)
     (tmp_path / "names.json").write_text(json.dumps({f"c{k}": f"class {k}" for k in reversed(range(7))}))
     (tmp_path / "t.txt").write_text("{c}\n")
-    enc = Rigged({colour: v for colour, (_, v) in images.items()},
+    enc = rigged({colour: v for colour, (_, v) in images.items()},
                  lambda text: [float(k == int(text.split()[1])) for k in range(7)])
     records: dict = {}
     out = ZeroShot(str(tmp_path / "img"), str(tmp_path / "names.json"), str(tmp_path / "t.txt")).run(enc, records)
@@ -112,14 +85,14 @@ def test_zeroshot_top5_needs_fewer_than_five_rivals_at_or_above_the_truth(tmp_pa
     assert row["correct"] is False and row["predicted"] == "c0"
 
 
-def test_zeroshot_records_hold_truth_first_then_best_rivals(world):
+def test_zeroshot_records_hold_truth_first_then_best_rivals(zoo):
     records: dict = {"other": [1]}
-    out = probe(world).run(Rigged(IMAGES, TEXTS), records)
-    assert out == probe(world).run(Rigged(IMAGES, TEXTS))  # records change nothing
+    out = probe(zoo).run(rigged(IMAGES, TEXTS), records)
+    assert out == probe(zoo).run(rigged(IMAGES, TEXTS))  # records change nothing
     assert records["other"] == [1] and json.loads(json.dumps(records)) == records
     rows = records["zeroshot"]
     assert [r["id"] for r in rows] == ["cat/1.png", "cat/2.jpg", "cat/3.PNG", "dog/1.png", "fox/1.webp"]
-    assert rows[0]["image"] == str(world / "img" / "cat" / "1.png")
+    assert rows[0]["image"] == str(zoo / "img" / "cat" / "1.png")
     assert [(r["correct"], r["label"], r["predicted"]) for r in rows] == [
         (True, "cat", "cat"), (False, "cat", "dog"), (False, "cat", "dog"), (True, "dog", "dog"),
         (True, "fox", "fox")]
@@ -132,79 +105,79 @@ def test_zeroshot_records_hold_truth_first_then_best_rivals(world):
     assert fox["scores"] == pytest.approx([S / norm, 0.5 / norm, 0.0], abs=1e-6)
 
 
-def test_zeroshot_nan_score_is_a_miss_at_every_k_and_not_a_tie(world):
-    out = probe(world, limit=1).run(Rigged({RED: [float("nan")] * 4}, TEXTS))
+def test_zeroshot_nan_score_is_a_miss_at_every_k_and_not_a_tie(zoo):
+    out = probe(zoo, limit=1).run(rigged({RED: [float("nan")] * 4}, TEXTS))
     assert out == {"top1": 0.0, "top5": 0.0, "ties": 0.0, "n": 1.0}
 
 
-def test_zeroshot_limit_keeps_the_first_images_in_folder_order(world):
-    out = probe(world, limit=2).run(Rigged(IMAGES, TEXTS))
+def test_zeroshot_limit_keeps_the_first_images_in_folder_order(zoo):
+    out = probe(zoo, limit=2).run(rigged(IMAGES, TEXTS))
     assert out == {"top1": 0.5, "top5": 1.0, "ties": 0.0, "n": 2.0}  # cat/1 right, cat/2 wrong
 
 
-def test_zeroshot_default_templates_are_used_when_none_given(world):
-    enc = Rigged(IMAGES, lambda t: E1 if "cat" in t else E2 if "beagle" in t else E3)
-    out = ZeroShot(str(world / "img"), str(world / "names.txt")).run(enc)
-    assert sorted(enc.seen_texts) == sorted(t.replace("{c}", n) for t in TEMPLATES
+def test_zeroshot_default_templates_are_used_when_none_given(zoo):
+    enc = rigged(IMAGES, lambda t: E1 if "cat" in t else E2 if "beagle" in t else E3)
+    out = ZeroShot(str(zoo / "img"), str(zoo / "names.txt")).run(enc)
+    assert sorted(enc.seen("text")) == sorted(t.replace("{c}", n) for t in TEMPLATES
                                             for n in ("tabby cat", "beagle", "red fox"))
     assert len(TEMPLATES) > 1 and out["n"] == 5.0
 
 
-def test_zeroshot_json_classnames_map_folders_in_any_key_order(world):
-    (world / "names.json").write_text(json.dumps({"fox": "red fox", "cat": "tabby cat", "dog": "beagle"}))
-    out = ZeroShot(str(world / "img"), str(world / "names.json"), str(world / "templates.txt")).run(
-        Rigged(IMAGES, TEXTS))
+def test_zeroshot_json_classnames_map_folders_in_any_key_order(zoo):
+    (zoo / "names.json").write_text(json.dumps({"fox": "red fox", "cat": "tabby cat", "dog": "beagle"}))
+    out = ZeroShot(str(zoo / "img"), str(zoo / "names.json"), str(zoo / "templates.txt")).run(
+        rigged(IMAGES, TEXTS))
     assert out["top1"] == pytest.approx(3 / 5)
 
 
-def test_zeroshot_json_classnames_that_miss_a_folder_name_both_sides(world):
-    (world / "names.json").write_text(json.dumps({"cat": "tabby cat", "dgo": "beagle", "fox": "red fox"}))
+def test_zeroshot_json_classnames_that_miss_a_folder_name_both_sides(zoo):
+    (zoo / "names.json").write_text(json.dumps({"cat": "tabby cat", "dgo": "beagle", "fox": "red fox"}))
     with pytest.raises(ValueError) as e:
-        ZeroShot(str(world / "img"), str(world / "names.json"))
+        ZeroShot(str(zoo / "img"), str(zoo / "names.json"))
     one_line_error(e, "names.json", "['dog']", "['dgo']")
 
 
-def test_zeroshot_classname_count_must_match_the_folders(world):
-    (world / "names.txt").write_text("tabby cat\nbeagle\n")
+def test_zeroshot_classname_count_must_match_the_folders(zoo):
+    (zoo / "names.txt").write_text("tabby cat\nbeagle\n")
     with pytest.raises(ValueError) as e:
-        probe(world)
+        probe(zoo)
     one_line_error(e, "names.txt", "2 class names", "3 class folders")
 
 
-def test_zeroshot_template_without_placeholder_names_the_line(world):
-    (world / "templates.txt").write_text("a photo of a {c}.\n\na photo of a {}.\n")
+def test_zeroshot_template_without_placeholder_names_the_line(zoo):
+    (zoo / "templates.txt").write_text("a photo of a {c}.\n\na photo of a {}.\n")
     with pytest.raises(ValueError) as e:
-        probe(world)
+        probe(zoo)
     one_line_error(e, "templates.txt", "line 3", "'{c}'")
 
 
-def test_zeroshot_empty_class_folder_is_named(world):
-    (world / "img" / "eel").mkdir()
-    (world / "names.txt").write_text("tabby cat\nbeagle\neel\nred fox\n")
+def test_zeroshot_empty_class_folder_is_named(zoo):
+    (zoo / "img" / "eel").mkdir()
+    (zoo / "names.txt").write_text("tabby cat\nbeagle\neel\nred fox\n")
     with pytest.raises(ValueError) as e:
-        probe(world)
+        probe(zoo)
     one_line_error(e, "eel", "holds no")
 
 
 @pytest.mark.parametrize("option", ["images", "classnames", "templates"])
-def test_zeroshot_missing_path_names_the_option(world, option):
-    paths = {"images": str(world / "img"), "classnames": str(world / "names.txt"),
-             "templates": str(world / "templates.txt"), option: str(world / "nope")}
+def test_zeroshot_missing_path_names_the_option(zoo, option):
+    paths = {"images": str(zoo / "img"), "classnames": str(zoo / "names.txt"),
+             "templates": str(zoo / "templates.txt"), option: str(zoo / "nope")}
     with pytest.raises(FileNotFoundError) as e:
         ZeroShot(**paths)
     one_line_error(e, f"'{option}'", "nope")
 
 
-def test_zeroshot_unreadable_image_names_file_and_class(world):
-    (world / "img" / "dog" / "1.png").write_bytes(b"not an image")
-    p = probe(world)
+def test_zeroshot_unreadable_image_names_file_and_class(zoo):
+    (zoo / "img" / "dog" / "1.png").write_bytes(b"not an image")
+    p = probe(zoo)
     with pytest.raises(ValueError) as e:
-        p.run(Rigged(IMAGES, TEXTS))
+        p.run(rigged(IMAGES, TEXTS))
     one_line_error(e, "1.png", "class 'dog'", "cannot be read")
 
 
-def test_zeroshot_is_registered_and_built_by_name(world):
+def test_zeroshot_is_registered_and_built_by_name(zoo):
     assert "zeroshot" in PROBES
-    p = build_probe("zeroshot", {"images": str(world / "img"), "classnames": str(world / "names.txt"),
-                                 "templates": str(world / "templates.txt")})
-    assert p.run(Rigged(IMAGES, TEXTS))["n"] == 5.0
+    p = build_probe("zeroshot", {"images": str(zoo / "img"), "classnames": str(zoo / "names.txt"),
+                                 "templates": str(zoo / "templates.txt")})
+    assert p.run(rigged(IMAGES, TEXTS))["n"] == 5.0

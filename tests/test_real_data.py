@@ -15,8 +15,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -197,32 +195,37 @@ def test_a_resampled_run_with_no_usable_sample_is_one_line_and_exit_2(tmp_path, 
 # ------------------------------------------------------------------- stopping while waiting for data
 
 
-def test_a_run_waiting_for_data_stops_on_sigterm(tmp_path):
-    """A loader worker blocked on a shard that never delivers (a FIFO nobody writes): the run stops within seconds."""
+def test_a_run_waiting_for_data_stops_on_sigterm(tmp_path, forks):
+    """A loader worker blocked on a shard that never delivers (a FIFO nobody writes): the run stops within seconds.
+    The run is a process of its own (`compclip train`, forked from the session's warm interpreter)."""
     folder, run_dir = tmp_path / "fifo", tmp_path / "run"
     folder.mkdir()
     os.mkfifo(folder / "00000.tar")
-    argv = [sys.executable, "-m", "lit_compclip.cli", "train", *TINY, f"data.train_shards={folder}",
-            f"run_dir={run_dir}", "data.caption_fields={txt: 1.0}", "data.resampled=true",
-            "data.samples_per_epoch=64", "data.num_workers=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = ["train", *TINY, f"data.train_shards={folder}", f"run_dir={run_dir}", "data.caption_fields={txt: 1.0}",
+            "data.resampled=true", "data.samples_per_epoch=64", "data.num_workers=1"]
     # its own process group, so that whatever happens no loader worker outlives the test
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          start_new_session=True) as proc:
-        try:
-            with deadline(120):
-                while not (run_dir / "config.yaml").exists():  # written just before fit starts
-                    assert proc.poll() is None, proc.communicate()
-                    time.sleep(0.2)
-                time.sleep(2)  # fit asks for the first batch, the worker is stuck opening the shard
-                proc.send_signal(signal.SIGTERM)
-                sent = time.monotonic()
-                out, err = proc.communicate(timeout=30)
-                waited = time.monotonic() - sent
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 143, (out, err)
+    job = {"cwd": str(tmp_path), "argv": argv, "out": str(tmp_path / "out.txt"), "err": str(tmp_path / "err.txt"),
+           "session": True}
+
+    def printed():
+        return (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
+
+    pid = forks.start(job)
+    try:
+        with deadline(120):
+            while not (run_dir / "config.yaml").exists():  # written just before fit starts
+                assert forks.wait(pid, 0) is None, printed()
+                time.sleep(0.2)
+            time.sleep(2)  # fit asks for the first batch, the worker is stuck opening the shard
+            os.kill(pid, signal.SIGTERM)
+            sent = time.monotonic()
+            code = forks.wait(pid, 30)
+            waited = time.monotonic() - sent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    out, err = printed()
+    assert code == 143, (out, err)
     assert waited < 15, waited
     assert err.strip().splitlines()[-1].startswith("compclip train: stopped by SIGTERM at step 0;"), err
     assert "Traceback" not in err

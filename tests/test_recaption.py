@@ -78,6 +78,7 @@ def stubs(monkeypatch):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    """Not the session's world: 3 training shards of 8 samples, so recaptioning every shard takes no time."""
     out = tmp_path_factory.mktemp("synth") / "world"
     generate(str(out), train_families=6, eval_families=2, shard_size=8, probe_size=2, shape_twins=0)  # 3 shards of 8
     return out

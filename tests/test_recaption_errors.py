@@ -121,9 +121,9 @@ def prepared(tmp_path_factory, case):
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """Every case run once, forked two at a time from one interpreter, each in its own folder; stdout and stderr
-    go to files outside it, so the folder can be compared with what it held before."""
+def results(tmp_path_factory, forks):
+    """Every case run once, forked two at a time from the session's warm interpreter, each in its own folder; stdout
+    and stderr go to files outside it, so the folder can be compared with what it held before."""
     runner = tmp_path_factory.mktemp("runner")
     jobs, done = [], {}
     for case, (args, _) in CASES.items():
@@ -133,15 +133,11 @@ def results(tmp_path_factory):
         done[case] = (cwd, before)
     os.chmod(done["output_unwritable"][0] / "locked", 0o500)
     try:
-        (runner / "jobs.json").write_text(json.dumps(jobs))
-        forks = os.path.join(os.path.dirname(__file__), "cli_forks.py")
-        subprocess.run([sys.executable, forks, str(runner / "jobs.json"), str(runner / "codes.json"), "2"],
-                       env=environment(runner), check=True, timeout=300)
+        codes = forks.run(jobs, 2, env={UNSET: None, "OPENAI_API_KEY": None}, timeout=300)[0]
         # root writes into a folder of mode 0o500 anyway: that case then shows nothing
         locked = not os.access(done["output_unwritable"][0] / "locked", os.W_OK)
     finally:
         os.chmod(done["output_unwritable"][0] / "locked", 0o700)
-    codes = json.loads((runner / "codes.json").read_text())
     return {case: Finished(cwd, code, open(job["out"]).read(), open(job["err"]).read(), before, locked)
             for (case, (cwd, before)), code, job in zip(done.items(), codes, jobs)}
 

@@ -193,8 +193,9 @@ class Finished:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """Every case run once in its own populated working directory: (snapshot before, process, snapshot after)."""
+def results(tmp_path_factory, forks):
+    """Every case run once in its own populated working directory, most forked from the session's warm interpreter:
+    (snapshot before, process, snapshot after)."""
     logs = tmp_path_factory.mktemp("logs")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
            "MPLCONFIGDIR": str(logs / "matplotlib")}  # matplotlib's cache, not in the case's folder (its HOME)
@@ -206,12 +207,8 @@ def results(tmp_path_factory):
         jobs[case] = {"cwd": str(cwd), "argv": [command, *args], "out": str(logs / f"{case}.out"),
                       "err": str(logs / f"{case}.err")}
     forked = [case for case in CASES if case not in FRESH]
-    (logs / "jobs.json").write_text(json.dumps([jobs[c] for c in forked]))
-    runner = os.path.join(os.path.dirname(__file__), "cli_forks.py")
-    subprocess.run([sys.executable, runner, str(logs / "jobs.json"), str(logs / "codes.json"), "2"], env=env,
-                   check=True, timeout=600)
     done = {}
-    for case, code in zip(forked, json.loads((logs / "codes.json").read_text())):
+    for case, code in zip(forked, forks.run([jobs[c] for c in forked], 2)[0]):
         job = jobs[case]
         done[case] = Finished(code, open(job["out"]).read(), open(job["err"]).read())
     for case in FRESH:

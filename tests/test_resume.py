@@ -10,15 +10,12 @@ import os
 from collections import Counter
 import shutil
 import signal
-import subprocess
-import sys
 
 import lightning
 import pytest
 import torch
-from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors, close_by_norm
+from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors, close_by_norm, make_dm, write_shards
 from resume_script import recording
-from test_data import make_dm, write_shards
 
 from lit_compclip.cli import main
 from lit_compclip.config import ConfigError, load_config
@@ -54,13 +51,15 @@ def run_overrides(shards, model=()):
             "probes.suites={}", "synth.auto=false", "wandb.mode=disabled", "name=tiny", *model]
 
 
-def killed_run(cwd, record, kill_at, overrides) -> None:
-    """The run in a process of its own, which must die by SIGKILL as step `kill_at` begins. (A forked child would
-    not import torch again, but can deadlock on a lock one of this process's threads held.)"""
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    done = subprocess.run([sys.executable, SCRIPT, str(record), str(kill_at), *overrides], cwd=cwd, env=env,
-                          timeout=240, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+def killed_run(forks, cwd, record, kill_at, overrides) -> None:
+    """The run in a process of its own, which must die by SIGKILL as step `kill_at` begins: resume_script.py forked
+    from the session's warm interpreter (which runs no threads: forked from this one, with Lightning's, it could
+    deadlock on a lock one of them held), with this process's torch threads: the runs here must sum alike (Adam
+    turns a near-zero gradient's rounding into a whole step)."""
+    job = {"cwd": str(cwd), "script": SCRIPT, "argv": [str(record), str(kill_at), *overrides],
+           "threads": torch.get_num_threads(), "out": os.devnull, "err": str(record) + ".err"}
+    code = forks.run([job], 1, timeout=240)[0][0]
+    assert code == -signal.SIGKILL, open(job["err"]).read()[-3000:]
 
 
 def recorded_run(cwd, record, overrides, restore_random_state=True):
@@ -78,14 +77,14 @@ def steps(record):
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
-def killed_and_resumed(request, tmp_path_factory):
+def killed_and_resumed(request, forks, tmp_path_factory):
     """A reference run, the same run killed at step KILL, its resumption with resume=last here, and (from a copy of
     the killed run's folder) a resumption that does not restore the random state."""
     root = tmp_path_factory.mktemp(f"resume_{request.param}")
     shards = write_shards(root / "shards", 3, 10)
     common = run_overrides(shards, MODELS[request.param])
     recorded_run(root, root / "reference.jsonl", common + [f"run_dir={root}/reference"])
-    killed_run(root, root / "killed.jsonl", KILL, common)  # in runs/tiny
+    killed_run(forks, root, root / "killed.jsonl", KILL, common)  # in runs/tiny
     shutil.copytree(root / "runs" / "tiny", root / "forgetful")
     recorded_run(root, root / "resumed.jsonl", common + ["resume=last"])
     recorded_run(root, root / "forgetful.jsonl", common + [f"resume={root}/forgetful/checkpoints/last.ckpt"],

@@ -9,7 +9,6 @@ import logging
 import re
 
 import pytest
-from omegaconf import OmegaConf
 
 from lit_compclip.config import load_config
 from lit_compclip.training.module import CompClip

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from test_train import TINY_MODEL, world, world_overrides  # noqa: F401  (world is a fixture)
 
 from lit_compclip.reports.ablation import COMPOSITE, PAPER_ORDER, aggregate, cell_of, check_order, collect, write_report
 from lit_compclip.cli import main
 from lit_compclip.config import split_args
 from lit_compclip.config import ConfigError, load_config
 from lit_compclip.reports.sweep import expand, load_spec, plan, run_args, run_id
-from helpers import DEFAULT
+from helpers import DEFAULT, TINY_MODEL, world_overrides
 
 
 def write_spec(path, **spec):
@@ -22,21 +21,39 @@ def write_spec(path, **spec):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """The runs of a shipped grid spec, planned once for the module into a folder of their own:
+    planned(spec) -> (runs, folder). The tests read them; one that changes a config plans its own."""
+    done = {}
+
+    def get(spec: str):
+        if spec not in done:
+            folder = tmp_path_factory.mktemp(Path(spec).stem)
+            done[spec] = plan(load_spec(spec), folder, [], None, 0), folder
+        return done[spec]
+
+    return get
+
+
 # decoder_tail builds a random 26-layer decoder per cell (~22 s): `make test-all` plans it
 @pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s.endswith("decoder_tail.yaml") else s
                                   for s in sorted(glob.glob("experiments/sweeps/*.yaml"))])
-def test_every_sweep_spec_plans_valid_runs(spec, tmp_path):
+def test_every_sweep_spec_plans_valid_runs(spec, planned, tmp_path):
     loaded = load_spec(spec)
-    runs = plan(loaded, tmp_path, [], count=2 if loaded["method"] != "grid" else None, seed=0)
+    if loaded["method"] == "grid":
+        runs, out = planned(spec)
+    else:
+        runs, out = plan(loaded, tmp_path, [], count=2, seed=0), tmp_path
     assert runs and len({r["id"] for r in runs}) == len(runs)
     for run in runs:
-        assert run["cfg"].run_dir == str(tmp_path / run["id"])
+        assert run["cfg"].run_dir == str(out / run["id"])
     if loaded["method"] == "grid":
         assert {r["params"]["seed"] for r in runs} >= {0}
 
 
-def test_ablation_spec_holds_the_four_cells_times_three_seeds(tmp_path):
-    runs = plan(load_spec("experiments/sweeps/ablation.yaml"), tmp_path, [], None, 0)
+def test_ablation_spec_holds_the_four_cells_times_three_seeds(planned):
+    runs, _ = planned("experiments/sweeps/ablation.yaml")
     cells = [cell_of(OmegaConf.to_container(r["cfg"])) for r in runs]
     assert sorted(set(cells)) == sorted(PAPER_ORDER)
     assert all(cells.count(c) == 3 for c in PAPER_ORDER)
@@ -55,8 +72,8 @@ def _flat(cfg) -> dict:
     return out
 
 
-def test_ablation_cells_differ_from_the_default_only_by_the_two_levers_and_the_scratch_cells_lr(tmp_path):
-    runs = plan(load_spec("experiments/sweeps/ablation.yaml"), tmp_path, [], None, 0)
+def test_ablation_cells_differ_from_the_default_only_by_the_two_levers_and_the_scratch_cells_lr(planned):
+    runs, _ = planned("experiments/sweeps/ablation.yaml")
     default = {r["cfg"].seed: _flat(r["cfg"]) for r in runs if cell_of(OmegaConf.to_container(r["cfg"])) == "both"}
     # the caption lever is the whole caption schedule: the alt-text cells read alt-text in epoch 2 too
     levers = ("data.caption_fields.", "data.later_caption_fields", "model.text.")
@@ -70,12 +87,12 @@ def test_ablation_cells_differ_from_the_default_only_by_the_two_levers_and_the_s
         assert differ == allowed, (cell, differ - allowed)
 
 
-def test_each_scratch_cell_trains_at_the_lr_its_sweep_found_best_on_docci(tmp_path):
+def test_each_scratch_cell_trains_at_the_lr_its_sweep_found_best_on_docci(planned):
     # docs/scratch_lr/summary.json is the stored report of experiments/sweeps/scratch_lr.yaml (the sweep's metric)
     cells = json.loads(Path("docs/scratch_lr/summary.json").read_text())["cells"]
     spec = load_spec("experiments/sweeps/scratch_lr.yaml")
     rates = spec["parameters"]["optim.lr"]["values"]
-    runs = plan(load_spec("experiments/sweeps/ablation.yaml"), tmp_path, [], None, 0)
+    runs, _ = planned("experiments/sweeps/ablation.yaml")
     for name in ("recaption only", "neither"):
         scores = {lr: cells[f"{name} (optim.lr={lr})"]["probe/docci/t2i_r1"] for lr in rates}
         assert all(s["n"] == 3 for s in scores.values())  # every arm of the grid ran, seeds 0-2
@@ -84,19 +101,19 @@ def test_each_scratch_cell_trains_at_the_lr_its_sweep_found_best_on_docci(tmp_pa
         assert used == {best}, (name, used, {lr: round(s["mean"], 4) for lr, s in scores.items()})
 
 
-def test_seeds_spec_is_the_default_over_five_seeds_as_the_ablation_runs_it(tmp_path):
-    seeds = plan(load_spec("experiments/sweeps/seeds.yaml"), tmp_path / "s", [], None, 0)
+def test_seeds_spec_is_the_default_over_five_seeds_as_the_ablation_runs_it(planned):
+    seeds, _ = planned("experiments/sweeps/seeds.yaml")
     assert [r["id"] for r in seeds] == [f"default-seed{s}" for s in range(5)]
-    ablation = {r["id"]: r for r in plan(load_spec("experiments/sweeps/ablation.yaml"), tmp_path / "a", [], None, 0)}
+    ablation = {r["id"]: r for r in planned("experiments/sweeps/ablation.yaml")[0]}
     for run in seeds[:3]:  # the ablation's "both" cell is the same run: same id, same config but for its folder
         twin = ablation[run["id"]]["cfg"]
         assert OmegaConf.masked_copy(run["cfg"], [k for k in run["cfg"] if k not in ("run_dir",)]) == \
             OmegaConf.masked_copy(twin, [k for k in twin if k not in ("run_dir",)])
 
 
-def test_finetune_spec_starts_each_seed_from_its_own_default_run_and_differs_only_by_the_negatives(tmp_path):
-    runs = plan(load_spec("experiments/sweeps/finetune.yaml"), tmp_path / "f", [], None, 0)
-    defaults = {r["id"] for r in plan(load_spec("experiments/sweeps/refinements.yaml"), tmp_path / "r", [], None, 0)}
+def test_finetune_spec_starts_each_seed_from_its_own_default_run_and_differs_only_by_the_negatives(planned, tmp_path):
+    runs = plan(load_spec("experiments/sweeps/finetune.yaml"), tmp_path / "f", [], None, 0)  # its configs change below
+    defaults = {r["id"] for r in planned("experiments/sweeps/refinements.yaml")[0]}
     for run in runs:
         seed = run["cfg"].seed
         assert run["cfg"].init_from == f"runs/refinements/default-seed{seed}/checkpoints/last.ckpt"
@@ -239,7 +256,7 @@ def test_two_experiments_of_one_cell_are_two_groups_compared_against_the_seeds_s
     assert "| docci/t2i_r1 | 82.0 ± 2.0 | 50.0 ± 10.0 | -32.0 | yes |" in text
 
 
-def test_two_cell_one_step_grid_runs_reports_and_resumes(world, tmp_path, capsys):  # noqa: F811
+def test_two_cell_one_step_grid_runs_reports_and_resumes(world, tmp_path, capsys):
     spec = write_spec(tmp_path / "grid.yaml", name="tiny", method="grid", parameters={
         "experiment": {"values": ["experiments/default.yaml", "experiments/alt_text.yaml"]},
         "seed": {"values": [0]}, "trainer.max_steps": {"value": 1}})

@@ -11,13 +11,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import DEFAULT, assert_close_by_norm, assert_same_tensors, close_by_norm
+from helpers import DEFAULT, TINY_MODEL, assert_close_by_norm, assert_same_tensors, close_by_norm, world_overrides
 from lit_compclip.config import load_config
 from lit_compclip.training.module import CompClip
 from lit_compclip.text_cache import PrefixCache, token_keys
 from lit_compclip.towers.sentence_transformers import SentenceTransformerTower
 from lit_compclip.training.run import train
-from test_train import TINY_MODEL, world, world_overrides  # noqa: F401 (world is a fixture)
 
 CAPTIONS = ["The blue square is under the yellow triangle. The background is grey.", "A red circle.",
             "The picture has a small triangle that is blue at the top."]

@@ -13,45 +13,8 @@ from omegaconf import OmegaConf
 
 from lit_compclip.cli import main
 from lit_compclip.config import load_config
-from lit_compclip.training.module import CompClip
-from lit_compclip.synth import generate
 from lit_compclip.training.run import probe_time, train
-from helpers import DEFAULT
-
-TINY_MODEL = ["model.image.img_size=32", "model.image.depth=1", "model.image.width=64", "model.image.heads=2",
-              "model.embed_dim=32"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth") / "world"
-    # every optional caption field (plain_list), so the default's epoch-2 curriculum runs
-    generate(str(out), train_families=48, eval_families=8, shard_size=64, probe_size=8, plain_lists=1)
-    return out
-
-
-def world_overrides(world):
-    p = f"{world}/probes"
-    # synth.auto=false: the tests build small worlds by hand; training must not rebuild them as configured
-    return [f"synth.out_dir={world}", "synth.auto=false", f"cache_dir={world}/cache", f"data.train_shards={world}/train", f"data.val_shards={world}/val",
-            f"probes.suites.sugarcrepe.annotations={p}/sugarcrepe", f"probes.suites.sugarcrepe.images={p}/sugarcrepe/images",
-            f"probes.suites.aro.root={p}/aro", f"probes.suites.aro.images={p}/aro/images",
-            f"probes.suites.winoground.examples={p}/winoground/examples.jsonl",
-            f"probes.suites.winoground.images={p}/winoground/images",
-            f"probes.suites.docci.annotations={p}/docci/docci_descriptions.jsonlines",
-            f"probes.suites.docci.images={p}/docci/images",
-            "data.batch_size=8", "data.num_workers=0", "data.shuffle_buffer=16", "probes.limit=8",
-            "wandb.mode=disabled", "trainer.enable_progress_bar=false"]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(world, tmp_path_factory):
-    """An untrained tiny model saved as a training checkpoint: what a stage-2 experiment's init_from needs."""
-    cfg = load_config([DEFAULT], world_overrides(world) + TINY_MODEL)
-    model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 50}, path)
-    return path
+from helpers import DEFAULT, TINY_MODEL, world_overrides
 
 
 # paper_*.yaml name weights nothing here can fetch: tests/test_paper_config.py runs them with a random stand-in

@@ -1,16 +1,15 @@
-"""Long-caption retrieval formats (IIW, DCI, Urban1k, ShareGPT4V) score tiny copies in each release's own layout
-exactly as a rigged encoder's known answers dictate, record truncation, and fail in one line on broken files."""
+"""Retrieval scores tiny copies of DOCCI, Karpathy-split and JSON-lines sets and of the long-caption releases (IIW,
+DCI, Urban1k, ShareGPT4V), each in its own layout, exactly as a rigged encoder's known answers dictate: recall at
+1/5/10 both ways with ties against the answer, the text rules, truncation, records, and one-line errors on broken
+files."""
 
 import pytest
-import torch
-from PIL import Image
 
-from helpers import one_line_error, write_json, write_jsonl
+from helpers import BLUE, GREEN, RED, Rigged, one_line_error, solid, write_json, write_jsonl
 
 from lit_compclip.probes import build_probe
 from lit_compclip.probes.retrieval import Retrieval, apply_text_rule, sentence_pieces, truncation_flags
 
-RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 E1, E2, E3 = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]
 
 
@@ -20,45 +19,23 @@ def dominant(image):
     return max(range(3), key=lambda c: pixel[c])
 
 
-class Rigged:
-    """Fake encoder: images keyed by dominant channel (0 red, 1 green, 2 blue), captions by their exact text; the
-    text tower keeps at most three words (count_truncated) and says so (max_tokens)."""
-
-    max_tokens = 3
-
-    def __init__(self, images: list, texts: dict):
-        unit = lambda v: torch.nn.functional.normalize(torch.tensor(v, dtype=torch.float32), dim=0)  # noqa: E731
-        self.images = [unit(v) for v in images]
-        self.texts = {k: unit(v) for k, v in texts.items()}
-        self.seen_texts: list[str] = []
-
-    def encode_image(self, images):
-        return torch.stack([self.images[dominant(im)] for im in images])
-
-    def encode_text(self, texts):
-        self.seen_texts += texts
-        return torch.stack([self.texts[t] for t in texts])  # a KeyError here: the protocol's text was not produced
-
-    def count_truncated(self, texts):
-        return sum(len(t.split()) > 3 for t in texts)
+def by_channel(texts: dict) -> Rigged:
+    """Images keyed by dominant channel (0 red, 1 green, 2 blue), captions by their exact text; the text tower keeps
+    at most three words (count_truncated) and says so (max_tokens)."""
+    return Rigged([E1, E2, E3], texts, key=dominant, truncates=3, max_tokens=3)
 
 
-def picture(path, colour):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), colour).save(path)  # format from the suffix: .jpg files are real JPEGs
-
-
-# The same three-image outcome in every layout: red and blue texts right, the green text points at the red image
-# (its own green image ties the blue one at 0 -> rank 3); the red image ties its own text with the green text.
+# The same three-image outcome in every long-caption layout: red and blue texts right, the green text points at the
+# red image (its own green image ties the blue one at 0 -> rank 3); the red image ties its own text with the green text.
 EXPECTED = {"t2i_r1": 2 / 3, "t2i_r5": 1.0, "t2i_r10": 1.0, "i2t_r1": 1 / 3, "i2t_r5": 1.0, "i2t_r10": 1.0,
             "n_images": 3.0, "n_texts": 3.0, "max_tokens": 3.0}
 
 
 def rigged(red_text, green_text, blue_text):
-    return Rigged([E1, E2, E3], {red_text: E1, green_text: E1, blue_text: E3})
+    return by_channel({red_text: E1, green_text: E1, blue_text: E3})
 
 
-# ---- Text rules ----------------------------------------------------------------------------------------------------
+# ---- text rules ----------------------------------------------------------------------------------------------------
 
 def test_sentence_rule_splits_at_newlines_end_tags_and_periods_and_rejoins():
     text = "A red card.\nIt is bright.</s> Two  items . "
@@ -79,6 +56,95 @@ def test_truncation_flags_recount_only_mixed_batches():
     assert calls == [2, 2, 1, 1, 1]  # only the mixed batch is counted again, one text at a time
 
 
+# ---- DOCCI (docci_descriptions.jsonlines), Karpathy splits and JSON lines ------------------------------------------
+
+@pytest.fixture
+def docci(tmp_path):
+    for name, colour in [("train_1.png", RED), ("test_1.png", RED), ("test_2.png", GREEN), ("test_3.png", BLUE)]:
+        solid(tmp_path / "images" / name, colour)
+    write_jsonl(tmp_path / "docci_descriptions.jsonlines", [
+        {"example_id": "train_1", "split": "train", "image_file": "train_1.png", "description": "a red card"},
+        {"example_id": "test_1", "split": "test", "image_file": "test_1.png", "description": "a red card"},
+        {"example_id": "test_2", "split": "test", "image_file": "test_2.png",
+         "description": "a long green card on a table"},
+        {"example_id": "test_3", "split": "test", "image_file": "test_3.png", "description": "blue card"},
+    ])
+    return tmp_path
+
+
+def test_docci_retrieval_keeps_the_test_split_and_breaks_ties_against_the_answer(docci):
+    enc = Rigged({RED: E1, GREEN: E2, BLUE: E3},
+                 {"a red card": E1, "a long green card on a table": E1, "blue card": E3}, truncates=3)
+    out = Retrieval(str(docci / "docci_descriptions.jsonlines"), str(docci / "images"), format="docci").run(enc)
+    # t2i: green text ranks red image first, its own ties blue -> rank 3. i2t: red image ties red/green texts.
+    assert out == pytest.approx({"t2i_r1": 2 / 3, "t2i_r5": 1.0, "t2i_r10": 1.0,
+                                 "i2t_r1": 1 / 3, "i2t_r5": 1.0, "i2t_r10": 1.0,
+                                 "n_images": 3.0, "n_texts": 3.0, "truncated_fraction": 1 / 3})
+    train = Retrieval(str(docci / "docci_descriptions.jsonlines"), str(docci / "images"), format="docci",
+                      split="train").run(enc)
+    assert train["n_images"] == 1.0 and "truncated_fraction" in train
+
+
+def test_docci_unknown_split_lists_the_splits_present(docci):
+    with pytest.raises(ValueError) as e:
+        Retrieval(str(docci / "docci_descriptions.jsonlines"), str(docci / "images"), format="docci", split="tset")
+    one_line_error(e, "docci_descriptions.jsonlines", "'tset'", "['test', 'train']")
+
+
+def test_karpathy_retrieval_image_hits_if_any_caption_is_in_top_k(tmp_path):
+    for name, colour in [("a.png", RED), ("b.png", BLUE), ("c.png", GREEN)]:
+        solid(tmp_path / "val" / name, colour)
+    write_json(tmp_path / "test.json", [
+        {"image": "a.png", "caption": ["red one", "ruby one"]},  # only the second caption is right
+        {"image": "b.png", "caption": ["blue one"]},
+        {"image": "c.png", "caption": ["green one", "emerald one"]},
+    ])
+    enc = Rigged({RED: E1, BLUE: E2, GREEN: E3},
+                 {"red one": E2, "ruby one": E1, "blue one": E2, "green one": E3, "emerald one": E2})
+    out = Retrieval(str(tmp_path / "test.json"), str(tmp_path / "val"), format="karpathy", batch_size=2).run(enc)
+    assert out == pytest.approx({"t2i_r1": 3 / 5, "t2i_r5": 1.0, "t2i_r10": 1.0,
+                                 "i2t_r1": 2 / 3, "i2t_r5": 1.0, "i2t_r10": 1.0,
+                                 "n_images": 3.0, "n_texts": 5.0})  # no count_truncated -> no fraction
+    assert max(len(b) for b in enc.image_batches + enc.text_batches) <= 2
+    assert len(enc.seen("image")) == 3 and len(enc.seen("text")) == 5
+
+
+def test_jsonl_retrieval_merges_records_of_the_same_image(tmp_path):
+    solid(tmp_path / "i" / "a.png", RED)
+    solid(tmp_path / "i" / "b.png", BLUE)
+    write_jsonl(tmp_path / "pairs.jsonl", [{"image": "a.png", "caption": "red one"},
+                                            {"image": "b.png", "caption": ["blue one"]},
+                                            {"image": "a.png", "caption": "ruby one"}])
+    enc = Rigged({RED: E1, BLUE: E2}, {"red one": E1, "blue one": E2, "ruby one": E1})
+    out = Retrieval(str(tmp_path / "pairs.jsonl"), str(tmp_path / "i"), format="jsonl").run(enc)
+    assert out["n_images"] == 2.0 and out["n_texts"] == 3.0
+    assert out["t2i_r1"] == 1.0 and out["i2t_r1"] == 1.0
+
+
+def test_retrieval_unknown_format_and_misplaced_split_are_rejected(docci):
+    ann, img = str(docci / "docci_descriptions.jsonlines"), str(docci / "images")
+    with pytest.raises(ValueError) as e:
+        Retrieval(ann, img, format="doci")
+    one_line_error(e, "did you mean 'docci'")
+    with pytest.raises(ValueError) as e:
+        Retrieval(ann, img, format="jsonl", split="test")
+    one_line_error(e, "'split'", "docci")
+
+
+def test_retrieval_records_rank_each_caption_with_ties_against_it(docci):
+    enc = Rigged({RED: E1, GREEN: E2, BLUE: E3},
+                 {"a red card": E1, "a long green card on a table": E1, "blue card": E3}, truncates=3)
+    records = {}
+    Retrieval(str(docci / "docci_descriptions.jsonlines"), str(docci / "images"), format="docci").run(
+        enc, records=records)
+    rows = {r["id"]: r for r in records["t2i"]}
+    assert set(rows) == {"test_1", "test_2", "test_3"}
+    green = rows["test_2"]  # scores red 1, own green 0, blue 0: the tie with blue ranks against it
+    assert (green["rank"], green["correct"]) == (3, False)
+    assert green["rival_images"][0].endswith("test_1.png") and green["rival_scores"][0] == pytest.approx(1.0)
+    assert rows["test_3"]["correct"] and rows["test_3"]["rank"] == 1
+
+
 # ---- IIW (google/imageinwords datasets/) --------------------------------------------------------------------------
 
 @pytest.fixture
@@ -90,9 +156,9 @@ def iiw(tmp_path):
     write_jsonl(ann / "IIW-400" / "data.jsonl", [
         {"IIW": "A green card on a table.", "IIW-P5B": "model text", "image/key": "aar_test_00002", "objects": []}])
     write_jsonl(ann / "DCI_Test" / "data.jsonl", [{"IIW": "Blue card", "ex_id": "3-data.json", "image": "sa_3.jpg"}])
-    picture(img / "docci" / "test_00001.jpg", RED)
-    picture(img / "docci_aar" / "aar_test_00002.jpg", GREEN)
-    picture(img / "dci" / "sa_3.jpg", BLUE)
+    solid(img / "docci" / "test_00001.jpg", RED)
+    solid(img / "docci_aar" / "aar_test_00002.jpg", GREEN)
+    solid(img / "dci" / "sa_3.jpg", BLUE)
     return ann, img
 
 
@@ -112,8 +178,7 @@ def test_iiw_scores_the_three_subsets_with_rejoined_sentences_and_records_trunca
 def test_iiw_one_subset_reads_only_its_file(iiw):
     ann, img = iiw
     (ann / "DCI_Test" / "data.jsonl").unlink()  # another subset's file may be absent
-    out = Retrieval(str(ann), str(img), format="iiw", split="IIW-400").run(Rigged([E1, E2, E3],
-                                                                                  {"A green card on a table": E2}))
+    out = Retrieval(str(ann), str(img), format="iiw", split="IIW-400").run(by_channel({"A green card on a table": E2}))
     assert (out["n_images"], out["t2i_r1"], out["i2t_r1"]) == (1.0, 1.0, 1.0)
 
 
@@ -121,7 +186,7 @@ def test_iiw_sentence_level_makes_each_sentence_a_caption_and_drops_fragments(ii
     ann, img = iiw
     write_jsonl(ann / "DOCCI_Test" / "data.jsonl", [{"IIW": "A red card. Is shiny.\nIt", "image": "test_00001"}])
     write_jsonl(ann / "IIW-400" / "data.jsonl", [{"IIW": "A green card.", "image/key": "aar_test_00002"}])
-    enc = Rigged([E1, E2, E3], {"A red card": E1, "Is shiny": E2, "A green card": E2, "Blue card": E3})
+    enc = by_channel({"A red card": E1, "Is shiny": E2, "A green card": E2, "Blue card": E3})
     records = {}
     out = Retrieval(str(ann), str(img), format="iiw", sentence_level=True).run(enc, records=records)
     # "It" (2 characters) is dropped; "Is shiny" points at the green image, which then ties it with its own caption.
@@ -154,7 +219,7 @@ def dci(tmp_path):
         write_json(root / "annotations" / f"{n}-data.json",
                    {"image": f"sa_{n}.jpg", "short_caption": short, "extra_caption": extra, "mask_data": {},
                     "mask_keys": []})
-        picture(root / "photos" / f"sa_{n}.jpg", colour)
+        solid(root / "photos" / f"sa_{n}.jpg", colour)
     return root
 
 
@@ -192,7 +257,7 @@ def urban(tmp_path):
                                ("10", "Blue card", BLUE), ("2", "A green card on a table.", GREEN)]:
         (root / "caption").mkdir(parents=True, exist_ok=True)
         (root / "caption" / f"{name}.txt").write_text(text + "\n")
-        picture(root / "image" / f"{name}.jpg", colour)
+        solid(root / "image" / f"{name}.jpg", colour)
     return root
 
 
@@ -209,9 +274,9 @@ def test_urban1k_reads_each_files_first_line_verbatim(urban):
 
 def test_urban1k_blank_first_line_is_scored_as_an_empty_caption(urban):
     (urban / "caption" / "2.txt").write_text("\nA green card on a table.\n")  # Long-CLIP reads line 1 regardless
-    enc = Rigged([E1, E2, E3], {"A red card on it.": E1, "": E2, "Blue card": E3})
+    enc = by_channel({"A red card on it.": E1, "": E2, "Blue card": E3})
     out = Retrieval(str(urban / "caption"), str(urban / "image"), format="urban1k").run(enc)
-    assert "" in enc.seen_texts and (out["n_texts"], out["t2i_r1"]) == (3.0, 1.0)
+    assert "" in enc.seen("text") and (out["n_texts"], out["t2i_r1"]) == (3.0, 1.0)
 
 
 def test_urban1k_missing_image_or_empty_file_is_one_line(urban):
@@ -240,7 +305,7 @@ def sharegpt(tmp_path):
                                                    sharegpt_record(2, "A green card on a table."),
                                                    sharegpt_record(3, "Blue card")])
     for n, colour in [(1, RED), (2, GREEN), (3, BLUE)]:
-        picture(tmp_path / "data" / "sam" / "images" / f"sa_{n}.jpg", colour)
+        solid(tmp_path / "data" / "sam" / "images" / f"sa_{n}.jpg", colour)
     return tmp_path
 
 
@@ -259,7 +324,7 @@ def test_sharegpt4v_1k_is_the_first_thousand_records_and_needs_them(sharegpt):
     one_line_error(e, "holds 3 records", "'1k'", "1000")
     write_json(sharegpt / "big.json", [sharegpt_record(1 + n % 3, f"caption {n}") for n in range(1003)])
     probe = Retrieval(str(sharegpt / "big.json"), str(sharegpt / "data"), format="sharegpt4v")
-    enc = Rigged([E1, E2, E3], {f"caption {n}": [E1, E2, E3][n % 3] for n in range(1000)})
+    enc = by_channel({f"caption {n}": [E1, E2, E3][n % 3] for n in range(1000)})
     out = probe.run(enc)
     assert (out["n_texts"], out["n_images"], out["t2i_r1"]) == (1000.0, 3.0, 1.0)  # records 1000-1002 never seen
 
@@ -275,7 +340,7 @@ def test_sharegpt4v_missing_caption_turn_or_image_is_one_line(sharegpt):
     one_line_error(e, "sa_9.jpg", "gone.json record 0")
 
 
-# ---- Options --------------------------------------------------------------------------------------------------------
+# ---- options -------------------------------------------------------------------------------------------------------
 
 def test_misplaced_or_unknown_split_and_text_rule_are_one_line(urban, iiw):
     ann, img = iiw
@@ -296,5 +361,5 @@ def test_misplaced_or_unknown_split_and_text_rule_are_one_line(urban, iiw):
 def test_registry_builds_a_long_caption_suite_with_its_options(urban):
     probe = build_probe("retrieval", {"annotations": str(urban / "caption"), "images": str(urban / "image"),
                                       "format": "urban1k", "text_rule": "newlines", "limit": 2})
-    out = probe.run(Rigged([E1, E2, E3], {"A red card on it.": E1, "A green card on a table.": E2}))
+    out = probe.run(by_channel({"A red card on it.": E1, "A green card on a table.": E2}))
     assert (out["n_texts"], out["t2i_r1"]) == (2.0, 1.0)
