@@ -136,6 +136,24 @@ def test_full_epoch_yields_every_good_sample_exactly_once(tmp_path, num_workers)
         assert batch["caption"] == [f"caption of {k}" for k in batch["key"]]
 
 
+def test_a_pass_cut_short_stops_its_workers_when_the_data_module_closes(tmp_path):
+    """A step limit or limit_val_batches leaves a pass suspended; its workers stop at teardown (as fit ends), or when
+    the loader starts its next pass, not at some later garbage collection."""
+    import multiprocessing
+
+    folder = write_shards(tmp_path / "d", 4, 8)
+    dm = make_dm(folder, folder, num_workers=2)
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    next(iter(train)), next(iter(val))
+    assert len(multiprocessing.active_children()) == 4
+    next(iter(train))  # a new pass: the earlier one's two workers stop, its own two start
+    assert len(multiprocessing.active_children()) == 4
+    dm.teardown("fit")
+    assert multiprocessing.active_children() == []
+    assert len(list(train)) == 8  # a closed loader still reads whole passes
+    assert multiprocessing.active_children() == []
+
+
 def test_transforms_are_applied_per_stream(tmp_path):
     folder = write_shards(tmp_path / "d", 1, 6)
     dm = make_dm(folder, folder, batch_size=3)

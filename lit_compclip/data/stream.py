@@ -41,6 +41,7 @@ class StreamLoader:
         self.epoch, self.batches, self.complete = -1, 0, False  # the epoch being read and its batches handed out
         self._restored: dict | None = None
         self._held = HeldSkips()  # SKIPS_ONLY counts (and log lines) that no later batch of the epoch could carry
+        self._live = None  # the running pass (a generator), until it ends or close() stops it
 
     def take_held(self) -> dict[str, int]:
         """Skip counts (reason -> count) that came after the epoch's last batch, each handed out (and logged) once."""
@@ -82,6 +83,19 @@ class StreamLoader:
         return state["epoch"], state["batches"]
 
     def __iter__(self):
+        self.close()  # an unfinished earlier pass's workers stop before this pass starts its own
+        self._live = self._batches()
+        return self._live
+
+    def close(self) -> None:
+        """Stop the workers of an unfinished pass now. A pass cut short (a step limit, Lightning's limit_val_batches)
+        leaves its generator suspended, and Lightning keeps its last iterators in reference cycles: left to a later
+        garbage collection, the DataLoader's workers may outlive their queues and cost seconds each to stop."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.close()  # unwinds the pass: its DataLoader iterator is released and stops its workers
+
+    def _batches(self):
         # A generator: nothing below runs before the first batch is asked for, after Lightning restored the state.
         epoch, skip = self._next_start()
         self.epoch, self.batches, self.complete = epoch, skip, False

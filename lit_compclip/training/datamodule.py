@@ -68,6 +68,7 @@ class WebDataModule(lightning.LightningDataModule):
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] | None = None
         self.cut: dict[str, list[dict]] | None = None  # split -> its local shards cut short (tars.cut_shards)
+        self.streams: list[StreamLoader] = []  # every loader handed out, closed at teardown
 
     def process_info(self) -> tuple[int, int]:
         """(global rank, world size) from the attached trainer, else from RANK/WORLD_SIZE or torch.distributed."""
@@ -96,12 +97,29 @@ class WebDataModule(lightning.LightningDataModule):
                      name, mine, rank, mine, self.num_workers)
         return min(self.num_workers, mine)
 
-    def _dataloader(self, pipeline, workers: int, persistent: bool) -> torch.utils.data.DataLoader:
-        # its own generator: starting workers then draws nothing from the training process's random state (the
-        # stages seed themselves), so a resumed run's dropout continues as the uninterrupted run's did
+    def _dataloader(self, pipeline, workers: int) -> torch.utils.data.DataLoader:
+        # Workers start afresh with each pass (no persistent workers): train workers get the epoch's seeds, and a
+        # pass's workers end with it, or when teardown closes it. Its own generator: starting workers then draws
+        # nothing from the training process's random state (the stages seed themselves), so a resumed run's
+        # dropout continues as the uninterrupted run's did.
         return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers,
-                                           persistent_workers=persistent and workers > 0,
                                            generator=torch.Generator().manual_seed(self.seed))
+
+    def _stream(self, *args, **kwargs) -> StreamLoader:
+        loader = StreamLoader(*args, **kwargs)
+        self.streams.append(loader)
+        return loader
+
+    def close(self) -> None:
+        """Stop the loader workers of passes cut short; Lightning calls it as fit, validate or test ends, or fails."""
+        for loader in self.streams:
+            loader.close()
+
+    def teardown(self, stage: str) -> None:
+        self.close()
+
+    def on_exception(self, exception: BaseException) -> None:
+        self.close()
 
     def train_dataloader(self) -> StreamLoader:
         if self.train_urls is None:
@@ -146,9 +164,8 @@ class WebDataModule(lightning.LightningDataModule):
                 stage.set_pass(epoch, repeat)
             collate.fast_forward = skip
 
-        # Workers start afresh each epoch, so they get the epoch's seeds (a persistent worker keeps its first copy).
         # Resampled streams are endless per worker, so a resumed one can skip inside the workers (fast_forward).
-        return StreamLoader(self._dataloader(pipeline, workers, persistent=False), num_batches, "train",
+        return self._stream(self._dataloader(pipeline, workers), num_batches, "train",
                             self.train_shards, self.batch_size, start_pass, fast_forward=self.resampled)
 
     def val_dataloader(self) -> StreamLoader | list:
@@ -166,5 +183,5 @@ class WebDataModule(lightning.LightningDataModule):
             Collate(skips, self.eval_transform),
         )
         workers = self._workers_for(urls, rank, world, "val")
-        return StreamLoader(self._dataloader(pipeline, workers, persistent=True), None, "val", self.val_shards,
+        return self._stream(self._dataloader(pipeline, workers), None, "val", self.val_shards,
                             self.batch_size)
