@@ -24,11 +24,11 @@ def _keys(node, prefix="") -> list[str]:
     return out
 
 
-def _one_line(e: OmegaConfBaseException, where: str, schema) -> ConfigError:
+def _one_line(e: OmegaConfBaseException, where: str) -> ConfigError:
     key = getattr(e, "full_key", None) or "?"
     msg = str(e).splitlines()[0]
     if isinstance(e, ConfigKeyError) and "not in" in msg:
-        return ConfigError(f"unknown config key {key!r} in {where}{suggest(key, _keys(schema))}")
+        return ConfigError(f"unknown config key {key!r} in {where}{suggest(key, _keys(OmegaConf.structured(Config)))}")
     if isinstance(e, ValidationError) and "value 'None'" in msg:
         return ConfigError(f"config key {key!r} in {where} has no value; it needs one ({msg.split('for ')[-1]})")
     if isinstance(e, ValidationError):
@@ -132,22 +132,23 @@ def load_config(files: list[str] = (), overrides: list[str] = (), data: bool = T
     """Defaults <- each experiment YAML in order (each after the files it extends) <- key=value overrides; checked,
     one-line ConfigError otherwise. `data=False`: for what reads no training data (`compclip probe`), which may leave
     data.train_shards unset."""
-    schema = OmegaConf.structured(Config)
-    cfg = schema.copy()
+    cfg = OmegaConf.structured(Config)
+    # merged in place: OmegaConf.merge would copy the whole config for every file and every override (most of the
+    # time a command with a few dozen overrides spends here); a failed merge raises, so cfg is never used half-merged
     for path, loaded in [step for path in files for step in _read(path)]:
         try:
             _clear_replaced(cfg, loaded)
-            cfg = OmegaConf.merge(cfg, loaded)
+            cfg.merge_with(loaded)
         except OmegaConfBaseException as e:
-            raise _one_line(e, path, schema) from None
+            raise _one_line(e, path) from None
     dotlist = normalise_overrides(list(overrides))
     for item in dotlist:
         try:
             new = OmegaConf.from_dotlist([item])
             _clear_replaced(cfg, new, item.split("=", 1)[0].strip())
-            cfg = OmegaConf.merge(cfg, new)
+            cfg.merge_with(new)
         except OmegaConfBaseException as e:
-            raise _one_line(e, f"override {item!r}", schema) from None
+            raise _one_line(e, f"override {item!r}") from None
     _plugin_sections(cfg)
     if not data and OmegaConf.is_missing(cfg.data, "train_shards"):
         cfg.data.train_shards = ""  # read by nothing that asked for data=False
@@ -157,6 +158,6 @@ def load_config(files: list[str] = (), overrides: list[str] = (), data: bool = T
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
-        raise _one_line(e, "interpolation", schema) from None
+        raise _one_line(e, "interpolation") from None
     check_values(cfg)
     return cfg
