@@ -145,11 +145,6 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
 
     start = time.perf_counter()
     parsed = parse_args(list(args))
-    cfg = probe_config(parsed)
-    suites = suites_for(cfg, parsed["probes"])
-    if not suites:
-        raise ConfigError("no probe suites: the checkpoint's run folder has no config.yaml naming some; give an "
-                          "experiment file, or name a probe with --probe NAME option=value ...")
     spec = parsed["encoder"] or f"compclip:{parsed['ckpt']}"
     if parsed["device"] is not None:
         import torch
@@ -161,7 +156,12 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
                               ) from None
         if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {parsed['device']!r}, but torch sees no CUDA GPU")
-    check_encoder(spec)  # a missing file or an unknown model stops us before the world is built
+    check_encoder(spec)  # first: a missing checkpoint is named as such, and stops us before the world is built
+    cfg = probe_config(parsed)
+    suites = suites_for(cfg, parsed["probes"])
+    if not suites:
+        raise ConfigError("no probe suites: the checkpoint's run folder has no config.yaml naming some; give an "
+                          "experiment file, or name a probe with --probe NAME option=value ...")
     if parsed["ckpt"]:
         ckpt = os.path.abspath(parsed["ckpt"])
         stem = os.path.splitext(os.path.basename(ckpt))[0]

@@ -132,6 +132,13 @@ def test_probe_command_bad_input_is_one_line_exit_2(short_run, tmp_path, capsys,
     assert not world.exists()
 
 
+def test_probe_without_an_experiment_file_names_a_missing_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no run folder around it: the checkpoint is what is wrong, not the suites
+    assert main(["probe", "--ckpt", "runs/x/checkpoints/last.ckpt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint 'runs/x/checkpoints/last.ckpt' not found" in err, err
+
+
 def test_a_second_run_in_the_same_process_gets_its_own_wandb_run(short_run, world, tmp_path):
     first, _ = short_run  # trained in this process just before, W&B offline
     cfg = load_config([DEFAULT], world_overrides(world) + TINY_MODEL + ["trainer.max_steps=1", "wandb.mode=offline",
