@@ -146,9 +146,10 @@ def train(cfg: DictConfig) -> dict:
     resume = resume_point(cfg, _launched_rank())  # a missing, unreadable or weights-only checkpoint fails here
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # Expected here, and alarming to a newcomer: frozen text layers are in eval mode on purpose, config.yaml is
-    # written into the run folder before the CSV logger starts, and one loader worker is the CPU default.
+    # written into the run folder before the CSV logger starts, one loader worker is the CPU default, and a run
+    # without val_shards hands Lightning an empty validation list.
     for pattern in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*", ".*exists and is not empty.*",
-                    ".*treespec.*"):
+                    ".*treespec.*", ".*Total length of `list` across ranks is zero.*"):
         warnings.filterwarnings("ignore", pattern)
 
     # Everything a bad value can stop is built before the run folder exists; the model first, before the synthetic
