@@ -1,6 +1,6 @@
 """lit_compclip: CLIP-style training that learns visual composition (arXiv 2412.15396) with Lightning.
 
-As a library: `lit_compclip.load(checkpoint_or_run_folder)` gives a trained CompClipModel (a plain nn.Module with
+As a library: `lit_compclip.load(checkpoint_run_or_export_folder)` gives a trained CompClipModel (a plain nn.Module with
 encode_image, encode_text, tokenize, transform and logit_scale), `lit_compclip.create_model(...)` a fresh one. Neither
 imports Lightning, W&B or the synthetic world; training lives in lit_compclip.training."""
 

@@ -1,4 +1,5 @@
-"""The `compclip` command: train, synth and config, all driven by experiment YAML files and key=value overrides."""
+"""The `compclip` command: train, probe, export, embed and the rest; training is driven by experiment YAML files and
+key=value overrides."""
 
 from __future__ import annotations
 
@@ -22,14 +23,22 @@ compclip breakdown RUN ...                                         a run's swap/
                 swap subsets by caption form (list or relation), VG-Relation by phrasing (synthetic world)
 compclip compare RUN_OR_RESULT ... [--out DIR] [--names A,B,...]   several models' probe results: one markdown
                 table and one PNG (rows models, columns benchmark subsets)
-compclip probe  (--ckpt PATH | --encoder open_clip:ARCH@TAG_OR_FILE | --encoder hf:PATH_OR_NAME) [EXP.yaml ...]
+compclip export RUN_OR_CKPT OUT [--format native|open_clip|sentence_transformers] [--hf-model-name ID]
+                a trained model as a folder other tools load (this package's own, open_clip's, sentence-transformers'),
+                checked by loading it back and comparing embeddings before the folder appears
+compclip embed  MODEL (--images PATH | --texts FILE) --out FILE.npz [--batch-size N] [--device DEVICE]
+                embeddings with their keys, as .npz, of an image folder, WebDataset shards or a text file (one
+                caption a line), from a checkpoint, a run or export folder, or an --encoder spec (--help: the keys)
+compclip probe  (--ckpt PATH_OR_EXPORT | --encoder open_clip:ARCH@TAG_OR_FILE | --encoder open_clip:local-dir:EXPORT
+                 | --encoder sentence_transformers:EXPORT | --encoder hf:PATH_OR_NAME) [EXP.yaml ...]
                 [key=value ...] [--probe NAME option=value ...] [--dump DIR] [--out DIR] [--device DEVICE]
                 score a checkpoint or another model (fp32): prints the table, writes probes.json, failures.md,
                 encoder.json and clip_benchmark/<suite>.json (and with --dump
                 one JSON-lines file of per-example results per probe subset)"""
 # commands with an argparse parser of their own (their --help lists the options): command -> "module:main"
 OWN_PARSER = {"recaption": "lit_compclip.recaption.command:main", "compare": "lit_compclip.reports.compare:main",
-              "breakdown": "lit_compclip.synth.breakdown:main", "sweep": "lit_compclip.reports.sweep:main"}
+              "breakdown": "lit_compclip.synth.breakdown:main", "sweep": "lit_compclip.reports.sweep:main",
+              "export": "lit_compclip.export.command:main", "embed": "lit_compclip.embed:main"}
 COMMANDS = ("train", "synth", "config", "batch-stats", "probe", *OWN_PARSER)
 
 
@@ -56,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compclip: error: unknown command {command!r}{suggest(command, COMMANDS)}; commands: "
               f"{', '.join(COMMANDS)} (compclip --help shows their usage)", file=sys.stderr)
         return 2
+    # transformers draws a "Loading weights" bar on stderr for every pretrained tower (and a "Writing" one when an
+    # export saves it): noise around a command's lines, and it would turn a one-line error into three (set
+    # HF_HUB_DISABLE_PROGRESS_BARS=0 to see them)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if command in OWN_PARSER:  # shard paths, run folders, a sweep spec: no experiment config of their own
         import importlib
 
@@ -64,9 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in rest or "--help" in rest:
         print(usage_of(command))
         return 0
-    # transformers draws a "Loading weights" bar on stderr for every pretrained tower: noise around a run's lines,
-    # and it would turn a one-line error into three (set HF_HUB_DISABLE_PROGRESS_BARS=0 to see it)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     log_to_stderr()
     try:
         return run(command, rest)

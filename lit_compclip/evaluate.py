@@ -20,7 +20,8 @@ from lit_compclip.config import ConfigError, load_config
 
 USAGE = ("compclip probe (--ckpt PATH | --encoder KIND:TARGET) [EXP.yaml ...] [key=value ...] "
          "[--probe NAME [option=value ...]]... [--dump DIR] [--out DIR] [--device DEVICE]; encoders: "
-         "compclip:CKPT, open_clip:ARCH@TAG_OR_FILE, hf:FOLDER_OR_NAME")
+         "compclip:CKPT_OR_EXPORT, open_clip:ARCH@TAG_OR_FILE, open_clip:local-dir:EXPORT, sentence_transformers:EXPORT, "
+         "hf:FOLDER_OR_NAME")
 FLAGS = ("--ckpt", "--encoder", "--device", "--dump", "--out", "--probe")
 
 
@@ -73,8 +74,8 @@ def parse_args(args: list[str]) -> dict[str, Any]:
 def default_out(spec: str) -> str:
     """runs/probe-<spec>: the spec with a local path shortened to its file name and odd characters made `_`."""
     kind, _, target = spec.partition(":")
-    parts = [os.path.basename(os.path.normpath(p)) if os.path.exists(os.path.expanduser(p)) else p
-             for p in target.split("@")]
+    parts = [p.removeprefix("local-dir:") for p in target.split("@")]  # an exported folder is named by itself
+    parts = [os.path.basename(os.path.normpath(p)) if os.path.exists(os.path.expanduser(p)) else p for p in parts]
     name = re.sub(r"[^A-Za-z0-9._@-]+", "_", f"{kind}_{'@'.join(parts)}").strip("_.")
     return os.path.join("runs", f"probe-{name}")
 
@@ -89,7 +90,12 @@ def unused_folder(path: str) -> str:
 
 
 def run_config(ckpt: str) -> str | None:
-    """The config.yaml of the run a checkpoint belongs to (RUN/checkpoints/NAME.ckpt), or None."""
+    """The config.yaml of the run a checkpoint belongs to (RUN/checkpoints/NAME.ckpt), or None (an export folder
+    belongs to no run)."""
+    from lit_compclip.factory import is_native_folder
+
+    if is_native_folder(ckpt):
+        return None
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt))), "config.yaml")
     return path if os.path.isfile(path) else None
 
@@ -138,6 +144,7 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     "encoder": what was used, "clip_benchmark": the result files written}. Everything a bad input can stop is
     checked before the model is loaded; results are written only once every probe has run (see staged)."""
     from lit_compclip.encoders import build_encoder, check_encoder
+    from lit_compclip.factory import is_native_folder
     from lit_compclip.probes import run_suite, split_suite
     from lit_compclip.probes.base import UnreadableImage
     from lit_compclip.probes.export import clip_benchmark_results, write_clip_benchmark
@@ -162,7 +169,7 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     if not suites:
         raise ConfigError("no probe suites: the checkpoint's run folder has no config.yaml naming some; give an "
                           "experiment file, or name a probe with --probe NAME option=value ...")
-    if parsed["ckpt"]:
+    if parsed["ckpt"] and not is_native_folder(parsed["ckpt"]):  # beside the checkpoints folder: the run's
         ckpt = os.path.abspath(parsed["ckpt"])
         stem = os.path.splitext(os.path.basename(ckpt))[0]
         fallback = os.path.join(os.path.dirname(os.path.dirname(ckpt)), f"probe-{stem}")

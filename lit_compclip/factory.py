@@ -1,11 +1,14 @@
 """The library's two ways to a model: create_model() builds a fresh one from the config's model section, load() reads a
-trained one from a checkpoint or a run folder. Neither imports Lightning, W&B or the synthetic world, and neither
-writes anything: the text tower's disk cache stays off unless a folder is given."""
+trained one from a checkpoint, a run folder or a native export folder (`compclip export`). Neither imports Lightning,
+W&B or the synthetic world, and neither writes anything: the text tower's disk cache stays off unless a folder is
+given."""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 from typing import Any, Mapping
 
 from lit_compclip.errors import BUILD_ERRORS, ConfigError, first_line
@@ -55,10 +58,12 @@ def create_model(config: Mapping[str, Any] | None = None, **options) -> CompClip
 
 
 def load(path: str, device: str = "cpu", cache_dir: str | None = None) -> CompClipModel:
-    """The trained CompClipModel of a training checkpoint (`runs/NAME/checkpoints/last.ckpt`) or of a run folder
-    (`runs/NAME`: its checkpoints/last.ckpt), in eval mode on `device`. The file is read weights-only, so nothing in
-    it can run code. `cache_dir`: a folder for the frozen text layers' disk cache (the run's own setting is ignored:
-    it names a folder relative to where the run was started). Errors are one-line ConfigErrors naming the file."""
+    """The trained CompClipModel of a training checkpoint (`runs/NAME/checkpoints/last.ckpt`), of a run folder
+    (`runs/NAME`: its checkpoints/last.ckpt) or of a native export folder (`compclip export`: its compclip_config.json,
+    model.safetensors and text tower files; no checkpoint or run folder needed), in eval mode on `device`. A checkpoint
+    is read weights-only and an export's weights with safetensors, so nothing in either can run code. `cache_dir`: a
+    folder for the frozen text layers' disk cache (the run's own setting is ignored: it names a folder relative to
+    where the run was started). Errors are one-line ConfigErrors naming the file or folder."""
     return _load(path, device, lambda run_folder: cache_dir)
 
 
@@ -72,8 +77,15 @@ def load_as_run(path: str, device: str = "cpu") -> CompClipModel:
 def _load(path: str, device: str, cache_folder) -> CompClipModel:
     from lit_compclip.checkpoints import checkpoint_file, load_weights, read_model_checkpoint
 
-    path = checkpoint_file(str(path))
-    config, weights = read_model_checkpoint(path)
+    path = str(path)
+    native = is_native_folder(path)
+    if native:
+        config, weights = read_native_folder(path)
+        what = f"export {path!r}"
+    else:
+        path = checkpoint_file(path)
+        config, weights = read_model_checkpoint(path)
+        what = f"checkpoint {path!r}"
     # The file's weights replace any pretrained ones (no hub, no download); compiling would only slow a first call.
     config = {**config, "compile": False}
     config["image"] = {**config.get("image", {}), "pretrained": False}
@@ -85,6 +97,90 @@ def _load(path: str, device: str, cache_folder) -> CompClipModel:
     try:
         model = CompClipModel.from_config(config)
     except (*BUILD_ERRORS, TypeError) as e:
-        raise ConfigError(f"checkpoint {path!r}: its model cannot be built here ({first_line(e)})") from None
-    load_weights(model, weights, path)
+        raise ConfigError(f"{what}: its model cannot be built here ({first_line(e)})") from None
+    if native:
+        _fill(model, weights, path)
+    else:
+        load_weights(model, weights, path)
     return model.to(device).eval()
+
+
+# ---- native export folders (written by lit_compclip.export.native, read here: the library never imports the export
+# layer). Only plain files: JSON, safetensors, the text tower's own folder.
+
+NATIVE_CONFIG = "compclip_config.json"  # its presence makes a folder a native export
+NATIVE_WEIGHTS = "model.safetensors"  # CompClipModel.state_dict(), shared tensors stored once (ALIASES)
+NATIVE_PREPROCESS = "preprocess.json"  # what model.transform does, for readers without this package
+NATIVE_TEXT = "text"  # the text tower's files: its whole language model folder, or a scratch tower's tokenizer
+NATIVE_FORMAT, NATIVE_VERSION = "lit_compclip", 1
+ALIASES = "aliases"  # safetensors metadata: JSON {name: the name whose tensor it shares}
+
+
+def is_native_folder(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, NATIVE_CONFIG))
+
+
+def native_config(folder: str) -> dict:
+    """The model section of a native export, its folder paths made absolute, or a one-line ConfigError. The config
+    names the text tower's folder relative to the export, so a moved export still loads."""
+    folder = os.path.abspath(folder)
+    where = os.path.join(folder, NATIVE_CONFIG)
+    try:
+        with open(where, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"export {where!r} cannot be read ({first_line(e)})") from None
+    if not isinstance(spec, dict) or spec.get("format") != NATIVE_FORMAT or not isinstance(spec.get("model"), dict):
+        raise ConfigError(f"export {where!r} is not a lit_compclip export config (no format {NATIVE_FORMAT!r} and "
+                          f"model section)")
+    version = spec.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= NATIVE_VERSION:
+        raise ConfigError(f"export {where!r} has format version {version!r}; this lit_compclip reads versions up to "
+                          f"{NATIVE_VERSION} (a newer lit_compclip wrote it: upgrade)")
+    config = copy.deepcopy(spec["model"])
+    for key in spec.get("relative_paths", []):  # e.g. "text.model"
+        *parents, name = str(key).split(".")
+        section = config
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        value = section.get(name) if isinstance(section, dict) else None
+        inside = isinstance(value, str) and not os.path.isabs(value) and \
+            os.path.normpath(value).split(os.sep)[0] != os.pardir
+        if not inside:
+            raise ConfigError(f"export {where!r}: {key} must be a folder inside the export, not {value!r}")
+        section[name] = os.path.join(folder, value)
+    return config
+
+
+def read_native_folder(folder: str) -> tuple[dict, dict]:
+    """(native_config(folder), the weights by name, read with safetensors: no pickle), or a one-line ConfigError."""
+    from safetensors import SafetensorError, safe_open
+
+    config = native_config(folder)
+    weights_file = os.path.join(os.path.abspath(folder), NATIVE_WEIGHTS)
+    try:
+        with safe_open(weights_file, framework="pt", device="cpu") as f:
+            aliases = json.loads((f.metadata() or {}).get(ALIASES, "{}"))
+            weights = {name: f.get_tensor(name) for name in f.keys()}
+    except (OSError, SafetensorError, json.JSONDecodeError) as e:
+        raise ConfigError(f"export {weights_file!r} cannot be read ({first_line(e)})") from None
+    if not isinstance(aliases, dict):
+        raise ConfigError(f"export {weights_file!r}: its {ALIASES!r} metadata is not a JSON object")
+    for name, same in aliases.items():  # a tied tensor comes back under each of its names
+        if same not in weights:
+            raise ConfigError(f"export {weights_file!r}: {name!r} is stored as {same!r}, which it does not hold")
+        weights[name] = weights[same]
+    return config, weights
+
+
+def _fill(model: CompClipModel, weights: dict, folder: str) -> None:
+    """model.load_state_dict(weights), every name and shape checked first: one line naming the first mismatch."""
+    want = model.state_dict()
+    missing, extra = sorted(set(want) - set(weights)), sorted(set(weights) - set(want))
+    shapes = [n for n in want if n in weights and tuple(want[n].shape) != tuple(weights[n].shape)]
+    if missing or extra or shapes:
+        detail = (f"weight {missing[0]!r} is missing" if missing else f"it holds an unknown weight {extra[0]!r}"
+                  if extra else f"weight {shapes[0]!r} has shape {tuple(weights[shapes[0]].shape)}, the model "
+                  f"{tuple(want[shapes[0]].shape)}")
+        raise ConfigError(f"export {folder!r} does not match this version's model ({detail})")
+    model.load_state_dict(weights)

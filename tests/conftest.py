@@ -1,6 +1,7 @@
 """Test-wide settings (nothing is fetched from a hub, W&B never prompts nor goes online) and the fixtures test modules
-share: the tiny synthetic world, the tiny model's training checkpoint, random decoder folders, and one warm
-interpreter to fork command lines from; no module leaves loader workers behind. (Plain helpers: tests/helpers.py.)"""
+share: the tiny synthetic world, the tiny model's training checkpoint, a stock-ViT checkpoint, random decoder folders,
+and one warm interpreter to fork command lines from; no module leaves loader workers behind. (Plain helpers:
+tests/helpers.py.)"""
 
 import json
 import os
@@ -90,6 +91,26 @@ def tiny_checkpoint(world, tmp_path_factory):
     model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 50}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vit_checkpoint(world, tmp_path_factory):
+    """An untrained CompClip with a stock vit_tiny_patch16_224 at 224 px and MiniLM (helpers.VIT), saved as a
+    training checkpoint: a model the open_clip export can hold."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from helpers import DEFAULT, VIT, world_overrides
+
+    from lit_compclip.config import load_config
+    from lit_compclip.training.module import CompClip
+
+    cfg = load_config([DEFAULT], world_overrides(world) + VIT)
+    torch.manual_seed(0)
+    model = CompClip(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), total_steps=1)
+    path = tmp_path_factory.mktemp("vit") / "vit.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 1}, path)
     return path
 
 

@@ -98,6 +98,12 @@ TINY_MODEL = ["model.image.img_size=32", "model.image.depth=1", "model.image.wid
 TINY_TEXT = "model.text={tower: scratch, width: 32, layers: 1, heads: 2, max_seq_len: 16}"
 
 
+# vit_tiny_patch16_224 at its own size, its patchify stem and class token; MiniLM without the text cache
+VIT_IMAGE = {"model": "vit_tiny_patch16_224", "img_size": 224, "patch_size": 16, "depth": 12, "width": 192,
+             "heads": 3, "stem": "patch", "pool": "model", "pos_embed": "learn"}
+VIT = [f"model.image.{k}={v}" for k, v in VIT_IMAGE.items()] + ["model.embed_dim=32", "model.text.cache_dir=null"]
+
+
 def world_overrides(world) -> list[str]:
     """Train, validate and probe on a ready-made synthetic world: its shards and the default suites' probe sets."""
     p = f"{world}/probes"
@@ -250,3 +256,40 @@ def load_script(name: str):
     import importlib
 
     return importlib.import_module(f"benchmarks.{name}")
+
+
+# ---- probes of an exported model against its checkpoint ------------------------------------------------------------
+
+def probe_records(world, dump, model_args: list[str]) -> dict[str, list[dict]]:
+    """`compclip probe MODEL_ARGS` on three examples of each of the world's SugarCrepe and Winoground files, dumped
+    to `dump`: its per-example records by subset."""
+    import json
+    from pathlib import Path
+
+    from lit_compclip.cli import main
+
+    p = Path(world) / "probes"
+    args = ["probe", *model_args, "probes.limit=3", "--device", "cpu", "--dump", str(dump),
+            "--probe", "sugarcrepe", f"annotations={p}/sugarcrepe", f"images={p}/sugarcrepe/images",
+            "--probe", "winoground", f"examples={p}/winoground/examples.jsonl", f"images={p}/winoground/images"]
+    assert main(args) == 0
+    return {f"{d.name}/{f.stem}": [json.loads(line) for line in f.read_text().splitlines()]
+            for d in Path(dump).iterdir() if d.is_dir() and d.name != "clip_benchmark" for f in d.glob("*.jsonl")}
+
+
+def assert_same_records(ours: dict, theirs: dict) -> None:
+    """The same subsets, examples, similarity scores (within float32 rounding) and verdicts, example by example."""
+    import torch
+
+    assert ours.keys() == theirs.keys() and len(ours) == 8  # seven SugarCrepe subsets and Winoground
+    checked = 0
+    for subset, rows in ours.items():
+        assert len(rows) == len(theirs[subset]) > 0
+        for want, got in zip(rows, theirs[subset]):
+            for key in ("scores", "matrix"):
+                if key in want:
+                    scores = torch.tensor(want[key])
+                    assert torch.allclose(torch.tensor(got[key]), scores, atol=1e-5), (subset, key)
+                    checked += scores.numel()
+            assert got["correct"] == want["correct"], subset
+    assert checked >= 50

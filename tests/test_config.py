@@ -188,7 +188,7 @@ def test_cli_missing_shards_and_probe_files_exit_2(tmp_path, capsys):
     assert "nothing-" in capsys.readouterr().err
     (tmp_path / "s.tar").write_bytes(b"")
     args = ["train", f"data.train_shards={tmp_path}/s.tar", "data.val_shards=null", "probes.suites={}",
-            f"+probes.suites.w.type=winoground", f"probes.suites.w.examples={tmp_path}/no.jsonl",
+            "+probes.suites.w.type=winoground", f"probes.suites.w.examples={tmp_path}/no.jsonl",
             f"probes.suites.w.images={tmp_path}"]
     assert main([a for a in args if not a.startswith("+")] + ["probes.suites.w.type=winoground"]) == 2
     # the model is built first (its loading bar may come before); the error is the one line after it

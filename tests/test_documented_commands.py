@@ -7,11 +7,11 @@ so a documented command cannot break silently. No model is loaded and nothing ru
 - train, config, synth, batch-stats: the experiment files and overrides pass the config check (load_config).
 - probe: its command line, the config check, and each named probe's type and options (no probe files are read).
 - recaption: its parser, and the options its backend takes; sweep: `--dry-run`; compare and breakdown: their
-  parsers.
+  parsers; export and embed: their parsers.
 
 Placeholders stand for what a reader fills in: EXP / EXP.yaml / FILE -> experiments/default.yaml, SPEC.yaml -> a
-sweep spec, key=VALUE in capitals -> the key's default, `<...>`, `...`, `key=value` and $VARIABLES -> dropped or 1.
-Paths such as /data/web are only strings to the parsers. A `compclip` text that is a message (`compclip train:
+sweep spec, key=VALUE in capitals -> the key's default, `<...>`, `...`, `key=value` and $VARIABLES -> dropped or 1,
+a run's own runs/NAME/config.yaml -> experiments/default.yaml. Paths such as /data/web are only strings to the parsers. A `compclip` text that is a message (`compclip train:
 error: ...`) or a list of commands (`compclip train | probe`) is not a command."""
 
 import functools
@@ -93,6 +93,9 @@ def fill_placeholders(args: list[str]) -> list[str]:
         if arg in PLACEHOLDER_FILES:
             out.append(PLACEHOLDER_FILES[arg])
             continue
+        if re.fullmatch(r"runs/[^/]+/config\.yaml", arg):  # a run's own config.yaml: the file that run was made from
+            out.append(PLACEHOLDER_FILES["EXP"])
+            continue
         key, eq, value = arg.partition("=")
         if eq and (PLACEHOLDER_VALUE.match(value) or "..." in value):
             if key.lstrip("-") == "experiment":
@@ -138,6 +141,14 @@ def check_compclip(args: list[str]) -> None:
         from lit_compclip.reports.sweep import main
 
         assert main([*rest, "--dry-run"]) == 0, "compclip sweep --dry-run failed"
+    elif command == "export":
+        from lit_compclip.export.command import parse
+
+        parse(rest)
+    elif command == "embed":
+        from lit_compclip.embed import parser
+
+        parser().parse_args(rest)
     elif command == "compare":
         from lit_compclip.reports.compare import parse
 

@@ -18,14 +18,15 @@ ALLOWED = {
     "data": {"library", "tools"},
     "config": {"library", "tools", "data"},  # plug-ins are reached by name (config/plugins.py), never imported
     "recaption": {"library", "tools", "data"},
+    "export": {"library", "tools", "data"},  # a trained model to other tools' folders (the library reads its own)
     "reports": {"library", "tools", "data", "config"},
     "training": {"library", "tools", "data", "config", "reports"},  # a run draws its probe chart
     # the synthetic world is a plug-in on top: it may use anything below, and only names reach it (config/plugins.py,
     # the hard-negative and recaption registries) or the commands
     "synth": {"library", "tools", "data", "config", "recaption", "reports", "training"},
-    "commands": {"library", "tools", "data", "config", "synth", "recaption", "training", "reports"},
+    "commands": {"library", "tools", "data", "config", "synth", "recaption", "training", "reports", "export"},
 }
-NAMED = {"cli_args": "tools", "stopping": "tools", "cli": "commands", "evaluate": "commands"}
+NAMED = {"cli_args": "tools", "stopping": "tools", "cli": "commands", "evaluate": "commands", "embed": "commands"}
 
 
 def layer(module: str) -> str:

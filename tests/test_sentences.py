@@ -2,7 +2,6 @@
 on hard sentences; only the fields data.sentence_sample names are sampled; and on every caption of the synthetic world
 the splitter, and so every experiment's picks, are what the regex splitter of before gave (no figure moves)."""
 
-import io
 import json
 import random
 import re

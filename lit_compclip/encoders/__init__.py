@@ -17,8 +17,10 @@ ENCODERS = {
     "compclip": "lit_compclip.encoders.compclip:CompClipEncoder",
     "open_clip": "lit_compclip.encoders.open_clip:OpenClipEncoder",
     "hf": "lit_compclip.encoders.hf:HFEncoder",
+    "sentence_transformers": "lit_compclip.encoders.sentence_transformers:SentenceTransformersEncoder",
 }
-EXAMPLES = ("compclip:RUN/checkpoints/last.ckpt, open_clip:ViT-B-32@openai, open_clip:ARCH@FILE, "
+EXAMPLES = ("compclip:RUN/checkpoints/last.ckpt, compclip:EXPORT_FOLDER, open_clip:ViT-B-32@openai, "
+            "open_clip:ARCH@FILE, open_clip:local-dir:EXPORT_FOLDER, sentence_transformers:EXPORT_FOLDER, "
             "hf:google/siglip-base-patch16-224")
 
 

@@ -42,13 +42,17 @@ class ModuleEncoder:
 
 
 class CompClipEncoder(ModuleEncoder):
-    """A lit_compclip training checkpoint (read weights-only) in eval mode on `device`, its weights in the dtypes the
+    """A lit_compclip training checkpoint (read weights-only) or native export folder in eval mode on `device`, its weights in the dtypes the
     run kept them in (fp32, or a frozen text prefix in the run's `frozen_dtype`); encoded with autocast off."""
 
     @staticmethod
     def check(target: str) -> None:
         from lit_compclip.checkpoints import read_checkpoint_file
+        from lit_compclip.factory import is_native_folder, native_config
 
+        if is_native_folder(target):  # `compclip export`'s native folder: its config read and checked
+            native_config(target)
+            return
         read_checkpoint_file(target, mmap=True)  # tensors memory-mapped: cheap, and as strict as loading
 
     def __init__(self, target: str, device: str = "cpu"):

@@ -1,12 +1,17 @@
-"""open_clip models as probe encoders: `open_clip:ARCH@PRETRAINED`, PRETRAINED a pretrained tag or a local file.
+"""open_clip models as probe encoders: `open_clip:ARCH@PRETRAINED`, PRETRAINED a pretrained tag or a local file, and
+`open_clip:local-dir:FOLDER` (or `open_clip:FOLDER`), a folder in open_clip's hub layout (what `compclip export
+--format open_clip` writes).
 
 The weights are read weights-only by lit_compclip.checkpoints (or from safetensors) into a model open_clip builds
-without any, so nothing in a checkpoint can run code; preprocessing, tokenizer and context length are open_clip's
-own for that architecture and tag, in fp32."""
+without any, so nothing in a checkpoint can run code (a folder's weights open_clip reads itself, weights-only too);
+preprocessing, tokenizer and context length are open_clip's own for that architecture and tag, or that folder, in
+fp32."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
 import logging
 import os
 
@@ -75,14 +80,68 @@ def load_weights(model, state: dict[str, torch.Tensor], path: str) -> None:
                           f"{' '.join(lines[1:3])[:200] or lines[0][:200]}") from None
 
 
+LOCAL_DIR = "local-dir:"  # open_clip's own prefix for a model folder
+FOLDER_CONFIG = "open_clip_config.json"
+
+
+def folder_target(target: str) -> str | None:
+    """The folder a target names: `local-dir:PATH`, an existing folder, or a path (a slash before any '@'); else
+    None (an ARCH@PRETRAINED)."""
+    if target.startswith(LOCAL_DIR):
+        return target[len(LOCAL_DIR):]
+    if os.path.isdir(target) or ("/" in target.partition("@")[0] and not target.startswith("hf-hub:")):
+        return target
+    return None
+
+
+def check_folder(folder: str) -> tuple[dict, str]:
+    """(its open_clip_config.json, its weights file) of an open_clip model folder, or a one-line ConfigError."""
+    if not folder or not os.path.isdir(folder):
+        raise ConfigError(f"open_clip: folder {folder!r} not found")
+    path = os.path.join(folder, FOLDER_CONFIG)
+    if not os.path.isfile(path):
+        raise ConfigError(f"open_clip: folder {folder!r} holds no {FOLDER_CONFIG}, so it is not an open_clip model "
+                          f"folder (`compclip export RUN OUT --format open_clip` writes one)")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"open_clip: {path!r} cannot be read ({type(e).__name__}: {first_line(e, 120)})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
+        raise ConfigError(f"open_clip: {path!r} has no model_cfg")
+    weights = sorted(w for ext in ("safetensors", "bin", "pth") for w in glob.glob(os.path.join(folder, f"*.{ext}")))
+    if not weights:
+        raise ConfigError(f"open_clip: folder {folder!r} holds no weights (open_clip_model.safetensors)")
+    preferred = os.path.join(folder, "open_clip_model.safetensors")
+    return config, preferred if preferred in weights else weights[0]
+
+
+def _resolves(name: str) -> bool:
+    """Whether transformers finds `name`'s config here (a folder, or the Hugging Face cache) without the hub."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:
+        return False
+    return True
+
+
 class OpenClipEncoder:
     """`ARCH@PRETRAINED`: ARCH one of open_clip.list_models(), PRETRAINED a tag of it (open_clip.list_pretrained,
-    read from the local cache or downloaded by open_clip) or a state_dict file (torch.save(model.state_dict()))."""
+    read from the local cache or downloaded by open_clip) or a state_dict file (torch.save(model.state_dict())).
+    `local-dir:FOLDER` or `FOLDER`: a folder open_clip builds itself (create_model_and_transforms("local-dir:...")).
+    """
 
     @classmethod
     def check(cls, target: str) -> tuple[str, str, str, dict]:
         """(arch, pretrained, weights file, the tag's config or {}); a tag's weights come from the cache (or are
-        downloaded, where that is possible) here, before anything else."""
+        downloaded, where that is possible) here, before anything else. A folder: ("local-dir", folder, weights
+        file, its open_clip_config.json)."""
+        folder = folder_target(target)
+        if folder is not None:
+            config, weights = check_folder(folder)
+            return "local-dir", folder, weights, config
         import open_clip
 
         arch, sep, pretrained = target.partition("@")
@@ -105,6 +164,9 @@ class OpenClipEncoder:
         import open_clip
 
         arch, pretrained, path, tag_cfg = self.check(target)
+        if arch == "local-dir":
+            self._from_folder(pretrained, tag_cfg, path, device)
+            return
         quick_gelu = bool(tag_cfg.get("quick_gelu", False))  # weights trained with QuickGELU need it to score right
         try:
             with _quiet():
@@ -123,6 +185,36 @@ class OpenClipEncoder:
         self.context_length = int(getattr(tokenizer, "context_length", None) or model.context_length)
         self.info = {"model": arch, "pretrained": pretrained, "weights": os.path.abspath(path), "dtype": "float32",
                      "device": str(device), "quick_gelu": quick_gelu,
+                     "image_preprocess": dict(getattr(model.visual, "preprocess_cfg", {})),
+                     "image_transform": str(preprocess), "tokenizer": type(tokenizer).__name__,
+                     "context_length": self.context_length, "open_clip": open_clip.__version__}
+
+    def _from_folder(self, folder: str, config: dict, weights: str, device: str) -> None:
+        """open_clip's own load of the folder: its config, weights, preprocess and tokenizer. A text tower whose
+        hf_model_name only the hub has (a published export, offline here) is built from the folder's config.json,
+        which the export writes: open_clip reads nothing else from that name."""
+        import open_clip
+
+        folder = os.path.abspath(folder)
+        text_cfg = dict(config["model_cfg"].get("text_cfg") or {})
+        name, kwargs = text_cfg.get("hf_model_name"), {}
+        hf_config = name
+        if name and not _resolves(name) and os.path.isfile(os.path.join(folder, "config.json")):
+            kwargs["text_cfg"], hf_config = {**text_cfg, "hf_model_name": folder}, os.path.join(folder, "config.json")
+        try:
+            with _quiet():
+                model, _, preprocess = open_clip.create_model_and_transforms(LOCAL_DIR + folder, precision="fp32",
+                                                                             device="cpu", **kwargs)
+                tokenizer = open_clip.get_tokenizer(LOCAL_DIR + folder)
+        except Exception as e:  # a model open_clip cannot build, a text tower neither here nor in the cache, ...
+            raise ConfigError(f"open_clip:{LOCAL_DIR}{folder} cannot be built ({type(e).__name__}: "
+                              f"{first_line(e)})") from None
+        self.model = model.to(device).eval()
+        self.preprocess, self.tokenizer, self.device = preprocess, tokenizer, torch.device(device)
+        self.context_length = int(getattr(tokenizer, "context_length", None) or model.context_length)
+        self.info = {"model": LOCAL_DIR + folder, "pretrained": os.path.abspath(weights),
+                     "weights": os.path.abspath(weights), "dtype": "float32", "device": str(device),
+                     "hf_model_name": name, "hf_config": hf_config,
                      "image_preprocess": dict(getattr(model.visual, "preprocess_cfg", {})),
                      "image_transform": str(preprocess), "tokenizer": type(tokenizer).__name__,
                      "context_length": self.context_length, "open_clip": open_clip.__version__}
