@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shlex
+import signal
 from pathlib import Path
 
 import torch
@@ -293,3 +294,24 @@ def assert_same_records(ours: dict, theirs: dict) -> None:
                     checked += scores.numel()
             assert got["correct"] == want["correct"], subset
     assert checked >= 50
+
+
+# ---- a test that must not hang --------------------------------------------------------------------------------------
+
+class Expired(BaseException):
+    """Not an Exception: the data pipeline counts those as skips and goes on."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fails the test instead of hanging it (a stream that never ends, a process that never stops)."""
+    def expired(signum, frame):
+        raise Expired(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

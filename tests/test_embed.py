@@ -2,7 +2,6 @@
 the embeddings the model's own encode_image(transform(image)) / encode_text give; what cannot be read is counted,
 logged and listed; every bad input is one line, exit 2, nothing written; SIGTERM leaves nothing behind."""
 
-import contextlib
 import io
 import json
 import os
@@ -16,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import BLUE, CYAN, GREEN, GREY, PURPLE, RED, YELLOW, assert_close_by_norm, jpeg, solid, write_shard
+from helpers import (BLUE, CYAN, GREEN, GREY, PURPLE, RED, YELLOW, assert_close_by_norm, deadline, jpeg, solid,
+                     write_shard)
 from lit_compclip import embed as embed_module
 from lit_compclip.embed import main
 from lit_compclip.stopping import Stopped
@@ -264,19 +264,6 @@ def test_a_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, tiny_check
 
 # ---- a stop signal --------------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def deadline(seconds: int):
-    """Fails the test instead of hanging it."""
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_sigterm_while_waiting_for_a_shard_stops_it_and_leaves_nothing(tmp_path, tiny_checkpoint, capsys,

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from helpers import deadline
 from lit_compclip.cli import main
 from lit_compclip.config import ConfigError, check_caption_fields, load_config
 from lit_compclip.data.captions import split_sentences
@@ -110,23 +111,6 @@ def shards(tmp_path_factory):
     return folder
 
 
-class Expired(BaseException):
-    """Not an Exception: the data pipeline counts those as skips and goes on."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: int):
-    """Fails the test instead of hanging it (a stream that never ends, a process that never stops)."""
-    def expired(signum, frame):
-        raise Expired(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # ------------------------------------------------------------------- a caption field the shards do not hold
