@@ -21,9 +21,10 @@ MAIN_RATIOS = {
     "text_cache_speedup": ("ours_shipped", "ours_shipped_no_cache"),
     "length_groups_speedup": ("ours_shipped_no_cache", "ours_shipped_one_group"),
 }
-VIT_ARMS = ["open_clip_shipped", "open_clip_like_for_like", "ours_like_for_like"]
+VIT_ARMS = ["open_clip_shipped", "open_clip_like_for_like", "ours_like_for_like", "ours_patch_dropout"]
 VIT_RATIOS = {"train_vs_open_clip_vit_b16_like_for_like": ("ours_like_for_like", "open_clip_like_for_like"),
-              "train_vs_open_clip_vit_b16": ("ours_like_for_like", "open_clip_shipped")}
+              "train_vs_open_clip_vit_b16": ("ours_like_for_like", "open_clip_shipped"),
+              "patch_dropout_speedup_vit_b16": ("ours_patch_dropout", "ours_like_for_like")}
 CACHE_LAYERS = (1, 0)  # trained MiniLM layers of the extra cache pairs (the default trains 2)
 
 

@@ -28,6 +28,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 VIT_B16 = ["model.image.width=768", "model.image.depth=12", "model.image.heads=12", "model.image.patch_size=16",
            "model.image.img_size=64", "data.batch_size=16"]
 QUICK_VIT = ["model.image.width=64", "model.image.depth=1", "model.image.heads=2"]  # --quick: the code path only
+PATCH_DROPOUT = 0.5  # the ViT-B/16-sized case's patch-dropout arm: half the patch tokens dropped (FLIP's 50%)
 COLLECTED = 8  # distinct batches held in memory and cycled through
 
 
@@ -110,6 +111,9 @@ def run(args) -> dict:
         del large_model
         large_steps = max(1, args.steps // 2)
         large_arms = open_clip_arms(large_cfg, large_batches, large_steps, max(1, first - 1), VIT_ARMS)
+        large_arms["ours_patch_dropout"] = our_loop.LoopArm(  # the same step with half the patch tokens dropped
+            like(VIT_B16 + (QUICK_VIT if args.quick else []) + [f"model.image.patch_dropout={PATCH_DROPOUT}"]),
+            large_batches, large_steps, max(1, first - 1))
         large_times = timing.alternate({n: large_arms[n] for n in VIT_ARMS}, args.rounds, "1b. ")["times"]
         large = ratios(large_times, VIT_RATIOS)
         raw["vit_b16"] = {"arms": arm_summary(large_times, large_arms),
@@ -235,7 +239,9 @@ def table(r: dict) -> str:
               f"{ms('ours_like_for_like', v['arms'])} vs {ms('open_clip_like_for_like', v['arms'])}, batch "
               f"{v['batch_size']}"),
              ("ViT-B/16-sized: ours vs open_clip as it ships", "train_vs_open_clip_vit_b16",
-              f"{ms('ours_like_for_like', v['arms'])} vs {ms('open_clip_shipped', v['arms'])}")]
+              f"{ms('ours_like_for_like', v['arms'])} vs {ms('open_clip_shipped', v['arms'])}"),
+             (f"ViT-B/16-sized: patch dropout {PATCH_DROPOUT:g} vs none (ours)", "patch_dropout_speedup_vit_b16",
+              f"{ms('ours_patch_dropout', v['arms'])} vs {ms('ours_like_for_like', v['arms'])}")]
     for label, key, detail in rows:
         lines.append(f"  {label:<54} {describe(s[key]):<26} {detail}")
     t = raw["open_clip_tokens"]

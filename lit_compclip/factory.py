@@ -24,7 +24,7 @@ DEFAULT_MODEL: dict[str, Any] = {
     "image": {"model": "vit_tiny_patch16_224", "pretrained": False, "img_size": 64, "patch_size": 8, "depth": 4,
               "width": 128, "heads": 4, "pos_embed": "learn", "pool": "flatten", "stem": "conv", "stem_norm": "group",
               "stem_groups": 8, "stem_convs": [0, 1, 1], "augment": True, "crop_scale": [0.9, 1.0],
-              "grad_checkpointing": False, "channels_last": False},
+              "grad_checkpointing": False, "channels_last": False, "patch_dropout": 0.0},
     "text": {"tower": "sentence_transformers", "model": "all-MiniLM-L6-v2", "unfreeze_layers": 2, "cache_dir": None,
              "cache_dtype": "float16"},
 }

@@ -29,7 +29,7 @@ def tiny(world, tmp_path_factory):
 
 RATIOS = ("train_vs_open_clip_like_for_like", "open_clip_padding_factor", "open_clip_dropout_factor",
           "train_vs_open_clip", "train_vs_open_clip_as_shipped", "text_cache_speedup", "length_groups_speedup",
-          "train_vs_open_clip_vit_b16_like_for_like", "train_vs_open_clip_vit_b16")
+          "train_vs_open_clip_vit_b16_like_for_like", "train_vs_open_clip_vit_b16", "patch_dropout_speedup_vit_b16")
 
 
 def positive(x) -> bool:

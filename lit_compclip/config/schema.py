@@ -64,6 +64,9 @@ class ImageConfig:
     crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
     grad_checkpointing: bool = False  # recompute the trunk's blocks in backward: less memory, ~30% more compute
     channels_last: bool = False  # NHWC trunk and batch: faster convolutions on GPU (CNN trunks, a ViT's patch conv)
+    # FLIP's patch dropout: the fraction of patch tokens each training image drops before the ViT's blocks (none in
+    # evaluation; class token kept); fewer tokens, a cheaper step. ViTs with pool=model only; 0: off.
+    patch_dropout: float = 0.0
 
 
 @dataclass
@@ -99,6 +102,9 @@ class OptimConfig:
     # GradCache: encode each process's data.batch_size samples this many at a time, the loss still over the whole
     # (global) batch; one extra forward pass per step. null (or >= data.batch_size): the whole batch at once.
     micro_batch_size: Optional[int] = None
+    # AdamW's update: null, torch's own choice (the per-tensor loop on the CPU, foreach on CUDA); foreach; fused (one
+    # kernel per dtype and device, a speed lever on GPUs); for_loop. Each trains as the others (tests/test_optim_impl.py).
+    implementation: Optional[str] = None
 
 
 @dataclass

@@ -86,6 +86,21 @@ def flat_tokens(trunk: nn.Module) -> int:
     return grid[0] * grid[1]
 
 
+PATCH_DROPOUT_NEEDS_VIT = ("model.image.patch_dropout needs a ViT whose patch tokens timm can drop (its "
+                           "patch_drop_rate), not timm model {model!r}; set model.image.patch_dropout=0")
+
+
+def check_patch_dropout(rate, pool: str) -> None:
+    """FLIP's patch dropout (Li et al., 2023), as timm's PatchDropout does it: in training each image keeps a random
+    int(N * (1 - rate)) of its N patch tokens (class and register tokens always), in evaluation all of them."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"model.image.patch_dropout={rate!r}: the fraction of patch tokens dropped in training must "
+                         f"be in [0, 1)")
+    if rate and pool == "flatten":
+        raise ValueError("model.image.patch_dropout needs model.image.pool=model: pool='flatten' projects every patch "
+                         "token by its place, so none can be dropped")
+
+
 STEM_NORMS = ("group", "batch")
 
 
@@ -143,9 +158,10 @@ class ImageTower(nn.Module):
                  stem: str = "patch",  # the config's default is "conv" (lit_compclip/config/schema.py)
                  stem_norm: str = "group", stem_groups: int = 8, stem_convs: Sequence[int] | None = None,
                  augment: bool = True, crop_scale: tuple[float, float] = (0.9, 1.0),
-                 grad_checkpointing: bool = False, channels_last: bool = False):
+                 grad_checkpointing: bool = False, channels_last: bool = False, patch_dropout: float = 0.0):
         super().__init__()
         import timm
+        from timm.layers import PatchDropout
 
         if not timm.is_model(model):
             from lit_compclip.registry import suggest
@@ -161,13 +177,18 @@ class ImageTower(nn.Module):
             overrides.update(embed_layer=conv_stem(patch_size, width, stem_norm, stem_groups, stem_convs), patch_size=1)
         elif stem != "patch":
             raise ValueError(f"model.image.stem={stem!r}: choose 'patch' or 'conv'")
-        sizes = {k: v for k, v in overrides.items() if k != "embed_layer"}
+        check_patch_dropout(patch_dropout, pool)
+        if patch_dropout:  # passed only when on: at 0 timm's Identity stays, and the model is today's
+            overrides["patch_drop_rate"] = patch_dropout
+        sizes = {k: v for k, v in overrides.items() if k not in ("embed_layer", "patch_drop_rate")}
         if pretrained:
             check_hub_weights(model)
         try:
             with _hub_quiet():
                 self.trunk = timm.create_model(model, pretrained=pretrained, num_classes=0, **overrides)
         except TypeError as e:
+            if "patch_drop_rate" in str(e):
+                raise ValueError(PATCH_DROPOUT_NEEDS_VIT.format(model=model)) from None
             hint = "; model.image.stem='conv' needs a ViT: set model.image.stem=patch" if stem == "conv" else ""
             raise ValueError(f"model.image.model: timm model {model!r} does not take these size overrides {sizes}: "
                              f"{e}{hint}") from None
@@ -180,6 +201,8 @@ class ImageTower(nn.Module):
             if isinstance(e, (ValueError, AssertionError)):  # timm checks the sizes it is given with these
                 raise ValueError(f"model.image: timm cannot build {model!r} with {sizes}: {first_line(e)}") from e
             raise
+        if patch_dropout and not isinstance(getattr(self.trunk, "patch_drop", None), PatchDropout):
+            raise ValueError(PATCH_DROPOUT_NEEDS_VIT.format(model=model))  # a model that took the option and ignored it
         if pos_embed == "sincos":
             fix_sincos_pos_embed(self.trunk)
         elif pos_embed != "learn":

@@ -15,6 +15,11 @@ from lightning.pytorch.strategies import ParallelStrategy
 from lit_compclip.losses import info_nce, info_nce_local, info_nce_with_negatives
 from lit_compclip.model import CompClipModel
 
+# optim.implementation -> torch.optim.AdamW's switch: null leaves torch's own choice (the plain per-tensor loop on the
+# CPU, foreach on CUDA); "fused" runs the whole update as one kernel per dtype and device (a speed lever on GPUs).
+ADAMW_IMPLEMENTATIONS = {None: {}, "for_loop": {"foreach": False}, "foreach": {"foreach": True},
+                         "fused": {"fused": True}}
+
 
 def rank_and_world() -> tuple[int, int]:
     """This process's rank and the number of processes (0, 1 outside torch.distributed)."""
@@ -259,7 +264,8 @@ class CompClip(L.LightningModule):
             key = (decay, pretrained)
             groups.setdefault(key, {"params": [], "weight_decay": o["weight_decay"] if decay else 0.0,
                                     "lr": text_lr if pretrained else o["lr"]})["params"].append(p)
-        optimizer = torch.optim.AdamW(list(groups.values()), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
+        optimizer = torch.optim.AdamW(list(groups.values()), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+                                      **ADAMW_IMPLEMENTATIONS[o.get("implementation")])
         total = self.total_steps or self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ValueError("the learning-rate schedule needs a length: set trainer.max_steps or "
