@@ -19,7 +19,7 @@ CKPT ?= runs/default/checkpoints/last.ckpt
 # finetune EXP=... would train experiments/hard_negatives.yaml anyway): refused with one line and exit 2 instead.
 unused = $(foreach v,$(1),$(if $(filter command line,$(origin $(v))),$(error make $@: $(v) is not used by this target$(2))))
 .PHONY: help install train finetune probe ablation seeds refinements synth bench bench-gpu bench-decoder bench-gpu-decoder \
-        bench-recaption test test-all config clean
+        bench-recaption bench-data test test-all config clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ bench-decoder: $(BENCH_STAMP)  ## CPU, A B B A rounds: a 26-layer random decoder
 
 bench-gpu-decoder: $(STAMP)  ## on one GPU, bf16: ViT-B/16 + Qwen3-Embedding-0.6B- and Gemma-2-2B-sized random decoders: samples/s, peak memory, MFU, cache on/off
 	$(PY) -m benchmarks.bench_gpu_decoder $(ARGS)
+
+bench-data: $(STAMP)  ## CPU: the training loader on real-size JPEG shards at 224 px, 0..N workers: samples/s per worker, workers one GPU needs (--gpu-rate), decode vs transform, Pillow draft decoding -> bench_data.json (ARGS="--quick")
+	$(PY) -m benchmarks.bench_data $(ARGS)
 
 bench-recaption: $(STAMP)  ## recaption backends' samples/s, as ratios against a baseline run in the same process
 	$(PY) -m benchmarks.bench_recaption

@@ -7,8 +7,9 @@ Usage: python benchmarks/bench_gpu_decoder.py [--steps N] [--batch B] [--cases q
 The decoders have random weights (built on the GPU from their configuration, saved to a temporary folder: nothing
 is downloaded) and the bundled MiniLM's 30,522-token vocabulary, so their embedding tables are smaller than the
 real models' (151,669 and 256,000 rows): peak memory is below theirs by that table. MFU is model FLOPs per step
-(torch.utils.flop_counter, under bf16 autocast) / step time / the card's dense bf16 peak from its data sheet where
-the card is known (`SPEC_PEAKS`), else the best large bf16 matmul measured in this run (both are recorded).
+(torch.utils.flop_counter, under bf16 autocast) / step time / the card's dense bf16 peak from its data sheet
+(`benchmarks/peaks.py`; omitted, with the reason, for a card not listed there); beside it the same FLOP rate over
+the best large bf16 matmul measured in this run.
 """
 
 from __future__ import annotations
@@ -37,14 +38,13 @@ CASES = {
                              "head_dim": 256}, "mean"),
 }
 TRAINED = 4
-# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, without sparsity); first match wins
-SPEC_PEAKS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
-              ("L4", 121e12), ("A10", 125e12)]
 
 
 def spec_peak(device_name: str) -> float | None:
-    """The card's dense bf16 peak from `SPEC_PEAKS` (None for a card not listed)."""
-    return next((peak for name, peak in SPEC_PEAKS if name in device_name), None)
+    """The card's dense bf16 peak from its data sheet (`benchmarks.peaks`, shared with bench_gpu.py)."""
+    from benchmarks.peaks import datasheet_peak
+
+    return datasheet_peak(device_name)
 
 
 def save_decoder(folder: str, family: str, sizes: dict, device: str = "cuda", seed: int = 0) -> str:
@@ -75,7 +75,7 @@ def run_case(cfg, steps: int, warmup: int, device: str = "cuda") -> dict:
     (`device="cpu"` only to test this code where there is no GPU; no memory figure there)."""
     import torch
 
-    from benchmarks import our_loop, script, step_costs
+    from benchmarks import our_loop, peaks, script, step_costs
 
     cuda, collected = device == "cuda", 4
     fill = collected if cfg.model.text.get("cache_dir") else 0  # one pass over the batches first fills a cache
@@ -93,6 +93,7 @@ def run_case(cfg, steps: int, warmup: int, device: str = "cuda") -> dict:
         flops = step_costs.count_flops(model, batch)  # with a warm cache: the trained tail's FLOPs only
     return {"samples_per_s": ours["samples_per_s"], "step_s": statistics.median(ours["intervals"]),
             "peak_memory_bytes": peak_memory, "flops_per_step": flops["total"], "text_flops_per_step": flops["text"],
+            "image_flops_check": peaks.image_flops_check(model.model.image, len(batches[0]["caption"]), flops["image"]),
             "cache": ours["cache"], "batch_size": len(batches[0]["caption"]), "timed_steps": steps}
 
 
@@ -121,17 +122,16 @@ def main(argv=None) -> int:
         return NO_GPU
     import shutil
 
-    from benchmarks import script, step_costs
+    from benchmarks import peaks, script, step_costs
     from lit_compclip.config import load_config
     from lit_compclip.config.plugins import prepare
 
     card = torch.cuda.get_device_name(0)
     measured = script.timed("bf16 matmul peak", step_costs.matmul_peak, 8192, torch.bfloat16, "cuda", 20)
-    peak = spec_peak(card) or measured
+    record = peaks.peak_record(card, measured)
+    peak = record["datasheet_bf16_dense_peak_per_s"]  # None for a card not listed: MFU omitted
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": script.machine(), "card": card, "precision": "bf16-mixed", "trained_layers": TRAINED,
-           "peak_per_s": peak, "peak_source": "data sheet" if spec_peak(card) else "measured matmul",
-           "bf16_matmul_peak_per_s": measured, "cases": {}}
+           "machine": script.machine(), **record, "precision": "bf16-mixed", "trained_layers": TRAINED, "cases": {}}
     base = VIT_B16_224 + list(args.overrides) + [f"data.batch_size={args.batch}"]
     prepare(load_config(["experiments/default.yaml"], base))
     folder = tempfile.mkdtemp(prefix="bench_gpu_decoder_")
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
                 cfg = load_config(["experiments/default.yaml"], base + text_overrides(lm, pooling, cache))
                 try:
                     r = run_case(cfg, args.steps, 5)
-                    r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
+                    r.update(peaks.utilisation(r["flops_per_step"], r["step_s"], peak, measured))
                 except torch.cuda.OutOfMemoryError as e:
                     r = {"error": f"OutOfMemoryError: {str(e).splitlines()[0][:200]}"}
                 case[arm] = r
@@ -153,26 +153,32 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
             if "error" not in case["no_cache"] and "error" not in case["cache"]:
                 # the cached step as work done: the FLOPs of the step it replaces, over its own time
-                case["cache"]["mfu_of_uncached_flops"] = case["no_cache"]["flops_per_step"] / case["cache"][
-                    "step_s"] / peak
+                uncached = peaks.utilisation(case["no_cache"]["flops_per_step"], case["cache"]["step_s"], peak,
+                                             measured)
+                case["cache"]["mfu_of_uncached_flops"] = uncached["mfu"]
+                case["cache"]["mfu_of_uncached_flops_of_measured_matmul_peak"] = uncached["mfu_of_measured_matmul_peak"]
                 case["cache_speedup"] = case["no_cache"]["step_s"] / case["cache"]["step_s"]
             out["cases"][name] = case
             shutil.rmtree(lm, ignore_errors=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"{'case':<22} {'samples/s':>10} {'peak GiB':>9} {'MFU':>7} {'MFU (uncached FLOPs)':>21}")
+    print(f"{'case':<22} {'samples/s':>10} {'peak GiB':>9} {'MFU':>7} {'of measured':>12} "
+          f"{'MFU (uncached FLOPs)':>21} {'of measured':>12}")
     for name, case in out["cases"].items():
         for arm in ("no_cache", "cache"):
             r = case[arm]
             if "error" in r:
                 print(f"{name + ' ' + arm:<22} {r['error']}")
                 continue
+            own = (r["mfu"], r["mfu_of_measured_matmul_peak"])
+            uncached = (r.get("mfu_of_uncached_flops", own[0]),
+                        r.get("mfu_of_uncached_flops_of_measured_matmul_peak", own[1]))
             print(f"{name + ' ' + arm:<22} {r['samples_per_s']:>10.0f} {r['peak_memory_bytes'] / 2 ** 30:>9.1f} "
-                  f"{r['mfu']:>7.1%} {r.get('mfu_of_uncached_flops', r['mfu']):>21.1%}")
+                  f"{peaks.percent(own[0]):>7} {peaks.percent(own[1]):>12} {peaks.percent(uncached[0]):>21} "
+                  f"{peaks.percent(uncached[1]):>12}")
         if "cache_speedup" in case:
             print(f"{'':<22} text cache speed-up {case['cache_speedup']:.2f}x")
-    print(f"peak {peak / 1e12:.0f} TFLOP/s ({out['peak_source']}) on {card}; measured bf16 matmul "
-          f"{measured / 1e12:.0f} TFLOP/s")
+    print(peaks.peak_line(record))
     script.save(out, args.out, "bench-gpu-decoder")
     return 0
 
