@@ -59,6 +59,8 @@ def check_values(cfg: DictConfig) -> None:
     need(re.fullmatch(r"[\w.-]+", cfg.name) is not None, "name", "use letters, digits, '.', '_' or '-'")
     need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(cfg.data.jpeg_draft is None or cfg.data.jpeg_draft >= 1, "data.jpeg_draft",
+         "must be >= 1 pixels, or null to decode at full size")
     need(len(cfg.data.caption_fields) > 0, "data.caption_fields", "name at least one caption field")
     later = cfg.data.later_caption_fields
     need(later is None or len(later) > 0, "data.later_caption_fields", "name at least one caption field, or null")

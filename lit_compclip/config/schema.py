@@ -37,6 +37,10 @@ class DataConfig:
     resampled: bool = False
     samples_per_epoch: Optional[int] = None
     group_key: Optional[str] = None  # a KEY.json field: samples sharing its value are kept in one batch
+    # Training JPEGs decoded by Pillow at 1/2, 1/4 or 1/8 scale while both sides stay >= this many pixels (null: at
+    # full size). ceil(img_size / sqrt(crop_scale[0])) never upsamples the smallest crop: 237 at 224 px with crops
+    # down to 0.9. make bench-data measures its speed-up and pixel difference (docs/BENCHMARKS.md).
+    jpeg_draft: Optional[int] = None
     hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)  # extra image->text negatives
 
 

@@ -27,10 +27,12 @@ class Decode(PassSeeded):
     undecodable or captionless samples are counted and dropped."""
 
     def __init__(self, picker: CaptionPicker, skips: SkipLog, seed: int, negatives: NegativeMaker | None = None,
-                 later: tuple[int, CaptionPicker] | None = None, usable: UsableWatch | None = None):
+                 later: tuple[int, CaptionPicker] | None = None, usable: UsableWatch | None = None,
+                 jpeg_draft: int | None = None):
         super().__init__(seed)
         self.picker, self.skips, self.negatives, self.usable = picker, skips, negatives, usable
         self.later = later  # (first 0-based epoch, its picker): data.later_caption_fields
+        self.jpeg_draft = jpeg_draft  # data.jpeg_draft: a JPEG decoded at 1/2, 1/4 or 1/8 scale, >= this many px
 
     def run(self, src):
         rng, negative_rng, augment_rng = (self.rng_for(tag) for tag in ("caption", "negatives", "augment"))
@@ -61,7 +63,10 @@ class Decode(PassSeeded):
         if caption is None:
             return self.skips.skip("no_caption", url, key, f"none of {list(picker.caption_fields)} present")
         try:
-            image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
+            image = Image.open(io.BytesIO(sample[ext]))
+            if self.jpeg_draft:  # Pillow's reduced-size decoding: a no-op for other formats and for small images
+                image.draft("RGB", (self.jpeg_draft, self.jpeg_draft))
+            image = image.convert("RGB")
         except Exception as exn:  # PIL raises several types for corrupt or truncated files
             return self.skips.skip("bad_image", url, key, describe(exn))
         record = {"image": image, "caption": caption, "key": key}

@@ -34,7 +34,8 @@ class WebDataModule(lightning.LightningDataModule):
                  sentence_sample: dict[str, int] | None, batch_size: int, num_workers: int, shuffle_buffer: int,
                  shard_shuffle: bool, resampled: bool, samples_per_epoch: int | None, group_key: str | None,
                  seed: int, train_transform, eval_transform, hard_negatives: dict | None = None,
-                 later_caption_fields: dict[str, float] | None = None, later_epoch: int = 2):
+                 later_caption_fields: dict[str, float] | None = None, later_epoch: int = 2,
+                 jpeg_draft: int | None = None):
         super().__init__()
         hard = dict(hard_negatives or {})
         if set(hard) - {"source", "per_sample"}:
@@ -46,6 +47,9 @@ class WebDataModule(lightning.LightningDataModule):
                                  ("shuffle_buffer", shuffle_buffer, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"data.{name} = {value!r}: must be an int >= {low}")
+        if jpeg_draft is not None and (isinstance(jpeg_draft, bool) or not isinstance(jpeg_draft, int) or jpeg_draft < 1):
+            raise ValueError(f"data.jpeg_draft = {jpeg_draft!r}: must be a positive int (pixels) or None")
+        self.jpeg_draft = jpeg_draft
         if samples_per_epoch is not None and (not isinstance(samples_per_epoch, int) or samples_per_epoch < 1):
             raise ValueError(f"data.samples_per_epoch = {samples_per_epoch!r}: must be a positive int or None")
         if resampled and samples_per_epoch is None:
@@ -153,7 +157,8 @@ class WebDataModule(lightning.LightningDataModule):
             wds.pipelinefilter(group_units)(self.group_key) if grouped else None,
             Shuffle(self.shuffle_buffer, self.seed) if self.shuffle_buffer > 0 else None,
             wds.filters.unlisted() if grouped else None,
-            Decode(self.train_picker, skips, self.seed, negatives=self.negatives, later=self.later, usable=usable),
+            Decode(self.train_picker, skips, self.seed, negatives=self.negatives, later=self.later, usable=usable,
+                   jpeg_draft=self.jpeg_draft),  # training only: validation decodes at full size
             wds.batched(self.batch_size, collation_fn=None, partial=False),
             collate,
         )
