@@ -171,9 +171,7 @@ def is_spec(model: str) -> bool:
 
 def check(args: argparse.Namespace) -> tuple[dict, list]:
     """Everything a bad input stops, before the model loads: (what the input is, the image plan or the text rows)."""
-    import torch
-
-    from lit_compclip.encoders import check_encoder, default_device
+    from lit_compclip.encoders import check_device, check_encoder
 
     if (args.images is None) == (args.texts is None):
         raise UsageError("give --images PATH or --texts FILE, not both: one input per output file" if args.images
@@ -186,12 +184,7 @@ def check(args: argparse.Namespace) -> tuple[dict, list]:
         raise UsageError(f"--out {args.out!r} already exists, and an earlier result is never overwritten: remove it "
                          f"or choose another file")
     check_writable_folder(os.path.dirname(os.path.abspath(args.out)), "--out's folder")
-    try:
-        kind = torch.device(args.device or default_device()).type
-    except RuntimeError:
-        raise UsageError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device!r}, but torch sees no CUDA GPU")
+    check_device(args.device)
     if args.images is not None:
         form, plan = plan_images(args.images)
         where = os.path.abspath(args.images) if os.path.exists(args.images) else args.images
@@ -210,18 +203,15 @@ def check(args: argparse.Namespace) -> tuple[dict, list]:
 def build(model: str, device: str | None):
     """(encoder, info): a spec through lit_compclip.encoders, anything else through lit_compclip.load (float32, eval,
     the text cache off) as a ModuleEncoder: one code path, encode_image(PIL images) and encode_text(captions)."""
-    import torch
-
     import lit_compclip
-    from lit_compclip.encoders import build_encoder, default_device
+    from lit_compclip.encoders import build_encoder, default_device, fp32_on
     from lit_compclip.encoders.compclip import ModuleEncoder
 
     if is_spec(model):
         encoder = build_encoder(model, device)
         return encoder, encoder.info
     device = device or default_device()
-    if torch.device(device).type == "cuda":  # float32 as build_encoder's encoders compute it: no TF32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    fp32_on(device)  # float32 as build_encoder's encoders compute it: no TF32
     try:
         m = lit_compclip.load(model, device=device).float()  # a run's float16 frozen text layers too
     except BUILD_ERRORS as e:  # ConfigError is one: its line as it is

@@ -143,7 +143,7 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     """Run `compclip probe`; returns {"probes": metrics, "out": folder, "dump": folder or None, "seconds",
     "encoder": what was used, "clip_benchmark": the result files written}. Everything a bad input can stop is
     checked before the model is loaded; results are written only once every probe has run (see staged)."""
-    from lit_compclip.encoders import build_encoder, check_encoder
+    from lit_compclip.encoders import build_encoder, check_device, check_encoder
     from lit_compclip.factory import is_native_folder
     from lit_compclip.probes import run_suite, split_suite
     from lit_compclip.probes.base import UnreadableImage
@@ -154,15 +154,7 @@ def probe_checkpoint(args: list[str]) -> dict[str, Any]:
     parsed = parse_args(list(args))
     spec = parsed["encoder"] or f"compclip:{parsed['ckpt']}"
     if parsed["device"] is not None:
-        import torch
-
-        try:
-            kind = torch.device(parsed["device"]).type
-        except RuntimeError:
-            raise ConfigError(f"--device {parsed['device']!r} is not a torch device (cpu, cuda, cuda:1, ...)"
-                              ) from None
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {parsed['device']!r}, but torch sees no CUDA GPU")
+        check_device(parsed["device"])
     check_encoder(spec)  # first: a missing checkpoint is named as such, and stops us before the world is built
     cfg = probe_config(parsed)
     suites = suites_for(cfg, parsed["probes"])

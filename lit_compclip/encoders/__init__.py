@@ -44,6 +44,29 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str | None) -> str:
+    """`device` (default: default_device()) if torch can run on it here; a one-line ConfigError otherwise."""
+    import torch
+
+    try:
+        kind = torch.device(device or default_device()).type
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r}, but torch sees no CUDA GPU")
+    return device or default_device()
+
+
+def fp32_on(device: str) -> None:
+    """fp32 as the benchmarks' rules say: no TF32 in matmuls or convolutions on a GPU (process-wide; commands that
+    score or embed only)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def _one_line(spec: str, e: Exception) -> ConfigError:
     return ConfigError(f"encoder {spec!r}: {first_line(e)}")
 
@@ -69,9 +92,7 @@ def build_encoder(spec: str, device: str | None = None):
     if torch.device(device).type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"encoder {spec!r}: device {device!r} asked for, but torch sees no CUDA GPU")
-        # fp32 as the benchmarks' rules say: no TF32 in matmuls or convolutions (process-wide; `probe` only)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    fp32_on(device)
     try:
         encoder = cls(target, device=device)
     except ConfigError:
