@@ -82,8 +82,8 @@ class CompClipModel(nn.Module):
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """B captions -> (B, D) unit vectors."""
-        tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
-        return F.normalize(encode_by_length(self.text, tokens, self.length_groups), dim=-1)
+        # The tokens stay on the host: the text tower moves them to the device once it has read what it needs.
+        return F.normalize(encode_by_length(self.text, self.tokenize(texts), self.length_groups), dim=-1)
 
     def forward(self, images: torch.Tensor | None = None, texts: list[str] | None = None):
         """(image embeddings, text embeddings, logit scale), as open_clip's CLIP returns them; None for an input not

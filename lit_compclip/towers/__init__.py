@@ -40,6 +40,8 @@ def encode_by_length(tower, tokens: Mapping[str, Any], groups: int):
     mask = tokens["attention_mask"]  # (B, L)
     if groups <= 1 or len(mask) < 2:
         return tower(dict(tokens))
+    # The groups are counted on the tokens where they are (the host, from tokenize): a boolean index on a
+    # device's tensor would wait for the device.
     lengths = mask.sum(1)
     parts, rows_in_order = [], []
     for rows in length_groups(lengths, groups):
@@ -47,7 +49,7 @@ def encode_by_length(tower, tokens: Mapping[str, Any], groups: int):
         parts.append(tower({k: v[rows][:, columns] for k, v in tokens.items()}))
         rows_in_order.append(rows)
     out = torch.cat(parts)
-    return out[torch.argsort(torch.cat(rows_in_order))]  # back to the batch's order
+    return out[torch.argsort(torch.cat(rows_in_order)).to(out.device)]  # back to the batch's order
 
 
 def length_groups(lengths: torch.Tensor, groups: int) -> tuple[torch.Tensor, ...]:

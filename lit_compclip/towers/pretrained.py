@@ -19,6 +19,7 @@ from torch import nn
 
 from lit_compclip.errors import first_line
 from lit_compclip.text_cache import PrefixCache, check_options, fingerprint, token_keys
+from lit_compclip.towers.devices import to_device
 from lit_compclip.towers.bidirectional import check_tail, make_bidirectional
 
 log = logging.getLogger(__name__)
@@ -159,14 +160,17 @@ class PretrainedTextTower(nn.Module):
     # -- forward, with the frozen prefix cached -------------------------------------------------------------------
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokens on the host or on the tower's device (B, L) -> (B, embed_dim). The cache's bookkeeping reads the
+        host's copy, so that nothing waits for the device (see `to_device`)."""
+        device = self.proj.weight.device
         if self.cache_options is None:
-            pooled = self._run(tokens)  # (B, width), the model's own pooling
+            pooled = self._run(to_device(tokens, device))  # (B, width), the model's own pooling
         elif self.fully_frozen:  # the final embedding itself is cached
             pooled = self._cached(tokens)
         else:
             hidden = self._cached(tokens)  # (B, L, width) as the first trained layer sees it
             with self._prefix_from(hidden):
-                pooled = self._run(tokens)
+                pooled = self._run(to_device(tokens, device))
         return self.proj(pooled.to(self.proj.weight.dtype))  # (B, embed_dim)
 
     @contextlib.contextmanager
@@ -207,24 +211,27 @@ class PretrainedTextTower(nn.Module):
 
     def _cached(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """The frozen part's output per row, from the cache where present, computed (and stored) where not."""
-        cache, mask = self._open_cache(), tokens["attention_mask"]
-        keys = token_keys(tokens["input_ids"], mask)
+        device = self.proj.weight.device
+        host = {k: v.cpu() for k, v in tokens.items()}  # the caller's own tensors where they are on the host
+        cache, mask = self._open_cache(), host["attention_mask"]
+        keys = token_keys(host["input_ids"], mask)
         found, missing = cache.get(keys, self.width)
         if missing:
-            with torch.no_grad():
-                new = self.frozen_output({k: v[missing] for k, v in tokens.items()})  # (M, L', width) or (M, width)
+            with torch.no_grad():  # (M, L', width) or (M, width), brought back once as the cache stores it
+                new = cache.round(self.frozen_output(to_device({k: v[missing] for k, v in host.items()}, device)))
             real = mask[missing].bool()
-            rows = [cache.round(new[j][real[j]] if new.ndim == 3 else new[j]) for j in range(len(missing))]
+            rows = [new[j][real[j]] if new.ndim == 3 else new[j].clone() for j in range(len(missing))]
             cache.put([keys[i] for i in missing], rows)
             found.update(zip(missing, rows))
-        device = mask.device
         dtype = self.trainable[0].parameters().__next__().dtype if self.trainable else self.proj.weight.dtype
-        # every row is a float32 CPU tensor (cache.round makes fresh ones so): join them, then one copy to the device
+        # every row is a float32 CPU tensor: join them, then one copy to the device
         if self.fully_frozen:
             return torch.stack([found[i].reshape(self.width) for i in range(len(keys))]).to(device, dtype)
         out = torch.zeros(*mask.shape, self.width, device=device, dtype=dtype)  # (B, L, width); padding stays zero
-        # each row at its real positions, on either padding side (a boolean index walks the rows in order)
-        out[mask.bool()] = torch.cat([found[i] for i in range(len(keys))]).to(device, dtype)
+        # each row at its real positions, on either padding side, by indices counted on the host: a boolean index
+        # on the device would wait for it to count them
+        where = to_device(mask.bool().nonzero(as_tuple=True), device)
+        out[where] = torch.cat([found[i] for i in range(len(keys))]).to(device, dtype)
         return out
 
     def frozen_output(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lit_compclip.towers.devices import to_device
 from lit_compclip.towers.sentence_transformers import resolve_model_path
 
 
@@ -46,6 +47,7 @@ class ScratchTextTower(nn.Module):
         return sum(len(ids) > self.max_seq_len for ids in self.tokenizer(texts)["input_ids"])
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = to_device(tokens, self.token_embedding.weight.device)
         ids, attention = tokens["input_ids"], tokens["attention_mask"]
         n = ids.shape[1]
         x = self.token_embedding(ids) + self.position_embedding[:n]  # (B, T, W)
