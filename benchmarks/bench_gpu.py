@@ -1,13 +1,15 @@
 """`make bench-gpu`: samples/s and model FLOP utilisation on one GPU (bf16-mixed), ours beside open_clip.
 
-Usage: python benchmarks/bench_gpu.py [--steps N] [--batch B] [--out bench_gpu.json] [key=value ...]
+Usage: python -m benchmarks.bench_gpu [--steps N] [--batch B] [--out bench_gpu.json] [--only cases|levers] [key=value ...]
 Two cases, each trained by our Lightning loop and by open_clip's own `train_one_epoch` on the same batches:
 ViT-B/16 at 224 px with the bundled MiniLM (last 2 layers trained), and ViT-B/16 with a larger
 sentence-transformers-shaped tower (a 12-layer, 768-wide BERT with random weights and MiniLM's tokenizer, built in a
 temporary folder: nothing is downloaded). MFU is model FLOPs per step / step time / the card's dense bf16 peak from
 its data sheet (`benchmarks/peaks.py`; omitted, with the reason, for a card not listed there); beside it the same
 FLOP rate over a large bf16 matmul measured in the same run. The counted FLOPs of the image tower are checked
-against an analytic count of the same ViT (`peaks.vit_train_flops`).
+against an analytic count of the same ViT (`peaks.vit_train_flops`). Then the lever table (`benchmarks/levers.py`):
+the ViT-B/16 + MiniLM step with each speed option on its own row (compile, the fused and foreach AdamW, a doubled
+batch, patch dropout, the text cache with length groups and its host-side bookkeeping), then all together.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--out", default="bench_gpu.json")
+    p.add_argument("--only", choices=["cases", "levers"], help="run one part: the cases beside open_clip, or the levers")
     p.add_argument("overrides", nargs="*", help="key=value config overrides of the default experiment")
     args = p.parse_args(argv)
     import torch
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
         print("bench_gpu: no CUDA GPU here (torch.cuda.is_available() is False); `make bench` measures the CPU",
               file=sys.stderr)
         return 1
-    from benchmarks import our_loop, peaks, script, step_costs
+    from benchmarks import levers, our_loop, peaks, script, step_costs
     from lit_compclip.config import load_config
     from lit_compclip.config.plugins import prepare
 
@@ -97,24 +100,32 @@ def main(argv=None) -> int:
     record = peaks.peak_record(torch.cuda.get_device_name(0), measured)
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": script.machine(), **record, "precision": "bf16-mixed", "cases": {}}
+    peak = record["datasheet_bf16_dense_peak_per_s"]
     with tempfile.TemporaryDirectory() as folder:
-        for name, extra in cases(folder).items():
+        for name, extra in (cases(folder).items() if args.only != "levers" else ()):
             cfg = load_config(["experiments/default.yaml"], our_loop.LIKE_FOR_LIKE + list(args.overrides) + extra
                               + [f"data.batch_size={args.batch}"])
             prepare(cfg)
             print(f"[bench-gpu] {name}", flush=True)
-            out["cases"][name] = run_case(cfg, args.steps, 5, record["datasheet_bf16_dense_peak_per_s"],
-                                          measured=measured)
-    print(f"{'case':<26} {'ours samples/s':>15} {'open_clip':>10} {'ratio':>6} {'ours MFU':>9} {'of measured':>12} "
-          f"{'open_clip MFU':>14} {'of measured':>12} {'GFLOP/sample':>13} {'counted/analytic image':>23}")
-    for name, c in out["cases"].items():
-        check = c["image_flops_check"].get("counted_vs_analytic")
-        print(f"{name:<26} {c['ours_samples_per_s']:>15.0f} {c['open_clip_samples_per_s']:>10.0f} "
-              f"{c['train_vs_open_clip']:>5.2f}x {peaks.percent(c['ours_mfu']):>9} "
-              f"{peaks.percent(c['ours_mfu_of_measured_matmul_peak']):>12} "
-              f"{peaks.percent(c['open_clip_mfu_same_flops']):>14} "
-              f"{peaks.percent(c['open_clip_mfu_of_measured_matmul_peak_same_flops']):>12} "
-              f"{c['flops_per_step'] / c['batch_size'] / 1e9:>13.1f} {'-' if check is None else f'{check:.3f}':>23}")
+            out["cases"][name] = run_case(cfg, args.steps, 5, peak, measured=measured)
+            script.save(out, args.out, "bench-gpu")  # each case kept as it ends: a lease may run out mid-run
+        if args.only != "cases":
+            print("[bench-gpu] levers: ViT-B/16 + MiniLM", flush=True)
+            out["levers"] = levers.lever_table(our_loop.LIKE_FOR_LIKE + list(args.overrides) + VIT_B16_224,
+                                               args.batch, args.steps, 5, folder, "cuda", peak, measured)
+    if out["cases"]:
+        print(f"{'case':<26} {'ours samples/s':>15} {'open_clip':>10} {'ratio':>6} {'ours MFU':>9} {'of measured':>12} "
+              f"{'open_clip MFU':>14} {'of measured':>12} {'GFLOP/sample':>13} {'counted/analytic image':>23}")
+        for name, c in out["cases"].items():
+            check = c["image_flops_check"].get("counted_vs_analytic")
+            print(f"{name:<26} {c['ours_samples_per_s']:>15.0f} {c['open_clip_samples_per_s']:>10.0f} "
+                  f"{c['train_vs_open_clip']:>5.2f}x {peaks.percent(c['ours_mfu']):>9} "
+                  f"{peaks.percent(c['ours_mfu_of_measured_matmul_peak']):>12} "
+                  f"{peaks.percent(c['open_clip_mfu_same_flops']):>14} "
+                  f"{peaks.percent(c['open_clip_mfu_of_measured_matmul_peak_same_flops']):>12} "
+                  f"{c['flops_per_step'] / c['batch_size'] / 1e9:>13.1f} {'-' if check is None else f'{check:.3f}':>23}")
+    if "levers" in out:
+        levers.print_table(out["levers"])
     print(peaks.peak_line(record))
     script.save(out, args.out, "bench-gpu")
     return 0

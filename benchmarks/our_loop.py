@@ -90,12 +90,32 @@ class StepTimer(L.Callback):
         return [b - a for a, b in zip(self.ends, self.ends[1:])]  # step k+1 for k = 0, 1, ...
 
 
+class WindowTimer(L.Callback):
+    """The wall time of the steps after batch `first` up to batch `last`, as one window: the device is synced at the
+    window's two ends only, so that inside it the host runs ahead of the device as it does in training (StepTimer's
+    sync after every step would hide a step's own waits for the device)."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last, self.marks = first, last, []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx in (self.first, self.last):
+            if module.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.marks.append(time.perf_counter())
+
+    @property
+    def step_s(self) -> float:
+        return (self.marks[1] - self.marks[0]) / (self.last - self.first)
+
+
 def time_ours(cfg: DictConfig | None, batches: list[dict], steps: int, warmup: int, accelerator: str = "cpu",
-              precision: str = "32-true", model=None) -> dict[str, Any]:
+              precision: str = "32-true", model=None, window: bool = False) -> dict[str, Any]:
     """Step times of a real `Trainer.fit` of the CompClip module over `batches` (no loggers, checkpoints or
     probes): {"intervals": steady step seconds, "samples_per_s", "model", "cache": the text cache's hits and misses
     in the timed steps (None without a cache)}. `model`: train this one again instead of building one from `cfg`
-    (the rounds of `alternate`: a new Trainer and optimizer each time, the weights and the cache kept)."""
+    (the rounds of `alternate`: a new Trainer and optimizer each time, the weights and the cache kept). `window`:
+    the timed steps as one window (WindowTimer): {"step_s": their mean, "samples_per_s", "model"}."""
     assert warmup >= 1, "the first step has no start time"
     # Expected here and noise in the output: no loader workers, frozen text layers in eval mode, no val loop.
     for pattern in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*", ".*treespec.*",
@@ -103,11 +123,13 @@ def time_ours(cfg: DictConfig | None, batches: list[dict], steps: int, warmup: i
         warnings.filterwarnings("ignore", pattern)
     total = warmup + steps
     model = model if model is not None else build_model(cfg, total)
-    timer = StepTimer()
+    timer = WindowTimer(warmup - 1, total - 1) if window else StepTimer()
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=total, max_epochs=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(model, train_dataloaders=Cycle(batches, total))
+    if window:
+        return {"step_s": timer.step_s, "samples_per_s": len(batches[0]["caption"]) / timer.step_s, "model": model}
     intervals = steady(timer.intervals, warmup - 1)  # intervals[k] is step k + 1
     start, end = timer.counts[warmup - 1], timer.counts[-1]  # the counts before the first timed step, after the last
     cache = None if end is None else {"hits": end[0] - (start or (0, 0))[0], "misses": end[1] - (start or (0, 0))[1]}

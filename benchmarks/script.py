@@ -79,8 +79,11 @@ def save(result: dict, path: str, tag: str) -> None:
     """A benchmark's figures as sorted JSON at `path`, and one line saying where (`[tag] wrote PATH`)."""
     import json
 
-    with open(path, "w") as f:
+    import os
+
+    with open(path + ".part", "w") as f:  # renamed when whole: a run stopped mid-write leaves the last whole file
         json.dump(result, f, indent=1, sort_keys=True)
+    os.replace(path + ".part", path)
     print(f"[{tag}] wrote {path}")
 
 

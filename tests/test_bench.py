@@ -243,3 +243,46 @@ def test_a_bad_benchmark_argument_is_one_line_and_exit_2(script, bad, monkeypatc
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert e.value.code == 2 and len(err) == 1 and ": error: " in err[0], err
     assert bad[0] in err[0] or bad[-1] in err[0], err
+
+
+def test_bench_gpu_lever_rows_run_on_the_cpu_each_against_the_plain_step(tmp_path, tiny):
+    """The lever table's code on the CPU at toy sizes (its figures are the GPU's): every row asked for, plain first,
+    each set against it; the host-side bookkeeping row's baseline really moves the tokens first, and is undone."""
+    from benchmarks import levers
+    from benchmarks.our_loop import LIKE_FOR_LIKE
+    from lit_compclip.model import CompClipModel
+
+    names = ["optim.implementation=fused", "  the same, tokens on the device first"]
+    rows = levers.lever_table(tiny + LIKE_FOR_LIKE, batch=4, steps=1, warmup=4, folder=str(tmp_path), device="cpu", peak=1e9,
+                              names=names, experiment=DEFAULT)
+    assert list(rows) == ["plain"] + names
+    assert rows["plain"]["samples_per_s_vs_plain"] == 1.0
+    for row in rows.values():
+        assert positive(row["samples_per_s"]) and positive(row["flops_per_sample"]) and positive(row["mfu"])
+        assert row["mfu"] == pytest.approx(row["flops_per_sample"] * row["batch_size"] / row["step_s"] / 1e9)
+    assert rows["  the same, tokens on the device first"]["flops_per_sample"] < rows["plain"]["flops_per_sample"]
+    original = CompClipModel.encode_text
+    with levers.tokens_on_device_first():
+        assert CompClipModel.encode_text is not original
+    assert CompClipModel.encode_text is original
+    assert set(levers.LEVERS) >= {"model.compile=true", "optim.implementation=fused", "batch x2 (local loss)",
+                                  "model.image.patch_dropout=0.5"}
+
+
+def test_the_gpu_checks_script_refuses_an_unknown_part_before_anything_and_goes_on_past_a_failed_one(tmp_path):
+    import subprocess
+
+    script = os.path.join(ROOT, "scripts", "gpu_checks.sh")
+    out = tmp_path / "out"
+    bad = subprocess.run(["bash", script, str(out), "cases", "bogus"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "gpu_checks: unknown part 'bogus' (levers, cases, decoder, data, fsdp)"] and not out.exists()
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the parts would run for real")
+    env = {**os.environ, "PY": sys.executable}
+    run = subprocess.run(["bash", script, str(out), "cases", "levers"], capture_output=True, text=True, cwd=ROOT,
+                         env=env)
+    assert run.returncode == 1  # both parts ran, each stopped at once with bench_gpu's one line
+    for part in ("cases", "levers"):
+        assert "no CUDA GPU here" in (out / f"{part}.log").read_text()
+        assert f"== {part}: exit 1" in run.stdout

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU checks docs/BENCHMARKS.md still owes, in one run for one short lease of one GPU, most needed first:
+#   bash scripts/gpu_checks.sh OUTDIR [part ...]      parts: levers cases decoder data fsdp (default: all, in that order)
+# Each part has its own time limit (seconds, below; the lease's are docs/BENCHMARKS.md's) and writes OUTDIR/PART.json
+# and OUTDIR/PART.log as it goes; one that fails or runs out of time does not stop the next. Needs the project's
+# Python packages where it runs (`python3` by default: PY=... to change) and no network.
+set -u -o pipefail
+out=${1:?usage: bash scripts/gpu_checks.sh OUTDIR [levers cases decoder data fsdp]}
+shift
+parts=${*:-levers cases decoder data fsdp}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
+for part in $parts; do
+    case $part in levers|cases|decoder|data|fsdp) ;;
+        *) echo "gpu_checks: unknown part '$part' (levers, cases, decoder, data, fsdp)" >&2; exit 2 ;;
+    esac
+done
+mkdir -p "$out" || exit 2
+trap 'exit 143' TERM  # the lease ending stops every part, not only the one running
+status=0
+run() {  # name, seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: up to ${limit} s"
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc"
+    [ "$rc" = 0 ] || status=1
+}
+for part in $parts; do
+    case $part in
+        levers) run levers 300 "$PY" -m benchmarks.bench_gpu --only levers --steps 20 --out "$out/levers.json" ;;
+        cases) run cases 180 "$PY" -m benchmarks.bench_gpu --only cases --steps 20 --out "$out/cases.json" ;;
+        decoder) run decoder 300 "$PY" -m benchmarks.bench_gpu_decoder --steps 10 --out "$out/decoder.json" ;;
+        data) run data 120 "$PY" -m benchmarks.bench_data --out "$out/data.json" ;;
+        fsdp) run fsdp 150 "$PY" scripts/gpu_check_fsdp.py ;;
+    esac
+done
+exit $status
