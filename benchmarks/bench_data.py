@@ -9,7 +9,8 @@ project's own training loader (WebDataModule, resampled shards, the schema's shu
 transform of a ViT-B/16 at 224 px, with 0 (in-process), 1, 2, 4, ... N loader workers. Every loader row is a ratio
 against the in-process row of the same run; the GPU rate (default: the H200 figure of docs/BENCHMARKS.md) gives the
 workers one GPU needs. In process, in A B B A blocks: decoding alone against decoding and the transform, and
-Pillow's reduced-size JPEG decoding (`Image.draft`), with how far its 224 px tensors are from the plain path's.
+Pillow's reduced-size JPEG decoding (`data.jpeg_draft`, the product's own `open_image`), with how far its 224 px
+tensors are from the plain path's; and the loader again at the most workers with `data.jpeg_draft` set.
 """
 
 from __future__ import annotations
@@ -125,9 +126,10 @@ def write_shards(folder: str, images: int, shards: int, seed: int = 0) -> list[b
     return jpegs
 
 
-def loader_row(shards: str, transform, workers: int, batch: int, samples_per_worker: int) -> dict:
-    """Samples/s of the training loader with `workers` workers, after each worker's first batch (start-up and the
-    shuffle buffer's fill are not counted)."""
+def loader_row(shards: str, transform, workers: int, batch: int, samples_per_worker: int,
+               jpeg_draft: int | None = None) -> dict:
+    """Samples/s of the training loader with `workers` workers (and data.jpeg_draft), after each worker's first
+    batch (start-up and the shuffle buffer's fill are not counted)."""
     from lit_compclip.training.datamodule import WebDataModule
 
     skip = max(1, workers)
@@ -135,7 +137,7 @@ def loader_row(shards: str, transform, workers: int, batch: int, samples_per_wor
     dm = WebDataModule(train_shards=shards, val_shards=None, caption_fields={"txt": 1.0}, sentence_sample=None,
                        batch_size=batch, num_workers=workers, shuffle_buffer=1000, shard_shuffle=True, resampled=True,
                        samples_per_epoch=(skip + timed) * batch, group_key=None, seed=0, train_transform=transform,
-                       eval_transform=transform)
+                       eval_transform=transform, jpeg_draft=jpeg_draft)
     dm.setup("fit")
     n, start = 0, None
     try:
@@ -148,24 +150,14 @@ def loader_row(shards: str, transform, workers: int, batch: int, samples_per_wor
     finally:
         dm.close()
     seconds = time.perf_counter() - start
-    return {"workers": workers, "samples_per_s": n / seconds, "samples": n, "seconds": seconds}
-
-
-def open_image(data: bytes, draft: int | None):
-    """The image as Decode opens it (`convert("RGB")`); with `draft`, Pillow's JPEG decoder first told the size
-    wanted (it then decodes at 1/2, 1/4 or 1/8 scale where the result stays at least `draft` px on each side)."""
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(data))
-    if draft:
-        image.draft("RGB", (draft, draft))
-    return image.convert("RGB")
+    return {"workers": workers, "jpeg_draft": jpeg_draft, "samples_per_s": n / seconds, "samples": n,
+            "seconds": seconds}
 
 
 def in_process(jpegs: list[bytes], transform, draft: int, rounds: int) -> dict:
     """Decode alone and decode + transform, plain and drafted, in A B B A blocks on one thread."""
     from benchmarks import timing
-    from lit_compclip.data.decode import transform_seeded
+    from lit_compclip.data.decode import open_image, transform_seeded
 
     def arm(size, transformed):
         def run(first):
@@ -194,7 +186,7 @@ def draft_difference(jpegs: list[bytes], train, evaluate, std, draft: int) -> di
     smaller range draws another offset), and with the eval transform (the same geometry: the decoding scale alone)."""
     import torch
 
-    from lit_compclip.data.decode import transform_seeded
+    from lit_compclip.data.decode import open_image, transform_seeded
 
     levels = torch.tensor(std).view(3, 1, 1) * 255  # normalised units -> 0-255 levels, per channel
     diffs: dict[str, list] = {"train": [], "eval": []}
@@ -238,29 +230,33 @@ def run(args) -> dict:
                              "max_kb": max(kb), "quality": QUALITY}
             rows = [script.timed(f"loader, {w} workers", loader_row, folder, transform, w, args.batch,
                                  args.samples_per_worker) for w in counts]
+            # the most workers again with data.jpeg_draft: the product's own option, measured in the loader
+            drafted = script.timed(f"loader, {counts[-1]} workers, data.jpeg_draft={draft}", loader_row, folder,
+                                   transform, counts[-1], args.batch, args.samples_per_worker, draft)
         base = rows[0]["samples_per_s"]
-        for r in rows:
+        for r in rows + [drafted]:
             r["speedup_vs_in_process"] = r["samples_per_s"] / base
             r["per_worker"] = r["samples_per_s"] / max(1, r["workers"])
-        out["loader"] = rows
+        drafted["speedup_vs_plain_same_workers"] = drafted["samples_per_s"] / rows[-1]["samples_per_s"]
+        out["loader"], out["loader_draft"] = rows, drafted
         out["in_process"] = script.timed("in-process decode rows", in_process, jpegs, transform, draft, args.rounds)
         out["draft"] = script.timed("draft difference", draft_difference, jpegs, transform, evaluate, std, draft)
-        out["gpu"] = gpu_figures(rows, args.gpu_rate, out["in_process"]["draft_speedup"]["median"])
+        out["gpu"] = gpu_figures(rows, args.gpu_rate, drafted)
     finally:
         torch.set_num_threads(threads)
     return out
 
 
-def gpu_figures(rows: list[dict], gpu_rate: float, draft_speedup: float) -> dict:
+def gpu_figures(rows: list[dict], gpu_rate: float, drafted: dict) -> dict:
     """Workers one GPU needs: at the per-worker rate of the most workers measured (all cores busy, the realistic
-    figure), at the single worker's, and with draft decoding (that rate times its in-process speed-up: an estimate)."""
+    figure), at the single worker's, and with data.jpeg_draft (the loader's row with it, at the most workers)."""
     top = max(rows, key=lambda r: r["workers"])
     one = next((r for r in rows if r["workers"] == 1), top)
     return {"rate": gpu_rate, "workers_measured": top["workers"], "loader_rate_at_most": top["samples_per_s"],
             "keeps_up": top["samples_per_s"] >= gpu_rate,
             "workers_needed": math.ceil(gpu_rate / top["per_worker"]),
             "workers_needed_single_worker_rate": math.ceil(gpu_rate / one["per_worker"]),
-            "workers_needed_with_draft_estimate": math.ceil(gpu_rate / (top["per_worker"] * draft_speedup))}
+            "workers_needed_with_draft": math.ceil(gpu_rate / drafted["per_worker"])}
 
 
 def table(r: dict) -> str:
@@ -270,9 +266,11 @@ def table(r: dict) -> str:
     lines = [f"{i['count']} JPEGs, {i['mean_kb']:.0f} KB mean ({i['min_kb']:.0f}-{i['max_kb']:.0f}), to {IMG} px; "
              f"{r['machine']['cpu_count']} cores ({r['machine']['device']})",
              f"{'workers':>7} {'samples/s':>10} {'per worker':>11} {'vs in-process':>14}"]
-    for row in r["loader"]:
+    for row in r["loader"] + [r["loader_draft"]]:
         lines.append(f"{row['workers']:>7} {row['samples_per_s']:>10.1f} {row['per_worker']:>11.1f} "
-                     f"{row['speedup_vs_in_process']:>13.2f}x")
+                     f"{row['speedup_vs_in_process']:>13.2f}x"
+                     + (f"  data.jpeg_draft={row['jpeg_draft']}: {row['speedup_vs_plain_same_workers']:.2f}x the row "
+                        "above" if row["jpeg_draft"] else ""))
     p, d, g = r["in_process"], r["draft"], r["gpu"]
     lines += [f"in process, one thread (samples/s): decode {p['decode_per_s']:.1f}, decode + transform "
               f"{p['decode_transform_per_s']:.1f} (decoding {p['decode_share']['median']:.0%} of it); with draft "
@@ -285,7 +283,7 @@ def table(r: dict) -> str:
               f"one GPU at {g['rate']:.0f} samples/s ({r['settings']['gpu_rate_source']}): "
               f"{g['workers_needed']} workers at the {g['workers_measured']}-worker rate "
               f"({g['workers_needed_single_worker_rate']} at the 1-worker rate, "
-              f"~{g['workers_needed_with_draft_estimate']} with draft); {g['workers_measured']} workers here "
+              f"{g['workers_needed_with_draft']} with data.jpeg_draft); {g['workers_measured']} workers here "
               f"{'keep' if g['keeps_up'] else 'do not keep'} up"]
     return "\n".join(lines)
 

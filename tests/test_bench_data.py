@@ -50,7 +50,12 @@ def test_quick_data_bench_writes_every_figure(tmp_path):
     assert g["workers_needed"] == math.ceil(500 / rows[2]["per_worker"])
     assert g["workers_needed_single_worker_rate"] == math.ceil(500 / rows[1]["per_worker"])
     assert g["keeps_up"] == (rows[2]["samples_per_s"] >= 500)
-    assert 1 <= g["workers_needed_with_draft_estimate"]
+    # the loader again at the most workers with the product's data.jpeg_draft: measured, set against the plain row
+    drafted = r["loader_draft"]
+    assert drafted["workers"] == 2 and drafted["jpeg_draft"] == 237 and positive(drafted["samples_per_s"])
+    assert drafted["speedup_vs_plain_same_workers"] == pytest.approx(drafted["samples_per_s"] / rows[2]["samples_per_s"])
+    assert g["workers_needed_with_draft"] == math.ceil(500 / drafted["per_worker"])
+    assert all(row["jpeg_draft"] is None for row in rows)
 
 
 def test_worker_counts_run_from_in_process_to_every_core():

@@ -63,16 +63,22 @@ class Decode(PassSeeded):
         if caption is None:
             return self.skips.skip("no_caption", url, key, f"none of {list(picker.caption_fields)} present")
         try:
-            image = Image.open(io.BytesIO(sample[ext]))
-            if self.jpeg_draft:  # Pillow's reduced-size decoding: a no-op for other formats and for small images
-                image.draft("RGB", (self.jpeg_draft, self.jpeg_draft))
-            image = image.convert("RGB")
+            image = open_image(sample[ext], self.jpeg_draft)
         except Exception as exn:  # PIL raises several types for corrupt or truncated files
             return self.skips.skip("bad_image", url, key, describe(exn))
         record = {"image": image, "caption": caption, "key": key}
         if self.negatives is not None:
             record["negatives"] = self.negatives(meta, caption, negative_rng, key, url)
         return record
+
+
+def open_image(data: bytes, draft: int | None = None) -> Image.Image:
+    """Image bytes as training decodes them, in RGB; with `draft` (data.jpeg_draft), a JPEG decoded by Pillow at 1/2,
+    1/4 or 1/8 scale while both sides stay >= `draft` px (a no-op for other formats and for small images)."""
+    image = Image.open(io.BytesIO(data))
+    if draft:
+        image.draft("RGB", (draft, draft))
+    return image.convert("RGB")
 
 
 def transform_seeded(transform: Callable, image: Image.Image, seed: int) -> torch.Tensor:
