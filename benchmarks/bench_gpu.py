@@ -111,8 +111,9 @@ def main(argv=None) -> int:
             script.save(out, args.out, "bench-gpu")  # each case kept as it ends: a lease may run out mid-run
         if args.only != "cases":
             print("[bench-gpu] levers: ViT-B/16 + MiniLM", flush=True)
-            out["levers"] = levers.lever_table(our_loop.LIKE_FOR_LIKE + list(args.overrides) + VIT_B16_224,
-                                               args.batch, args.steps, 5, folder, "cuda", peak, measured)
+            out["levers"] = levers.lever_table(
+                our_loop.LIKE_FOR_LIKE + list(args.overrides) + VIT_B16_224, args.batch, args.steps, 5, folder, "cuda",
+                peak, measured, on_row=lambda rows: script.save({**out, "levers": rows}, args.out, "bench-gpu"))
     if out["cases"]:
         print(f"{'case':<26} {'ours samples/s':>15} {'open_clip':>10} {'ratio':>6} {'ours MFU':>9} {'of measured':>12} "
               f"{'open_clip MFU':>14} {'of measured':>12} {'GFLOP/sample':>13} {'counted/analytic image':>23}")

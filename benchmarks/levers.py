@@ -39,6 +39,9 @@ LEVERS = {
     "  the same, tokens on the device first": Lever(CACHE_AND_GROUPS, tokens_on_device_first=True, same_step=False),
     "all: compile, fused, batch x2, cache + groups": Lever(("model.compile=true", "optim.implementation=fused")
                                                            + CACHE_AND_GROUPS, batch_factor=2, same_step=False),
+    # last: autotuning every matmul shape compiles for minutes, and a lease may end before it does
+    "model.compile=true, compile_mode=max-autotune-no-cudagraphs": Lever((
+        "model.compile=true", "model.compile_mode=max-autotune-no-cudagraphs")),
 }
 
 
@@ -84,8 +87,9 @@ def flops_per_step(cfg, batch: dict, device: str) -> float:
 
 def lever_table(base: list[str], batch: int, steps: int, warmup: int, folder: str, device: str = "cuda",
                 peak: float | None = None, measured: float | None = None, names: list[str] | None = None,
-                experiment: str = "experiments/default.yaml") -> dict:
-    """name -> its row, for each lever in `names` (all of LEVERS by default; "plain" always first)."""
+                experiment: str = "experiments/default.yaml", on_row=None) -> dict:
+    """name -> its row, for each lever in `names` (all of LEVERS by default; "plain" always first); `on_row(rows)`
+    after each row (the script saves what it has: a lease may end mid-table)."""
     from omegaconf import OmegaConf
 
     precision = "bf16-mixed" if device == "cuda" else "32-true"
@@ -107,12 +111,12 @@ def lever_table(base: list[str], batch: int, steps: int, warmup: int, folder: st
                       "mfu_of_measured_matmul_peak": use["mfu_of_measured_matmul_peak"],
                       "same_step_as_plain": lever.same_step, "overrides": list(lever.overrides),
                       "timed_steps": steps}
+        rows[name]["samples_per_s_vs_plain"] = timed["samples_per_s"] / rows["plain"]["samples_per_s"]
         del model, timed
         if device == "cuda":
             torch.cuda.empty_cache()
-    plain = rows["plain"]["samples_per_s"]
-    for row in rows.values():
-        row["samples_per_s_vs_plain"] = row["samples_per_s"] / plain
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 

@@ -20,7 +20,7 @@ from lit_compclip.model import CompClipModel
 # off: the schema's folder is relative to the working folder, for the trainer to fill in.
 DEFAULT_MODEL: dict[str, Any] = {
     "embed_dim": 256, "init_logit_scale": math.log(1 / 0.07), "max_logit_scale": 100.0, "length_groups": 2,
-    "compile": False,
+    "compile": False, "compile_mode": None,
     "image": {"model": "vit_tiny_patch16_224", "pretrained": False, "img_size": 64, "patch_size": 8, "depth": 4,
               "width": 128, "heads": 4, "pos_embed": "learn", "pool": "flatten", "stem": "conv", "stem_norm": "group",
               "stem_groups": 8, "stem_convs": [0, 1, 1], "augment": True, "crop_scale": [0.9, 1.0],

@@ -39,16 +39,18 @@ class CompClipModel(nn.Module):
     config.yaml); lit_compclip.create_model fills in the defaults."""
 
     def __init__(self, embed_dim: int, image: Mapping[str, Any], text: Mapping[str, Any], init_logit_scale: float,
-                 max_logit_scale: float, length_groups: int = 1, compile: bool = False):
+                 max_logit_scale: float, length_groups: int = 1, compile: bool = False,
+                 compile_mode: str | None = None):
         super().__init__()
         import_timm_without_wandb()
         # Built in this order (image, text, scale), which fixes the initial weights a seed gives.
         self.image = ImageTower(embed_dim=embed_dim, **image)
         self.text = build_text_tower(text, embed_dim=embed_dim)
         if compile:  # in place (weight names unchanged); each compiles on first use: slow first steps
-            self.image.trunk.compile()
+            options = {"mode": compile_mode} if compile_mode else {}
+            self.image.trunk.compile(**options)
             for block in transformer_layers(self.text):  # blocks only: a tower's own Python (tokens, cache) stays eager
-                block.compile()
+                block.compile(**options)
         # one element, not 0-d: FSDP refuses scalar parameters
         self.log_logit_scale = nn.Parameter(torch.full((1,), float(init_logit_scale)))
         self.max_logit_scale = float(max_logit_scale)

@@ -1,5 +1,5 @@
-"""optim.implementation: AdamW's foreach and fused updates (speed levers on a GPU) give the plain loop's training,
-step for step, on the CPU; null keeps torch's own choice, so no existing figure moves."""
+"""The step's speed levers train as the plain step, step for step, on the CPU: optim.implementation (AdamW's foreach
+and fused updates; null keeps torch's own choice, so no existing figure moves) and model.compile with its mode."""
 
 import lightning as L
 import pytest
@@ -23,8 +23,8 @@ class Batches(IterableDataset):
                                "green", "a yellow star above a grey cross"]}
 
 
-def build(implementation) -> CompClip:
-    cfg = load_config([DEFAULT], [*TINY_MODEL, TINY_TEXT])
+def build(implementation, *overrides) -> CompClip:
+    cfg = load_config([DEFAULT], [*TINY_MODEL, TINY_TEXT, *overrides])
     L.seed_everything(0, verbose=False)
     return CompClip(OmegaConf.to_container(cfg.model), {**OmegaConf.to_container(cfg.optim), "warmup_steps": 0,
                                                        "implementation": implementation}, total_steps=STEPS).double()
@@ -34,8 +34,8 @@ def weights(model: CompClip) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def trained(implementation) -> dict[str, torch.Tensor]:
-    model = build(implementation)
+def trained(implementation, *overrides) -> dict[str, torch.Tensor]:
+    model = build(implementation, *overrides)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, precision="64-true")
     trainer.fit(model, DataLoader(Batches(), batch_size=None))
@@ -79,3 +79,29 @@ def test_the_comparison_sees_a_one_percent_change_of_the_learning_rate(plain, mo
 def test_an_unknown_implementation_is_one_line():
     with pytest.raises(ConfigError, match="config key 'optim.implementation': 'fast': choose for_loop, foreach, fused"):
         load_config([DEFAULT], ["optim.implementation=fast"])
+
+
+def test_compiled_towers_train_as_the_plain_loop(plain, monkeypatch):
+    """model.compile=true with a mode: three whole steps (forward, backward, AdamW) as the eager model's. Compiled by
+    aot_eager, which traces as inductor does (dynamo, AOTAutograd) without generating C++; `make test-all` runs
+    inductor itself on the towers (tests/test_speed_options.py)."""
+    compiled = []
+    real = torch.nn.Module.compile
+
+    def compile_(self, **options):
+        compiled.append((type(self).__name__, options))
+        return real(self, backend="aot_eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_)
+    weights_ = trained("for_loop", "model.compile=true", "model.compile_mode=max-autotune-no-cudagraphs")
+    # the image trunk and the text tower's one block, each with the mode
+    assert [options for _, options in compiled] == [{"mode": "max-autotune-no-cudagraphs"}] * 2, compiled
+    assert weights_.keys() == plain.keys()  # compiled in place: checkpoints load either way
+    assert_same_tensors(weights_, plain, RTOL, "weight (compiled)", floor=1e-3)
+
+
+def test_a_compile_mode_is_checked_in_one_line():
+    with pytest.raises(ConfigError, match="config key 'model.compile_mode': 'fast': choose default, reduce-overhead"):
+        load_config([DEFAULT], ["model.compile=true", "model.compile_mode=fast"])
+    with pytest.raises(ConfigError, match="'model.compile_mode': applies to model.compile=true only"):
+        load_config([DEFAULT], ["model.compile_mode=max-autotune"])

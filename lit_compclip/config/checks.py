@@ -7,7 +7,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from lit_compclip.config.schema import FSDP_SHARDING, ImageConfig
+from lit_compclip.config.schema import COMPILE_MODES, FSDP_SHARDING, ImageConfig
 from lit_compclip.errors import ConfigError
 from lit_compclip.registry import suggest
 
@@ -112,6 +112,10 @@ def check_values(cfg: DictConfig) -> None:
     need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
          or (isinstance(v, float) and 0.0 <= v <= 1.0), "trainer.limit_val_batches",
          "give a number of batches (an integer >= 0), a fraction in [0, 1], or null for all")
+    need(cfg.model.compile_mode in COMPILE_MODES, "model.compile_mode",
+         f"{cfg.model.compile_mode!r}: choose {', '.join(m for m in COMPILE_MODES if m)} or null (torch's default)")
+    need(cfg.model.compile or cfg.model.compile_mode is None, "model.compile_mode",
+         "applies to model.compile=true only: set it, or leave the mode null")
     need(cfg.model.length_groups >= 1, "model.length_groups", "must be >= 1 (1: one padded batch)")
     need(cfg.model.embed_dim >= 1, "model.embed_dim", "must be >= 1")
     need(cfg.model.max_logit_scale > 0, "model.max_logit_scale", "must be > 0")

@@ -10,6 +10,8 @@ from omegaconf import MISSING
 
 
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
+# torch.compile's modes (model.compile_mode); None is torch's default
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -83,6 +85,9 @@ class ModelConfig:
     # padded batch): 1.30x faster steps on the synthetic world (`make bench`); the embeddings are the same.
     length_groups: int = 2
     compile: bool = False  # torch.compile the image trunk and the text tower; the first steps (and new lengths) compile
+    # torch.compile's mode for them: null (torch's default), max-autotune-no-cudagraphs (inductor tries several kernels
+    # per matmul and keeps the fastest: a longer first compile), max-autotune or reduce-overhead (with CUDA graphs)
+    compile_mode: Optional[str] = None
     image: ImageConfig = field(default_factory=ImageConfig)
     # `tower` picks the registry entry; every other key goes to that tower's constructor and is checked there.
     # The frozen layers' output is cached on disk and shared by runs (lit_compclip/text_cache.py); null = off.
