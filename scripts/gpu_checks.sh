@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks docs/BENCHMARKS.md still owes, in one run for one short lease of one GPU, most needed first:
-#   bash scripts/gpu_checks.sh OUTDIR [part ...]      parts: levers cases decoder data fsdp (default: all, in that order)
+#   [KIT=.gpu_kit] bash scripts/gpu_checks.sh OUTDIR [part ...]
+#   parts: levers cases decoder data fsdp (default: all, in that order)
 # Each part has its own time limit (seconds, below; the lease's are docs/BENCHMARKS.md's) and writes OUTDIR/PART.json
 # and OUTDIR/PART.log as it goes; one that fails or runs out of time does not stop the next. Needs the project's
-# Python packages where it runs (`python3` by default: PY=... to change) and no network.
+# Python packages where it runs (`python3` by default: PY=... to change) and no network: KIT names a folder made
+# here by `python scripts/gpu_kit.py` (the wheels the lent machines lack, MiniLM), installed first into a
+# temporary folder.
 set -u -o pipefail
 out=${1:?usage: bash scripts/gpu_checks.sh OUTDIR [levers cases decoder data fsdp]}
 shift
@@ -15,7 +18,22 @@ for part in $parts; do
         *) echo "gpu_checks: unknown part '$part' (levers, cases, decoder, data, fsdp)" >&2; exit 2 ;;
     esac
 done
+if [ -n "${KIT:-}" ] && [ ! -d "$KIT/site" ]; then
+    echo "gpu_checks: KIT=$KIT is not a kit folder (python scripts/gpu_kit.py makes one)" >&2
+    exit 2
+fi
 mkdir -p "$out" || exit 2
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checks' own subprocesses import the project too
+if [ -n "${KIT:-}" ]; then
+    site=$(mktemp -d) || exit 1
+    cp -r "$KIT/site/." "$site/" || exit 1
+    if ls "$KIT"/wheels/*.whl >/dev/null 2>&1; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$KIT"/wheels/*.whl || exit 1
+    fi
+    export PYTHONPATH="$site:$PYTHONPATH"
+    "$PY" scripts/gpu_kit.py --restore "$site" || exit 1
+    echo "== kit $KIT installed in $site"
+fi
 trap 'exit 143' TERM  # the lease ending stops every part, not only the one running
 status=0
 run() {  # name, seconds, command...

@@ -252,11 +252,18 @@ def malicious(path, marker, base: dict | None = None, zip_format: bool = True):
     return str(path)
 
 
-def load_script(name: str):
-    """A benchmark script (benchmarks/NAME.py) as a module."""
+def load_script(name: str, folder: str = "benchmarks"):
+    """A benchmark script (benchmarks/NAME.py), or another folder's script (scripts/NAME.py), as a module."""
     import importlib
+    import importlib.util
 
-    return importlib.import_module(f"benchmarks.{name}")
+    if folder == "benchmarks":
+        return importlib.import_module(f"benchmarks.{name}")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), folder, f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # ---- probes of an exported model against its checkpoint ------------------------------------------------------------

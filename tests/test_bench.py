@@ -268,21 +268,3 @@ def test_bench_gpu_lever_rows_run_on_the_cpu_each_against_the_plain_step(tmp_pat
     assert set(levers.LEVERS) >= {"model.compile=true", "optim.implementation=fused", "batch x2 (local loss)",
                                   "model.image.patch_dropout=0.5"}
 
-
-def test_the_gpu_checks_script_refuses_an_unknown_part_before_anything_and_goes_on_past_a_failed_one(tmp_path):
-    import subprocess
-
-    script = os.path.join(ROOT, "scripts", "gpu_checks.sh")
-    out = tmp_path / "out"
-    bad = subprocess.run(["bash", script, str(out), "cases", "bogus"], capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "gpu_checks: unknown part 'bogus' (levers, cases, decoder, data, fsdp)"] and not out.exists()
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: the parts would run for real")
-    env = {**os.environ, "PY": sys.executable}
-    run = subprocess.run(["bash", script, str(out), "cases", "levers"], capture_output=True, text=True, cwd=ROOT,
-                         env=env)
-    assert run.returncode == 1  # both parts ran, each stopped at once with bench_gpu's one line
-    for part in ("cases", "levers"):
-        assert "no CUDA GPU here" in (out / f"{part}.log").read_text()
-        assert f"== {part}: exit 1" in run.stdout
