@@ -48,3 +48,15 @@ def test_an_explicit_mode_is_kept_whatever_the_environment(bare, mode):
 def test_the_suite_never_inherits_a_developers_wandb_settings():
     # conftest sets these whatever the shell had (a developer's WANDB_MODE=online or API key stays out)
     assert os.environ["WANDB_MODE"] == "offline" and "WANDB_API_KEY" not in os.environ
+
+
+def test_the_wandb_logger_passes_no_anonymous_setting_which_wandb_warns_about(tmp_path):
+    """wandb prints "The anonymous setting has no effect" for any value, None included; Lightning passes None."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lit_compclip.config import load_config
+    from lit_compclip.training.loggers import build_loggers
+
+    loggers, mode = build_loggers(load_config(["experiments/default.yaml"], ["wandb.mode=offline"]), str(tmp_path))
+    (logger,) = [x for x in loggers if isinstance(x, WandbLogger)]
+    assert mode == "offline" and "anonymous" not in logger._wandb_init and logger._wandb_init["project"]

@@ -28,9 +28,15 @@ def build_loggers(cfg: DictConfig, run_dir: str, resume=None):
     if mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
         same_run = {"id": wandb_id(run_dir), "resume": "allow"} if resume is not None and wandb_id(run_dir) else {}
-        loggers.append(WandbLogger(name=os.path.basename(run_dir), save_dir=run_dir, project=cfg.wandb.project,
+        wandb_logger = WandbLogger(name=os.path.basename(run_dir), save_dir=run_dir, project=cfg.wandb.project,
                                    entity=cfg.wandb.entity, tags=list(cfg.wandb.tags), mode=mode,
-                                   config=OmegaConf.to_container(cfg), **same_run))
+                                   config=OmegaConf.to_container(cfg), **same_run)
+        # Lightning passes `anonymous=None` to wandb.init when it is not asked for, and wandb (0.2x on) prints "The
+        # anonymous setting has no effect" for any value passed, None included, even with WANDB_SILENT set.
+        init = getattr(wandb_logger, "_wandb_init", {})
+        if "anonymous" in init and init["anonymous"] is None:
+            del init["anonymous"]
+        loggers.append(wandb_logger)
     return loggers, mode
 
 
