@@ -112,6 +112,20 @@ def parse(argv):
     return args
 
 
+def arm_line(name: str, arm: str, r: dict) -> str:
+    """One arm's row of the table: samples/s, peak memory, MFU (and of the measured peak), and for the cached arm
+    the MFU its step would have with the uncached step's FLOPs."""
+    from benchmarks import peaks
+
+    if "error" in r:
+        return f"{name + ' ' + arm:<22} {r['error']}"
+    own = (r["mfu"], r["mfu_of_measured_matmul_peak"])
+    uncached = (r.get("mfu_of_uncached_flops", own[0]), r.get("mfu_of_uncached_flops_of_measured_matmul_peak", own[1]))
+    return (f"{name + ' ' + arm:<22} {r['samples_per_s']:>10.0f} {r['peak_memory_bytes'] / 2 ** 30:>9.1f} "
+            f"{peaks.percent(own[0]):>7} {peaks.percent(own[1]):>12} {peaks.percent(uncached[0]):>21} "
+            f"{peaks.percent(uncached[1]):>12}")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     import torch
@@ -149,6 +163,10 @@ def main(argv=None) -> int:
                 except torch.cuda.OutOfMemoryError as e:
                     r = {"error": f"OutOfMemoryError: {str(e).splitlines()[0][:200]}"}
                 case[arm] = r
+                out["cases"][name] = case
+                # each arm kept and printed as it ends: a lease may end inside the next one (the 2 B case's did)
+                script.save(out, args.out, "bench-gpu-decoder")
+                print(arm_line(name, arm, r), flush=True)
                 gc.collect()  # the arm's model, optimizer and Trainer, before the next one is built
                 torch.cuda.empty_cache()
             if "error" not in case["no_cache"] and "error" not in case["cache"]:
@@ -166,16 +184,7 @@ def main(argv=None) -> int:
           f"{'MFU (uncached FLOPs)':>21} {'of measured':>12}")
     for name, case in out["cases"].items():
         for arm in ("no_cache", "cache"):
-            r = case[arm]
-            if "error" in r:
-                print(f"{name + ' ' + arm:<22} {r['error']}")
-                continue
-            own = (r["mfu"], r["mfu_of_measured_matmul_peak"])
-            uncached = (r.get("mfu_of_uncached_flops", own[0]),
-                        r.get("mfu_of_uncached_flops_of_measured_matmul_peak", own[1]))
-            print(f"{name + ' ' + arm:<22} {r['samples_per_s']:>10.0f} {r['peak_memory_bytes'] / 2 ** 30:>9.1f} "
-                  f"{peaks.percent(own[0]):>7} {peaks.percent(own[1]):>12} {peaks.percent(uncached[0]):>21} "
-                  f"{peaks.percent(uncached[1]):>12}")
+            print(arm_line(name, arm, case[arm]))
         if "cache_speedup" in case:
             print(f"{'':<22} text cache speed-up {case['cache_speedup']:.2f}x")
     print(peaks.peak_line(record))

@@ -107,3 +107,12 @@ def test_time_interleaved_runs_every_arm_on_each_item_in_alternating_order():
     # items 4, 5, 6 of each cycled list; A B C on even steps, C B A on odd ones
     assert calls == [("a", 1), ("b", 1), ("c", "y"), ("c", "z"), ("b", 2), ("a", 2), ("a", 0), ("b", 0), ("c", "x")]
     assert all(len(v) == 3 and all(t >= 0 for t in v) for v in out.values())
+
+
+def test_gpu_decoder_arm_rows_print_as_each_arm_ends_an_out_of_memory_arm_included():
+    line = load_script("bench_gpu_decoder").arm_line
+    assert line("gemma2_2b", "cache", {"error": "OutOfMemoryError: CUDA out of memory"}).split() == [
+        "gemma2_2b", "cache", "OutOfMemoryError:", "CUDA", "out", "of", "memory"]
+    row = {"samples_per_s": 812.4, "peak_memory_bytes": 3 * 2 ** 30, "mfu": 0.25, "mfu_of_measured_matmul_peak": 0.3}
+    assert line("qwen3_0.6b", "no_cache", row).split() == ["qwen3_0.6b", "no_cache", "812", "3.0", "25.0%", "30.0%",
+                                                           "25.0%", "30.0%"]
