@@ -77,7 +77,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)  ## CPU, A B B A rounds: ours vs open_clip (like for like; its padding and dropout factors), text cache, length groups, step cost split, FLOP/s, data vs model, probe overhead -> bench.json (ARGS="--quick")
 	$(PY) -m benchmarks.bench $(ARGS)
 
-bench-gpu: $(BENCH_STAMP)  ## on one GPU, bf16: samples/s and FLOP utilisation of ViT-B/16 + MiniLM / + a 12x768 BERT, beside open_clip
+bench-gpu: $(BENCH_STAMP)  ## on one GPU, bf16: samples/s and FLOP utilisation of ViT-B/16 + MiniLM / + a 12x768 BERT, beside open_clip; each speed lever on its own row (ARGS="--only levers")
 	$(PY) -m benchmarks.bench_gpu $(ARGS)
 
 bench-decoder: $(BENCH_STAMP)  ## CPU, A B B A rounds: a 26-layer random decoder text tower: text cache vs its bound, samples/s vs MiniLM, open_clip's HF tower -> bench_decoder.json (ARGS="--quick")

@@ -11,6 +11,7 @@ dropout, the text cache) train something else or skip work, and say so in the ta
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 
@@ -89,30 +90,20 @@ def lever_table(base: list[str], batch: int, steps: int, warmup: int, folder: st
                 peak: float | None = None, measured: float | None = None, names: list[str] | None = None,
                 experiment: str = "experiments/default.yaml", on_row=None) -> dict:
     """name -> its row, for each lever in `names` (all of LEVERS by default; "plain" always first); `on_row(rows)`
-    after each row (the script saves what it has: a lease may end mid-table)."""
-    from omegaconf import OmegaConf
-
-    precision = "bf16-mixed" if device == "cuda" else "32-true"
+    after each row (the script saves what it has: a lease may end mid-table). A row the card has no memory for holds
+    its error instead."""
     rows = {}
     for name in ["plain"] + [n for n in (names or LEVERS) if n != "plain"]:
         lever = LEVERS[name]
-        cfg = lever_config(experiment, base, lever, batch, os.path.join(folder, "lever"))
-        model = our_loop.build_model(cfg, warmup + steps)
-        batches = our_loop.collect_batches(our_loop.data_module(cfg, model), 4)
-        uncompiled = OmegaConf.merge(cfg, {"model": {"compile": False}})
-        with tokens_on_device_first() if lever.tokens_on_device_first else contextlib.nullcontext():
-            timed = script.timed(f"  {name.strip()}", our_loop.time_ours, cfg, batches, steps, warmup,
-                                 "gpu" if device == "cuda" else device, precision, model, window=True)
-        flops = flops_per_step(uncompiled, batches[0], device)
-        use = peaks.utilisation(flops, timed["step_s"], peak, measured)
-        n = len(batches[0]["caption"])
-        rows[name] = {"samples_per_s": timed["samples_per_s"], "step_s": timed["step_s"], "batch_size": n,
-                      "flops_per_sample": flops / n, "mfu": use["mfu"],
-                      "mfu_of_measured_matmul_peak": use["mfu_of_measured_matmul_peak"],
-                      "same_step_as_plain": lever.same_step, "overrides": list(lever.overrides),
-                      "timed_steps": steps}
-        rows[name]["samples_per_s_vs_plain"] = timed["samples_per_s"] / rows["plain"]["samples_per_s"]
-        del model, timed
+        row = {"same_step_as_plain": lever.same_step, "overrides": list(lever.overrides), "timed_steps": steps}
+        try:
+            row.update(measure(name, lever, experiment, base, batch, steps, warmup, folder, device, peak, measured))
+        except torch.cuda.OutOfMemoryError as e:  # a row too big for the card (batch x2) leaves the others standing
+            row["error"] = f"OutOfMemoryError: {str(e).splitlines()[0][:200]}"
+        plain = rows.get("plain", row).get("samples_per_s")
+        row["samples_per_s_vs_plain"] = row["samples_per_s"] / plain if plain and "error" not in row else None
+        rows[name] = row
+        gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
         if on_row is not None:
@@ -120,10 +111,35 @@ def lever_table(base: list[str], batch: int, steps: int, warmup: int, folder: st
     return rows
 
 
+def measure(name: str, lever: Lever, experiment: str, base: list[str], batch: int, steps: int, warmup: int,
+            folder: str, device: str, peak: float | None, measured: float | None) -> dict:
+    """One lever's row: a real fit timed as one window, its counted FLOPs and utilisation."""
+    from omegaconf import OmegaConf
+
+    cfg = lever_config(experiment, base, lever, batch, os.path.join(folder, "lever"))
+    model = our_loop.build_model(cfg, warmup + steps)
+    batches = our_loop.collect_batches(our_loop.data_module(cfg, model), 4)
+    with tokens_on_device_first() if lever.tokens_on_device_first else contextlib.nullcontext():
+        timed = script.timed(f"  {name.strip()}", our_loop.time_ours, cfg, batches, steps, warmup,
+                             "gpu" if device == "cuda" else device, "bf16-mixed" if device == "cuda" else "32-true",
+                             model, window=True)
+    flops = flops_per_step(OmegaConf.merge(cfg, {"model": {"compile": False}}), batches[0], device)
+    use = peaks.utilisation(flops, timed["step_s"], peak, measured)
+    n = len(batches[0]["caption"])
+    return {"samples_per_s": timed["samples_per_s"], "step_s": timed["step_s"], "batch_size": n,
+            "flops_per_sample": flops / n, "mfu": use["mfu"],
+            "mfu_of_measured_matmul_peak": use["mfu_of_measured_matmul_peak"]}
+
+
 def print_table(rows: dict) -> None:
     print(f"{'lever':<48} {'samples/s':>10} {'vs plain':>9} {'batch':>6} {'GFLOP/sample':>13} {'MFU':>7} "
           f"{'of measured':>12} {'same step':>10}")
     for name, r in rows.items():
-        print(f"{name:<48} {r['samples_per_s']:>10.0f} {r['samples_per_s_vs_plain']:>8.2f}x {r['batch_size']:>6} "
+        if "error" in r:
+            print(f"{name:<48} {r['error']}")
+            continue
+        ratio = "-" if r["samples_per_s_vs_plain"] is None else f"{r['samples_per_s_vs_plain']:.2f}x"
+        print(f"{name:<48} {r['samples_per_s']:>10.0f} {ratio:>9} {r['batch_size']:>6} "
               f"{r['flops_per_sample'] / 1e9:>13.1f} {peaks.percent(r['mfu']):>7} "
               f"{peaks.percent(r['mfu_of_measured_matmul_peak']):>12} {'yes' if r['same_step_as_plain'] else 'no':>10}")
+

@@ -268,3 +268,27 @@ def test_bench_gpu_lever_rows_run_on_the_cpu_each_against_the_plain_step(tmp_pat
     assert set(levers.LEVERS) >= {"model.compile=true", "optim.implementation=fused", "batch x2 (local loss)",
                                   "model.image.patch_dropout=0.5"}
 
+
+
+def test_a_lever_row_the_card_has_no_memory_for_keeps_its_error_and_the_others_stand(monkeypatch, capsys):
+    from benchmarks import levers
+
+    def measure(name, lever, *args):
+        if lever.batch_factor == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        rate = {"plain": 100.0}.get(name, 150.0)
+        return {"samples_per_s": rate, "step_s": 1.0, "batch_size": 4, "flops_per_sample": 1e9, "mfu": 0.2,
+                "mfu_of_measured_matmul_peak": 0.25}
+
+    monkeypatch.setattr(levers, "measure", measure)
+    saved = []
+    rows = levers.lever_table([], 4, 1, 1, "unused", device="cpu", on_row=lambda r: saved.append(list(r)),
+                              names=["batch x2 (local loss)", "optim.implementation=fused"])
+    assert list(rows) == ["plain", "batch x2 (local loss)", "optim.implementation=fused"] == saved[-1]
+    assert len(saved) == 3  # kept after every row
+    assert rows["batch x2 (local loss)"]["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert rows["batch x2 (local loss)"]["samples_per_s_vs_plain"] is None
+    assert rows["optim.implementation=fused"]["samples_per_s_vs_plain"] == 1.5
+    levers.print_table(rows)
+    out = capsys.readouterr().out.splitlines()
+    assert "OutOfMemoryError" in out[2] and "1.50x" in out[3] and "1.00x" in out[1]

@@ -7,6 +7,7 @@ values by the host (`.item()`, `bool()`, `.tolist()`, `.numpy()`, `.cpu()`, `non
 each of those waits for the device's queue to drain.
 """
 
+import os
 import traceback
 
 import pytest
@@ -22,6 +23,7 @@ READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Te
 # transformers' own check whether a padding mask masks anything (masking_utils: `padding_mask.all()`), one per text
 # forward: the library's, not this project's.
 LIBRARY_READS = ("transformers/masking_utils.py",)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # wherever the repo was cloned
 CAPTIONS = ["a red cube", "a small blue ball left of a large green cylinder", "two cats",
             "a purple cone above a yellow torus and a grey sphere behind them"]
 
@@ -30,7 +32,8 @@ def caller() -> str:
     """The innermost frame outside torch: who asked for the value."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         if "/torch/" not in frame.filename and not frame.filename.endswith(__file__.split("/")[-1]):
-            return f"{frame.filename.split('site-packages/')[-1].split('/work/main/')[-1]}:{frame.lineno}"
+            name = frame.filename.split("site-packages/")[-1]
+            return f"{name[len(ROOT):] if name.startswith(ROOT) else name}:{frame.lineno}"
     return "?"
 
 
