@@ -26,6 +26,7 @@ mkdir -p "$out" || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checks' own subprocesses import the project too
 if [ -n "${KIT:-}" ]; then
     site=$(mktemp -d) || exit 1
+    trap 'rm -rf "$site"' EXIT  # the kit's packages go with the run
     cp -r "$KIT/site/." "$site/" || exit 1
     if ls "$KIT"/wheels/*.whl >/dev/null 2>&1; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$KIT"/wheels/*.whl || exit 1

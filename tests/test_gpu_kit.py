@@ -75,6 +75,8 @@ def test_the_checks_install_a_kit_and_go_on_past_a_part_that_fails(kit, tmp_path
     run = subprocess.run(["bash", CHECKS, str(out), "cases", "levers"], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PY": sys.executable, "KIT": str(kit)})
     assert f"== kit {kit} installed in " in run.stdout, run.stdout + run.stderr
+    site = run.stdout.split(f"== kit {kit} installed in ")[1].split()[0]
+    assert not os.path.exists(site)  # the kit's packages went with the run
     assert run.returncode == 1  # both parts ran, each stopped at once with bench_gpu's one line
     for part in ("cases", "levers"):
         assert "no CUDA GPU here" in (out / f"{part}.log").read_text()
