@@ -122,12 +122,21 @@ def read_model_checkpoint(path: str) -> tuple[dict, dict]:
     return dict(hp["model"]), {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()}
 
 
-def load_weights(model, weights: dict, path: str) -> None:
-    """`model.load_state_dict(weights)` (every name, every shape), or a one-line ConfigError naming the file."""
+def load_weights(model, weights: dict, path: str, what: str = "checkpoint") -> None:
+    """`model.load_state_dict(weights)`, every name and shape checked first, or a one-line ConfigError naming the file
+    (a `what`: checkpoint, export) and the first mismatch."""
+    want = model.state_dict()
+    missing, extra = sorted(set(want) - set(weights)), sorted(set(weights) - set(want))
+    shapes = [n for n in want if n in weights and tuple(want[n].shape) != tuple(weights[n].shape)]
+    if missing or extra or shapes:
+        detail = (f"weight {missing[0]!r} is missing" if missing else f"it holds an unknown weight {extra[0]!r}"
+                  if extra else f"weight {shapes[0]!r} has shape {tuple(weights[shapes[0]].shape)}, the model "
+                  f"{tuple(want[shapes[0]].shape)}")
+        raise ConfigError(f"{what} {path!r} does not match this version's model ({detail})")
     try:
         model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"checkpoint {path!r} does not match this version's model ({_why(e)})") from None
+        raise ConfigError(f"{what} {path!r} does not match this version's model ({_why(e)})") from None
 
 
 # ---- sharded FSDP checkpoints: a folder torch.distributed.checkpoint reads with plain pickle ----

@@ -81,11 +81,10 @@ def _load(path: str, device: str, cache_folder) -> CompClipModel:
     native = is_native_folder(path)
     if native:
         config, weights = read_native_folder(path)
-        what = f"export {path!r}"
     else:
         path = checkpoint_file(path)
         config, weights = read_model_checkpoint(path)
-        what = f"checkpoint {path!r}"
+    kind = "export" if native else "checkpoint"
     # The file's weights replace any pretrained ones (no hub, no download); compiling would only slow a first call.
     config = {**config, "compile": False}
     config["image"] = {**config.get("image", {}), "pretrained": False}
@@ -97,11 +96,8 @@ def _load(path: str, device: str, cache_folder) -> CompClipModel:
     try:
         model = CompClipModel.from_config(config)
     except (*BUILD_ERRORS, TypeError) as e:
-        raise ConfigError(f"{what}: its model cannot be built here ({first_line(e)})") from None
-    if native:
-        _fill(model, weights, path)
-    else:
-        load_weights(model, weights, path)
+        raise ConfigError(f"{kind} {path!r}: its model cannot be built here ({first_line(e)})") from None
+    load_weights(model, weights, path, kind)
     return model.to(device).eval()
 
 
@@ -172,15 +168,3 @@ def read_native_folder(folder: str) -> tuple[dict, dict]:
         weights[name] = weights[same]
     return config, weights
 
-
-def _fill(model: CompClipModel, weights: dict, folder: str) -> None:
-    """model.load_state_dict(weights), every name and shape checked first: one line naming the first mismatch."""
-    want = model.state_dict()
-    missing, extra = sorted(set(want) - set(weights)), sorted(set(weights) - set(want))
-    shapes = [n for n in want if n in weights and tuple(want[n].shape) != tuple(weights[n].shape)]
-    if missing or extra or shapes:
-        detail = (f"weight {missing[0]!r} is missing" if missing else f"it holds an unknown weight {extra[0]!r}"
-                  if extra else f"weight {shapes[0]!r} has shape {tuple(weights[shapes[0]].shape)}, the model "
-                  f"{tuple(want[shapes[0]].shape)}")
-        raise ConfigError(f"export {folder!r} does not match this version's model ({detail})")
-    model.load_state_dict(weights)

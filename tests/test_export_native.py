@@ -281,6 +281,27 @@ def test_a_tampered_export_is_refused_in_one_line(change, message, sources, tmp_
     one_line_error(e, message)
 
 
+def test_an_export_whose_weights_do_not_fit_the_model_names_the_first_mismatch_in_one_line(sources, tmp_path):
+    import lit_compclip
+    from safetensors.torch import load_file, save_file
+
+    from lit_compclip.factory import NATIVE_WEIGHTS
+
+    export_model(sources["scratch"][0], str(tmp_path / "out"))
+    path = str(tmp_path / "out" / NATIVE_WEIGHTS)
+    weights = load_file(path)
+    name = sorted(weights)[0]
+    for change, message in ((lambda w: w.pop(name), f"weight {name!r} is missing"),
+                            (lambda w: w.update(extra=torch.zeros(1)), "it holds an unknown weight 'extra'"),
+                            (lambda w: w.update({name: torch.zeros(3, 1, 2)}), f"weight {name!r} has shape (3, 1, 2)")):
+        tampered = dict(weights)
+        change(tampered)
+        save_file(tampered, path)
+        with pytest.raises(ConfigError) as e:
+            lit_compclip.load(str(tmp_path / "out"))
+        one_line_error(e, "does not match this version's model", message)
+
+
 def test_tied_and_overlapping_tensors_are_saved_once_and_come_back_under_each_name(tmp_path):
     from safetensors.torch import save_file
 
