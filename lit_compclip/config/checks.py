@@ -7,7 +7,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from lit_compclip.config.schema import COMPILE_MODES, FSDP_SHARDING, ImageConfig
+from lit_compclip.config.schema import ADAMW_IMPLEMENTATIONS, COMPILE_MODES, FSDP_SHARDING, ImageConfig
 from lit_compclip.errors import ConfigError
 from lit_compclip.registry import suggest
 
@@ -99,8 +99,9 @@ def check_values(cfg: DictConfig) -> None:
     need(not (cfg.optim.micro_batch_size and cfg.model.image.stem == "conv" and cfg.model.image.stem_norm == "batch"),
          "optim.micro_batch_size", "GradCache with model.image.stem_norm=batch would normalise each micro-batch on "
          "its own, so its gradients would not be the whole batch's; use model.image.stem_norm=group")
-    need(cfg.optim.implementation in (None, "for_loop", "foreach", "fused"), "optim.implementation",
-         f"{cfg.optim.implementation!r}: choose for_loop, foreach, fused or null (torch's own choice)")
+    need(cfg.optim.implementation in ADAMW_IMPLEMENTATIONS, "optim.implementation",
+         f"{cfg.optim.implementation!r}: choose {', '.join(m for m in ADAMW_IMPLEMENTATIONS if m)} or null (torch's "
+         f"own choice)")
     need(cfg.optim.micro_batch_size is None or cfg.optim.micro_batch_size >= 1, "optim.micro_batch_size",
          "must be >= 1 samples, or null for no micro-batches")
     check_trainer(cfg.trainer, need)
@@ -136,11 +137,12 @@ def check_values(cfg: DictConfig) -> None:
             need(value == getattr(defaults, key), f"model.image.{key}",
                  f"shapes the conv stem only; set model.image.stem=conv, or leave it at {getattr(defaults, key)!r} "
                  f"with model.image.stem=patch")
-    drop = cfg.model.image.patch_dropout
-    need(0 <= drop < 1, "model.image.patch_dropout", "the fraction of patch tokens dropped in training: must be in "
-         "[0, 1)")
-    need(not (drop and cfg.model.image.pool == "flatten"), "model.image.patch_dropout",
-         "needs model.image.pool=model: pool=flatten projects every patch token by its place, so none can be dropped")
+    from lit_compclip.towers.image import check_patch_dropout  # torch: the tower option checks import it anyway
+
+    try:  # the image tower's own rule, checked before anything is built
+        check_patch_dropout(cfg.model.image.patch_dropout, cfg.model.image.pool)
+    except ValueError as e:
+        raise ConfigError(f"config key 'model.image.patch_dropout': {e}") from None
     crop = cfg.model.image.crop_scale
     need(len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1, "model.image.crop_scale",
          "give two numbers [min, max] with 0 < min <= max <= 1")

@@ -12,6 +12,10 @@ from omegaconf import MISSING
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
 # torch.compile's modes (model.compile_mode); None is torch's default
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# optim.implementation -> torch.optim.AdamW's switch: None leaves torch's own choice (the plain per-tensor loop on the
+# CPU, foreach on CUDA); "fused" runs the whole update as one kernel per dtype and device (a speed lever on GPUs).
+ADAMW_IMPLEMENTATIONS = {None: {}, "for_loop": {"foreach": False}, "foreach": {"foreach": True},
+                         "fused": {"fused": True}}
 
 
 @dataclass

@@ -12,13 +12,9 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import ParallelStrategy
 
+from lit_compclip.config.schema import ADAMW_IMPLEMENTATIONS
 from lit_compclip.losses import info_nce, info_nce_local, info_nce_with_negatives
 from lit_compclip.model import CompClipModel
-
-# optim.implementation -> torch.optim.AdamW's switch: null leaves torch's own choice (the plain per-tensor loop on the
-# CPU, foreach on CUDA); "fused" runs the whole update as one kernel per dtype and device (a speed lever on GPUs).
-ADAMW_IMPLEMENTATIONS = {None: {}, "for_loop": {"foreach": False}, "foreach": {"foreach": True},
-                         "fused": {"fused": True}}
 
 
 def rank_and_world() -> tuple[int, int]:
