@@ -40,13 +40,6 @@ CASES = {
 TRAINED = 4
 
 
-def spec_peak(device_name: str) -> float | None:
-    """The card's dense bf16 peak from its data sheet (`benchmarks.peaks`, shared with bench_gpu.py)."""
-    from benchmarks.peaks import datasheet_peak
-
-    return datasheet_peak(device_name)
-
-
 def save_decoder(folder: str, family: str, sizes: dict, device: str = "cuda", seed: int = 0) -> str:
     """A random decoder of `sizes` saved in `folder` in bfloat16, initialised on `device` (a 2 B model initialised
     on the CPU takes minutes), with the family's tokenizer conventions on the MiniLM vocabulary."""
@@ -153,7 +146,7 @@ def main(argv=None) -> int:
         for name in args.cases:
             family, sizes, pooling = CASES[name]
             lm = script.timed(f"save a random {name}", save_decoder, os.path.join(folder, name), family, sizes)
-            case = {"family": family, **sizes, "pooling": pooling}
+            case = out["cases"][name] = {"family": family, **sizes, "pooling": pooling}
             for arm, cache in (("no_cache", None), ("cache", os.path.join(folder, f"{name}_cache"))):
                 print(f"[bench-gpu-decoder] {name}, {arm}", flush=True)
                 cfg = load_config(["experiments/default.yaml"], base + text_overrides(lm, pooling, cache))
@@ -161,9 +154,8 @@ def main(argv=None) -> int:
                     r = run_case(cfg, args.steps, 5)
                     r.update(peaks.utilisation(r["flops_per_step"], r["step_s"], peak, measured))
                 except torch.cuda.OutOfMemoryError as e:
-                    r = {"error": f"OutOfMemoryError: {str(e).splitlines()[0][:200]}"}
+                    r = {"error": script.out_of_memory(e)}
                 case[arm] = r
-                out["cases"][name] = case
                 # each arm kept and printed as it ends: a lease may end inside the next one (the 2 B case's did)
                 script.save(out, args.out, "bench-gpu-decoder")
                 print(arm_line(name, arm, r), flush=True)
@@ -176,7 +168,7 @@ def main(argv=None) -> int:
                 case["cache"]["mfu_of_uncached_flops"] = uncached["mfu"]
                 case["cache"]["mfu_of_uncached_flops_of_measured_matmul_peak"] = uncached["mfu_of_measured_matmul_peak"]
                 case["cache_speedup"] = case["no_cache"]["step_s"] / case["cache"]["step_s"]
-            out["cases"][name] = case
+                script.save(out, args.out, "bench-gpu-decoder")
             shutil.rmtree(lm, ignore_errors=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -77,10 +77,15 @@ def lever_config(experiment: str, base: list[str], lever: Lever, batch: int, fol
     return cfg
 
 
-def flops_per_step(cfg, batch: dict, device: str) -> float:
-    """Counted FLOPs of one step (forward and backward) of the configured model, built uncompiled (the counter
-    does not see inside compiled graphs; compiling changes no FLOP), with any text cache as the row's."""
-    model = our_loop.build_model(cfg, 1).to(device)  # a text cache in the timed row's folder, warm from it
+def flops_per_step(cfg, model, batch: dict, device: str) -> float:
+    """Counted FLOPs of one step (forward and backward) of the timed `model`; a compiled one is counted on an
+    uncompiled build of its config instead (the counter does not see inside compiled graphs; compiling changes no
+    FLOP), whose text cache is the timed row's folder, warm from it."""
+    from omegaconf import OmegaConf
+
+    if cfg.model.compile:
+        model = our_loop.build_model(OmegaConf.merge(cfg, {"model": {"compile": False}}), 1)
+    model = model.to(device)
     batch = {**batch, "image": batch["image"].to(device)}
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         return step_costs.count_flops(model, batch)["total"]
@@ -99,7 +104,7 @@ def lever_table(base: list[str], batch: int, steps: int, warmup: int, folder: st
         try:
             row.update(measure(name, lever, experiment, base, batch, steps, warmup, folder, device, peak, measured))
         except torch.cuda.OutOfMemoryError as e:  # a row too big for the card (batch x2) leaves the others standing
-            row["error"] = f"OutOfMemoryError: {str(e).splitlines()[0][:200]}"
+            row["error"] = script.out_of_memory(e)
         plain = rows.get("plain", row).get("samples_per_s")
         row["samples_per_s_vs_plain"] = row["samples_per_s"] / plain if plain and "error" not in row else None
         rows[name] = row
@@ -114,8 +119,6 @@ def lever_table(base: list[str], batch: int, steps: int, warmup: int, folder: st
 def measure(name: str, lever: Lever, experiment: str, base: list[str], batch: int, steps: int, warmup: int,
             folder: str, device: str, peak: float | None, measured: float | None) -> dict:
     """One lever's row: a real fit timed as one window, its counted FLOPs and utilisation."""
-    from omegaconf import OmegaConf
-
     cfg = lever_config(experiment, base, lever, batch, os.path.join(folder, "lever"))
     model = our_loop.build_model(cfg, warmup + steps)
     batches = our_loop.collect_batches(our_loop.data_module(cfg, model), 4)
@@ -123,7 +126,7 @@ def measure(name: str, lever: Lever, experiment: str, base: list[str], batch: in
         timed = script.timed(f"  {name.strip()}", our_loop.time_ours, cfg, batches, steps, warmup,
                              "gpu" if device == "cuda" else device, "bf16-mixed" if device == "cuda" else "32-true",
                              model, window=True)
-    flops = flops_per_step(OmegaConf.merge(cfg, {"model": {"compile": False}}), batches[0], device)
+    flops = flops_per_step(cfg, timed["model"], batches[0], device)
     use = peaks.utilisation(flops, timed["step_s"], peak, measured)
     n = len(batches[0]["caption"])
     return {"samples_per_s": timed["samples_per_s"], "step_s": timed["step_s"], "batch_size": n,

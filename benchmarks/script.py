@@ -75,6 +75,11 @@ def quiet():
             hf_logging.enable_progress_bar()
 
 
+def out_of_memory(e: BaseException) -> str:
+    """What a GPU benchmark records for a run the card had no memory for, in place of its figures."""
+    return f"OutOfMemoryError: {str(e).splitlines()[0][:200]}"
+
+
 def save(result: dict, path: str, tag: str) -> None:
     """A benchmark's figures as sorted JSON at `path`, and one line saying where (`[tag] wrote PATH`)."""
     import json

@@ -269,6 +269,18 @@ def test_bench_gpu_lever_rows_run_on_the_cpu_each_against_the_plain_step(tmp_pat
                                   "model.image.patch_dropout=0.5"}
 
 
+def test_a_compiled_lever_rows_flops_are_counted_on_an_uncompiled_build_of_its_config(tiny):
+    """The FLOP counter does not see inside compiled graphs: a compile row is counted on the same config uncompiled,
+    which counts as the plain model does (compiling changes no FLOP)."""
+    from benchmarks import levers
+    from benchmarks.our_loop import LIKE_FOR_LIKE, build_model, collect_batches, data_module
+
+    cfg = load_config([DEFAULT], tiny + LIKE_FOR_LIKE + ["data.batch_size=4"])
+    plain = build_model(cfg, 1)
+    batch = collect_batches(data_module(cfg, plain), 1)[0]
+    compiled = load_config([DEFAULT], tiny + LIKE_FOR_LIKE + ["data.batch_size=4", "model.compile=true"])
+    assert levers.flops_per_step(compiled, None, batch, "cpu") == levers.flops_per_step(cfg, plain, batch, "cpu") > 0
+
 
 def test_a_lever_row_the_card_has_no_memory_for_keeps_its_error_and_the_others_stand(monkeypatch, capsys):
     from benchmarks import levers
