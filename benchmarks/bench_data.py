@@ -22,7 +22,6 @@ import math
 import os
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 
@@ -107,6 +106,7 @@ def photo_jpeg(rng, width: int, height: int) -> bytes:
 def write_shards(folder: str, images: int, shards: int, seed: int = 0) -> list[bytes]:
     """`images` samples over `shards` tar files in img2dataset's layout; returns the JPEGs' bytes in key order."""
     import numpy as np
+    import webdataset as wds
 
     rng, jpegs = np.random.default_rng(seed), []
     for i in range(images):
@@ -115,14 +115,11 @@ def write_shards(folder: str, images: int, shards: int, seed: int = 0) -> list[b
         width, height = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
         jpegs.append(photo_jpeg(rng, width, height))
     for s in range(shards):
-        with tarfile.open(os.path.join(folder, f"{s:05d}.tar"), "w") as tar:
+        with wds.TarWriter(os.path.join(folder, f"{s:05d}.tar")) as sink:
             for i in range(s, images, shards):
                 key = f"{s:05d}{i:04d}"
                 meta = {"url": f"https://example.com/{key}.jpg", "key": key, "status": "success", "caption": "photo"}
-                for ext, data in ("jpg", jpegs[i]), ("txt", b"photo"), ("json", json.dumps(meta).encode()):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+                sink.write({"__key__": key, "jpg": jpegs[i], "txt": b"photo", "json": json.dumps(meta).encode()})
     return jpegs
 
 
