@@ -280,3 +280,14 @@ def test_build_errors_become_one_line_naming_the_key_and_bugs_pass():
     assert "'trainer': no flag" in str(raised(ValueError("no flag"), "trainer", options=flags))
     for bug in (TypeError("bad call"), AttributeError("x"), AssertionError("invariant")):  # not user errors
         assert raised(bug) is bug
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("probes.suites={sugarcrepe:{annotations:sc,images:sc/images}}", "found unexpected ':'"),  # no space after ':'
+    ("name=[unclosed", "did not find expected ',' or ']'"),
+])
+def test_an_override_whose_value_is_not_yaml_is_one_line_and_exit_2(override, problem, capsys):
+    assert main(["config", DEFAULT, override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"compclip config: error: override {override!r}: its value is not valid YAML ({problem})")

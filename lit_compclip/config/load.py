@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -145,6 +146,11 @@ def load_config(files: list[str] = (), overrides: list[str] = (), data: bool = T
     for item in dotlist:
         try:
             new = OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as e:  # the value is parsed as YAML, outside OmegaConf's own errors
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"override {item!r}: its value is not valid YAML ({problem}); quote a string, and write "
+                              f"a mapping as {{key: value, ...}} with a space after each ':'") from None
+        try:
             _clear_replaced(cfg, new, item.split("=", 1)[0].strip())
             cfg.merge_with(new)
         except OmegaConfBaseException as e:
